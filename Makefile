@@ -1,0 +1,43 @@
+# make run   - install into .venv and start the server on the embedded default
+# make test  - install everything the tests need and run every test
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint rabbitmq chromium clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) server.py --embedded
+
+# RabbitMQ must be up for the realtime tests, unless CHAT_TEST_AMQP_URL points elsewhere.
+rabbitmq:
+	@if [ -z "$$CHAT_TEST_AMQP_URL" ] && ! rabbitmqctl -q status >/dev/null 2>&1; then \
+	  echo "starting RabbitMQ"; rabbitmq-server -detached; \
+	  rabbitmqctl -q await_startup --timeout 60 >/dev/null 2>&1 || timeout 60 rabbitmqctl -q wait --timeout 60 --pid $$(pgrep -f beam.smp | head -1); \
+	fi
+
+# Debian's Chromium for the browser tests (Playwright's own download does not work here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); }
+
+test: $(VENV)/.installed-test rabbitmq chromium
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) data build *.egg-info

@@ -1,0 +1,362 @@
+"""Carries new messages to every server process. The only module that imports pika.
+
+Two implementations share one interface:
+
+- `AmqpBroker`: RabbitMQ through pika's TornadoConnection. One durable fanout
+  exchange per room; one exclusive, server-named queue per (process, room)
+  with local sockets. pika has no automatic recovery, so losing the
+  connection (or the channel) schedules a reconnect with capped exponential
+  backoff and jitter on the IOLoop, then restores every binding, re-sends
+  what could not be published, and reports the rooms so the hub backfills
+  them from MongoDB.
+- `MemoryBroker`: the same interface inside one process (embedded mode).
+
+The owner sets `on_message(uri, body)` (a delivery), `on_recovered(uris)`
+(bindings restored after an outage: backfill these rooms) and, optionally,
+`on_control(body)` (a process-wide notice such as a revoked token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import Callable
+
+import pika
+from pika.adapters.tornado_connection import TornadoConnection
+from pika.exceptions import AMQPError
+
+log = logging.getLogger("chat.broker")
+
+CONTROL_EXCHANGE = "chat.control"
+# Bound how much a process keeps to re-send after an outage; beyond it the
+# receivers' gap repair and reconnect backfill from MongoDB still deliver.
+UNSENT_LIMIT = 10_000
+# Deliveries a room's queue holds for a stalled process before dropping the
+# oldest; gap repair fetches what was dropped from MongoDB.
+QUEUE_MAX_LENGTH = 100_000
+
+
+def exchange_name(uri: str) -> str:
+    return f"chat.room.{uri}"
+
+
+class ChannelLost(Exception):
+    """The AMQP channel closed while an operation waited for its reply."""
+
+
+def ignore(*_args) -> None:
+    pass
+
+
+class MemoryBroker:
+    """Fan-out inside this process, for one process without RabbitMQ."""
+
+    healthy = True
+
+    def __init__(self):
+        self.rooms: set[str] = set()
+        self.on_message: Callable[[str, bytes], None] = ignore
+        self.on_recovered: Callable[[list[str]], None] = ignore
+        self.on_control: Callable[[bytes], None] = ignore
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    def publish(self, uri: str, body: bytes) -> None:
+        if uri in self.rooms:
+            self.loop.call_soon(self.on_message, uri, body)
+
+    def publish_control(self, body: bytes) -> None:
+        self.loop.call_soon(self.on_control, body)
+
+    async def subscribe(self, uri: str) -> None:
+        self.rooms.add(uri)
+
+    async def unsubscribe(self, uri: str) -> None:
+        self.rooms.discard(uri)
+
+    async def close(self) -> None:
+        self.rooms.clear()
+
+
+class AmqpBroker:
+    def __init__(self, url: str, heartbeat: int = 15, backoff_min: float = 0.5,
+                 backoff_max: float = 10.0):
+        self.parameters = pika.URLParameters(url)
+        self.parameters.heartbeat = heartbeat
+        self.parameters.connection_attempts = 1
+        self.parameters.socket_timeout = 5
+        self.parameters.blocked_connection_timeout = 30
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.on_message: Callable[[str, bytes], None] = ignore
+        self.on_recovered: Callable[[list[str]], None] = ignore
+        self.on_control: Callable[[bytes], None] = ignore
+
+        self.connection: TornadoConnection | None = None
+        self.channel = None
+        self.restoring = False
+        self.closing = False
+        self.attempt = 0
+        self.reconnects = 0
+        self.reconnect_timer: asyncio.TimerHandle | None = None
+        self.opened: asyncio.Future | None = None
+        self.closed: asyncio.Future | None = None
+        # What the hub wants (rooms with local sockets) and what is bound now.
+        self.wanted: set[str] = set()
+        self.bound: dict[str, tuple[str, str]] = {}  # uri -> (queue, consumer tag)
+        self.room_locks: dict[str, list] = {}
+        # Exchanges declared on the current channel, and publishes waiting
+        # for their room's exchange, in order.
+        self.declared: set[str] = set()
+        self.waiting: dict[str, list[bytes]] = {}
+        self.unsent: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=UNSENT_LIMIT)
+        self.replies: set[asyncio.Future] = set()
+        self.tasks: set[asyncio.Task] = set()
+
+    @property
+    def healthy(self) -> bool:
+        return self.channel is not None and self.channel.is_open and not self.restoring
+
+    # Connection lifecycle ----------------------------------------------
+
+    async def start(self, wait: float = 5.0) -> None:
+        """Connect; the server starts even when RabbitMQ is down (HTTP keeps working)."""
+        self.opened = asyncio.get_running_loop().create_future()
+        self.connect()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.opened), wait)
+        except TimeoutError:
+            log.warning("RabbitMQ is not reachable yet; retrying in the background")
+
+    def connect(self) -> None:
+        self.reconnect_timer = None
+        log.info("connecting to RabbitMQ at %s:%s", self.parameters.host, self.parameters.port)
+        self.connection = TornadoConnection(
+            self.parameters,
+            on_open_callback=self.on_connection_open,
+            on_open_error_callback=self.on_connection_open_error,
+            on_close_callback=self.on_connection_closed,
+        )
+
+    def on_connection_open(self, connection) -> None:
+        connection.channel(on_open_callback=self.on_channel_open)
+
+    def on_connection_open_error(self, _connection, error) -> None:
+        log.warning("cannot connect to RabbitMQ: %s", error or "connection refused")
+        self.schedule_reconnect()
+
+    def on_connection_closed(self, _connection, reason) -> None:
+        self.forget_channel()
+        if self.closing:
+            if self.closed is not None and not self.closed.done():
+                self.closed.set_result(None)
+            return
+        log.warning("RabbitMQ connection lost: %s", reason)
+        self.schedule_reconnect()
+
+    def on_channel_open(self, channel) -> None:
+        channel.add_on_close_callback(self.on_channel_closed)
+        self.channel = channel
+        self.attempt = 0
+        self.spawn(self.restore())
+
+    def on_channel_closed(self, channel, reason) -> None:
+        if channel is not self.channel:
+            return
+        self.forget_channel()
+        if self.closing:
+            return
+        # A channel error (e.g. a refused declare) leaves the connection up but
+        # every consumer gone: start over through the one reconnect path.
+        log.warning("RabbitMQ channel closed: %s", reason)
+        if self.connection is not None and self.connection.is_open:
+            self.connection.close()
+        else:
+            self.schedule_reconnect()
+
+    def forget_channel(self) -> None:
+        self.channel = None
+        self.bound.clear()
+        self.declared.clear()
+        for room, bodies in self.waiting.items():
+            self.unsent.extend((room, body) for body in bodies)
+        self.waiting.clear()
+        for reply in self.replies:
+            if not reply.done():
+                reply.set_exception(ChannelLost())
+        self.replies.clear()
+
+    def schedule_reconnect(self) -> None:
+        if self.closing or self.reconnect_timer is not None:
+            return
+        delay = min(self.backoff_max, self.backoff_min * 2 ** self.attempt)
+        delay *= random.uniform(0.5, 1.0)
+        self.attempt += 1
+        log.info("reconnecting to RabbitMQ in %.1f s", delay)
+        self.reconnect_timer = asyncio.get_running_loop().call_later(delay, self.connect)
+
+    async def restore(self) -> None:
+        """Declare and bind every wanted room, re-send, then report the rooms."""
+        self.restoring = True
+        first = self.opened is not None and not self.opened.done()
+        try:
+            await self.reply(self.channel.exchange_declare, exchange=CONTROL_EXCHANGE,
+                             exchange_type="fanout", durable=True)
+            frame = await self.reply(self.channel.queue_declare, queue="", exclusive=True,
+                                     auto_delete=True)
+            control_queue = frame.method.queue
+            await self.reply(self.channel.queue_bind, queue=control_queue,
+                             exchange=CONTROL_EXCHANGE)
+            self.channel.basic_consume(control_queue, self.on_control_delivery, auto_ack=True)
+            rooms = sorted(self.wanted)
+            for uri in rooms:
+                await self.sync(uri)
+        except (ChannelLost, AMQPError) as error:
+            log.warning("restoring RabbitMQ topology failed: %s", error)
+            return
+        finally:
+            self.restoring = False
+        while self.unsent and self.channel is not None:
+            self.publish(*self.unsent.popleft())
+        if first:
+            self.opened.set_result(None)
+        else:
+            self.reconnects += 1
+            log.info("RabbitMQ connection restored; %d rooms to backfill", len(rooms))
+            self.on_recovered(rooms)
+
+    def spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def reply(self, method, **kwargs) -> asyncio.Future:
+        """Call a pika channel method and await its reply frame."""
+        future = asyncio.get_running_loop().create_future()
+        self.replies.add(future)
+
+        def on_reply(frame):
+            self.replies.discard(future)
+            if not future.done():
+                future.set_result(frame)
+
+        method(callback=on_reply, **kwargs)
+        return future
+
+    async def close(self) -> None:
+        self.closing = True
+        if self.reconnect_timer is not None:
+            self.reconnect_timer.cancel()
+        if self.connection is None or self.connection.is_closed:
+            return
+        self.closed = asyncio.get_running_loop().create_future()
+        if not self.connection.is_closing:
+            self.connection.close()
+        try:
+            await asyncio.wait_for(self.closed, 3)
+        except TimeoutError:
+            log.warning("RabbitMQ did not confirm the close in time")
+
+    # Rooms -------------------------------------------------------------
+
+    async def subscribe(self, uri: str) -> None:
+        """Bind a queue for uri now, or as soon as RabbitMQ is back."""
+        self.wanted.add(uri)
+        await self.sync(uri)
+
+    async def unsubscribe(self, uri: str) -> None:
+        self.wanted.discard(uri)
+        await self.sync(uri)
+
+    async def sync(self, uri: str) -> None:
+        """Make the binding of uri match whether it is wanted; one change at a time."""
+        # [lock, how many syncs hold or wait for it]: dropped when unused.
+        entry = self.room_locks.setdefault(uri, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                await self.bind_or_unbind(uri)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self.room_locks[uri]
+
+    async def bind_or_unbind(self, uri: str) -> None:
+        channel = self.channel
+        if channel is None:
+            return  # the reconnect restores whatever is wanted then
+        try:
+            if uri in self.wanted and uri not in self.bound:
+                await self.declare_exchange(uri)
+                frame = await self.reply(channel.queue_declare, queue="", exclusive=True,
+                                         auto_delete=True,
+                                         arguments={"x-max-length": QUEUE_MAX_LENGTH})
+                queue = frame.method.queue
+                await self.reply(channel.queue_bind, queue=queue, exchange=exchange_name(uri))
+                tag = channel.basic_consume(
+                    queue, lambda _ch, _method, _props, body: self.on_message(uri, body),
+                    auto_ack=True)
+                self.bound[uri] = (queue, tag)
+            elif uri not in self.wanted and uri in self.bound:
+                queue, tag = self.bound.pop(uri)
+                await self.reply(channel.basic_cancel, consumer_tag=tag)
+                await self.reply(channel.queue_delete, queue=queue)
+        except ChannelLost:
+            pass  # the reconnect restores whatever is wanted then
+
+    async def declare_exchange(self, uri: str) -> None:
+        if uri in self.declared:
+            return
+        # Durable and never auto-deleted: publishing to a missing exchange is
+        # a channel error that would drop every consumer on the channel.
+        await self.reply(self.channel.exchange_declare, exchange=exchange_name(uri),
+                         exchange_type="fanout", durable=True)
+        self.declared.add(uri)
+
+    # Publishing --------------------------------------------------------
+
+    def publish(self, uri: str, body: bytes) -> None:
+        """Send without waiting; what cannot be sent now is re-sent after reconnect."""
+        if self.channel is None or not self.channel.is_open:
+            self.unsent.append((uri, body))
+            return
+        if uri in self.declared:
+            self.basic_publish(uri, body)
+            return
+        if uri in self.waiting:
+            self.waiting[uri].append(body)
+            return
+        self.waiting[uri] = [body]
+        self.spawn(self.publish_when_declared(uri))
+
+    async def publish_when_declared(self, uri: str) -> None:
+        try:
+            await self.declare_exchange(uri)
+        except ChannelLost:
+            return  # forget_channel moved the waiting bodies to unsent
+        for body in self.waiting.pop(uri, []):
+            self.basic_publish(uri, body)
+
+    def basic_publish(self, uri: str, body: bytes) -> None:
+        try:
+            self.channel.basic_publish(exchange_name(uri), "", body)
+        except AMQPError as error:
+            log.warning("publish to %s failed (%s); will re-send", uri, error)
+            self.unsent.append((uri, body))
+
+    def publish_control(self, body: bytes) -> None:
+        if self.channel is None or not self.channel.is_open:
+            log.warning("control notice not sent: RabbitMQ is down")
+            return
+        try:
+            self.channel.basic_publish(CONTROL_EXCHANGE, "", body)
+        except AMQPError as error:
+            log.warning("control notice not sent: %s", error)
+
+    def on_control_delivery(self, _channel, _method, _properties, body: bytes) -> None:
+        self.on_control(body)

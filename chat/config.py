@@ -1,0 +1,133 @@
+"""Settings: config.yaml, then CHAT_* environment variables, then flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a value the server cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    address: str = "127.0.0.1"
+    port: int = 8888
+    mongo_url: str = "mongodb://127.0.0.1:27017/chat"
+    mongo_timeout_ms: int = 2500
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    broker_heartbeat: int = 15
+    broker_reconnect_min: float = 0.5
+    broker_reconnect_max: float = 10.0
+    secret: str = ""
+    secure_cookies: bool = False
+    data_dir: str = "./data"
+    token_ttl_days: float = 7.0
+    bcrypt_rounds: int = 12
+    bcrypt_threads: int = 4
+    login_max_failures: int = 10
+    login_window_seconds: int = 900
+    signup_per_ip_per_minute: int = 20
+    login_per_ip_per_minute: int = 60
+    max_message_chars: int = 2000
+    max_body_bytes: int = 65536
+    allowed_origins: tuple[str, ...] = ()
+    ws_ping_interval: float = 20.0
+    ws_max_message_bytes: int = 65536
+    ws_send_buffer_bytes: int = 1048576
+    user_messages_per_minute: int = 100
+    max_sockets_per_user: int = 10
+    log_format: str = "text"
+    log_level: str = "INFO"
+    metrics_token: str = ""
+    embedded: bool = False
+
+    def validate(self) -> Config:
+        if not self.secret:
+            raise ConfigError(
+                "no secret: set CHAT_SECRET (or 'secret' in config.yaml) to a long "
+                "random string, e.g. `openssl rand -hex 32`; --embedded generates one"
+            )
+        if len(self.secret) < 16:
+            raise ConfigError("secret is too short: use at least 16 characters")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log.format must be 'text' or 'json'")
+        if not 4 <= self.bcrypt_rounds <= 31:
+            raise ConfigError("bcrypt_rounds must be between 4 and 31")
+        for name in ("port", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        return self
+
+    @property
+    def mongo_db(self) -> str:
+        path = self.mongo_url.split("://", 1)[-1].split("/", 1)
+        name = path[1].split("?", 1)[0] if len(path) > 1 else ""
+        return name or "chat"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"log": {"format": "json"}} -> {"log_format": "json"}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a YAML or environment value into the type of the setting's default."""
+    default = FIELDS[name].default
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            return tuple(str(v) for v in value or ())
+        if isinstance(default, (int, float)):
+            return type(default)(value)
+        return "" if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {type(default).__name__}") from None
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None,
+         **overrides: Any) -> Config:
+    """Read the YAML file (if any), apply CHAT_* variables, then the overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path is not None and Path(path).exists():
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        for name, value in flatten(data).items():
+            if name not in FIELDS:
+                raise ConfigError(f"{path}: unknown setting {name!r}")
+            values[name] = coerce(name, value)
+    for name in FIELDS:
+        key = "CHAT_" + name.upper()
+        if key in env:
+            values[name] = coerce(name, env[key])
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = coerce(name, value)
+    return Config(**values)

@@ -1,0 +1,351 @@
+"""Rooms of local sockets: post, subscribe then backfill, fan-out, gap repair.
+
+Order and exactly-once come from the per-room seq: a room remembers the last
+seq it delivered and only ever writes last + 1. A delivery that skips ahead
+makes the room read the missing range from MongoDB first; a repeat is
+dropped. Since a message is stored before it is published, and seq N is
+stored only after N - 1 (see Store.post_message), MongoDB always has
+everything a delivery implies.
+
+Each message is JSON-encoded once where it is posted, and framed once per
+process; every socket of the room gets the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import struct
+from typing import Any, Protocol
+
+from chat.broker import AmqpBroker, MemoryBroker
+from chat.limits import RateLimiter
+from chat.metrics import Metrics
+from chat.store import Store, Unavailable, now, public_message
+
+log = logging.getLogger("chat.hub")
+
+BACKFILL_PAGE = 500
+# Live frames a catching-up socket may queue while its history is read.
+CATCH_UP_BUFFER = 10_000
+REPAIR_RETRY_SECONDS = 1.0
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_SLOW_CONSUMER = 4008
+
+
+class InvalidMessage(ValueError):
+    pass
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float):
+        super().__init__(f"too many messages; retry in {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+class Socket(Protocol):
+    user: dict
+    token_id: str
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write a ready-made frame; False when the socket is closed or was closed for it."""
+
+    def close_with(self, code: int, reason: str) -> None: ...
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented RFC 6455 text frame (server to client)."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def message_payload(message: dict[str, Any]) -> bytes:
+    return encode({"type": "message", **message})
+
+
+class CatchUp:
+    """A socket reading history: live frames wait in `buffer` until it is done."""
+
+    __slots__ = ("buffer", "sent")
+
+    def __init__(self, sent: int):
+        self.sent = sent
+        self.buffer: list[tuple[int, bytes]] | None = []
+
+
+class Room:
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.live: dict[Socket, None] = {}  # insertion-ordered set
+        self.catching: dict[Socket, CatchUp] = {}
+        self.last_seq = 0
+        # Deliveries that arrive while the room starts or repairs a gap.
+        self.pending: list[tuple[int, bytes, str]] = []
+        self.busy = True
+        self.started: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def __len__(self) -> int:
+        return len(self.live) + len(self.catching)
+
+
+class Hub:
+    def __init__(self, store: Store, broker: AmqpBroker | MemoryBroker, metrics: Metrics,
+                 max_message_chars: int = 2000, user_messages_per_minute: int = 100):
+        self.store = store
+        self.broker = broker
+        self.metrics = metrics
+        self.max_message_chars = max_message_chars
+        self.user_limit = RateLimiter(user_messages_per_minute, 60.0)
+        self.rooms: dict[str, Room] = {}
+        self.sockets_by_user: dict[str, set[Socket]] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.no_sockets = asyncio.Event()
+        self.no_sockets.set()
+        broker.on_message = self.on_message
+        broker.on_recovered = self.on_recovered
+        broker.on_control = self.on_control
+
+    # Posting -----------------------------------------------------------
+
+    def check_text(self, text: Any) -> str:
+        if not isinstance(text, str):
+            raise InvalidMessage("Not a valid string.")
+        if not text.strip():
+            raise InvalidMessage("This field may not be blank.")
+        if len(text) > self.max_message_chars:
+            raise InvalidMessage(
+                f"Ensure this field has no more than {self.max_message_chars} characters.")
+        return text
+
+    async def post(self, user: dict, uri: str, text: Any,
+                   client_id: str | None = None) -> dict[str, Any]:
+        """Store a message and publish it: the path of both HTTP and socket posts."""
+        text = self.check_text(text)
+        retry_after = self.user_limit.hit(user["id"])
+        if retry_after:
+            raise RateLimited(retry_after)
+        doc, created = await self.store.post_message(uri, user, text, client_id)
+        message = public_message(doc)
+        if created:
+            self.metrics.posted.inc()
+            # After the store: a lost publish is repaired from MongoDB, never a lost message.
+            self.broker.publish(uri, message_payload(message))
+            self.metrics.published.inc()
+        return message
+
+    # Joining and leaving -----------------------------------------------
+
+    def count_user_sockets(self, user_id: str) -> int:
+        return len(self.sockets_by_user.get(user_id, ()))
+
+    async def join(self, sock: Socket, uri: str, since: int | None) -> int:
+        """Subscribe sock to uri, send what it missed after `since`; returns its seq."""
+        self.sockets_by_user.setdefault(sock.user["id"], set()).add(sock)
+        self.no_sockets.clear()
+        self.metrics.open_sockets.inc()
+        room = self.rooms.get(uri)
+        if room is None:
+            room = self.rooms[uri] = Room(uri)
+            self.metrics.active_rooms.set(len(self.rooms))
+            self.spawn(self.start_room(room))
+        if since is None:
+            await asyncio.shield(room.started)
+            if self.rooms.get(uri) is room:
+                room.live[sock] = None
+            return room.last_seq
+        catch_up = room.catching[sock] = CatchUp(since)
+        await asyncio.shield(room.started)
+        while True:
+            docs = await self.store.messages_after(uri, catch_up.sent, BACKFILL_PAGE)
+            for doc in docs:
+                if not sock.send_frame(text_frame(message_payload(public_message(doc)))):
+                    return catch_up.sent
+                catch_up.sent = doc["seq"]
+            self.metrics.backfilled.inc(len(docs))
+            if len(docs) < BACKFILL_PAGE:
+                break
+        if room.catching.get(sock) is not catch_up:
+            return catch_up.sent  # left (or was closed) while reading
+        buffered, catch_up.buffer = catch_up.buffer, None
+        for seq, frame in buffered:
+            if seq > catch_up.sent:
+                if not sock.send_frame(frame):
+                    return catch_up.sent
+                catch_up.sent = seq
+        if catch_up.sent <= room.last_seq:
+            del room.catching[sock]
+            room.live[sock] = None
+        return max(catch_up.sent, room.last_seq)
+
+    def leave(self, sock: Socket, uri: str) -> None:
+        user_sockets = self.sockets_by_user.get(sock.user["id"])
+        if user_sockets is not None and sock in user_sockets:
+            user_sockets.discard(sock)
+            self.metrics.open_sockets.dec()
+            if not user_sockets:
+                del self.sockets_by_user[sock.user["id"]]
+                if not self.sockets_by_user:
+                    self.no_sockets.set()
+        room = self.rooms.get(uri)
+        if room is None:
+            return
+        room.live.pop(sock, None)
+        room.catching.pop(sock, None)
+        if not room:
+            del self.rooms[uri]
+            self.metrics.active_rooms.set(len(self.rooms))
+            self.spawn(self.broker.unsubscribe(uri))
+
+    async def start_room(self, room: Room) -> None:
+        """Bind first, then read where the room is: nothing falls between the two."""
+        await self.broker.subscribe(room.uri)
+        while self.rooms.get(room.uri) is room:
+            try:
+                room.last_seq = await self.store.last_seq(room.uri)
+                break
+            except Unavailable:
+                await asyncio.sleep(REPAIR_RETRY_SECONDS)
+        room.started.set_result(None)
+        await self.drain(room)
+
+    # Delivery ----------------------------------------------------------
+
+    def on_message(self, uri: str, body: bytes) -> None:
+        room = self.rooms.get(uri)
+        if room is None:
+            return
+        try:
+            message = json.loads(body)
+            seq = message["seq"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping a malformed delivery for room %s", uri)
+            return
+        if room.busy:
+            room.pending.append((seq, body, message["created"]))
+        elif seq == room.last_seq + 1:
+            self.deliver(room, seq, body, message["created"])
+        elif seq > room.last_seq:
+            self.metrics.gaps.inc()
+            room.pending.append((seq, body, message["created"]))
+            room.busy = True
+            self.spawn(self.drain(room))
+
+    def deliver(self, room: Room, seq: int, body: bytes, created: str | None) -> None:
+        room.last_seq = seq
+        frame = text_frame(body)
+        for sock in list(room.live):
+            sock.send_frame(frame)
+        self.metrics.delivered.inc(len(room.live))
+        for sock, catch_up in list(room.catching.items()):
+            if catch_up.buffer is not None:
+                if len(catch_up.buffer) >= CATCH_UP_BUFFER:
+                    sock.close_with(CLOSE_SLOW_CONSUMER, "slow consumer")
+                    continue
+                catch_up.buffer.append((seq, frame))
+            elif seq > catch_up.sent and sock.send_frame(frame):
+                catch_up.sent = seq
+                del room.catching[sock]
+                room.live[sock] = None
+        if created:
+            stored = datetime.datetime.fromisoformat(created)
+            self.metrics.delivery_latency.observe(max(0.0, (now() - stored).total_seconds()))
+
+    async def drain(self, room: Room) -> None:
+        """Deliver what waited, reading any gap from MongoDB first."""
+        room.busy = True
+        while self.rooms.get(room.uri) is room:
+            room.pending.sort(key=lambda item: item[0])
+            while room.pending and room.pending[0][0] <= room.last_seq + 1:
+                seq, body, created = room.pending.pop(0)
+                if seq == room.last_seq + 1:
+                    self.deliver(room, seq, body, created)
+            if not room.pending:
+                break
+            try:
+                await self.backfill(room, up_to=room.pending[0][0] - 1)
+            except Unavailable:
+                log.warning("room %s: MongoDB unavailable for gap repair; retrying", room.uri)
+                await asyncio.sleep(REPAIR_RETRY_SECONDS)
+        room.busy = False
+
+    async def backfill(self, room: Room, up_to: int | None = None) -> None:
+        """Deliver stored messages after the room's last seq (up to `up_to`)."""
+        while up_to is None or room.last_seq < up_to:
+            docs = await self.store.messages_after(room.uri, room.last_seq, BACKFILL_PAGE)
+            for doc in docs:
+                if doc["seq"] == room.last_seq + 1:
+                    self.deliver(room, doc["seq"], message_payload(public_message(doc)), None)
+            self.metrics.backfilled.inc(len(docs))
+            if len(docs) < BACKFILL_PAGE:
+                return
+
+    def on_recovered(self, uris: list[str]) -> None:
+        """The broker is back: what was published meanwhile is only in MongoDB."""
+        self.metrics.broker_reconnects.inc()
+        for uri in uris:
+            room = self.rooms.get(uri)
+            if room is not None and not room.busy:
+                self.spawn(self.catch_up_room(room))
+
+    async def catch_up_room(self, room: Room) -> None:
+        room.busy = True
+        while self.rooms.get(room.uri) is room:
+            try:
+                await self.backfill(room)
+                break
+            except Unavailable:
+                await asyncio.sleep(REPAIR_RETRY_SECONDS)
+        await self.drain(room)
+
+    # Control notices (across processes) ---------------------------------
+
+    def revoke_token(self, token_id: str) -> None:
+        """Close this token's sockets in every process."""
+        self.broker.publish_control(encode({"type": "logout", "token_id": token_id}))
+
+    def on_control(self, body: bytes) -> None:
+        try:
+            notice = json.loads(body)
+        except ValueError:
+            return
+        if notice.get("type") == "logout":
+            for sockets in list(self.sockets_by_user.values()):
+                for sock in list(sockets):
+                    if sock.token_id == notice.get("token_id"):
+                        sock.close_with(CLOSE_POLICY, "logged out")
+
+    # Lifecycle ---------------------------------------------------------
+
+    def spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.task_done)
+
+    def task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hub task failed", exc_info=task.exception())
+
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+        for sockets in list(self.sockets_by_user.values()):
+            for sock in list(sockets):
+                sock.close_with(code, reason)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -1,0 +1,44 @@
+"""Prometheus metrics, one registry per application so tests can build many."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.open_sockets = Gauge("chat_open_sockets", "Open WebSocket connections", registry=r)
+        self.active_rooms = Gauge("chat_active_rooms", "Rooms with local subscribers", registry=r)
+        self.posted = Counter("chat_messages_posted", "Messages stored by this process",
+                              registry=r)
+        self.published = Counter("chat_messages_published", "Messages handed to the broker",
+                                 registry=r)
+        self.delivered = Counter("chat_messages_delivered",
+                                 "Message frames written to sockets (one per socket)",
+                                 registry=r)
+        self.backfilled = Counter("chat_messages_backfilled",
+                                  "Messages read from MongoDB to fill gaps or catch sockets up",
+                                  registry=r)
+        self.gaps = Counter("chat_gaps_detected", "Live deliveries that skipped a seq",
+                            registry=r)
+        self.slow_closes = Counter("chat_slow_consumer_closes",
+                                   "Sockets closed with 4008 for not reading", registry=r)
+        self.broker_reconnects = Counter("chat_broker_reconnects",
+                                         "Times the broker connection was restored", registry=r)
+        self.requests = Counter("chat_http_requests", "HTTP requests",
+                                ["handler", "method", "status"], registry=r)
+        self.request_latency = Histogram("chat_http_request_seconds", "HTTP request latency",
+                                         ["handler"], buckets=LATENCY_BUCKETS, registry=r)
+        self.delivery_latency = Histogram(
+            "chat_delivery_seconds", "From storing a message to writing it to local sockets",
+            buckets=LATENCY_BUCKETS, registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,214 @@
+"""The edge's common ground: JSON and form bodies in, JSON out, auth, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import tornado.web
+
+from chat import store as store_errors
+from chat.hub import InvalidMessage, RateLimited
+
+log = logging.getLogger("chat.http")
+
+TOKEN_COOKIE = "chat_token"
+AUTH_SCHEMES = ("jwt", "bearer")
+CHALLENGE = 'JWT realm="chat", Bearer realm="chat"'
+RETRY_AFTER_UNAVAILABLE = "5"
+
+
+class ApiError(Exception):
+    """An answer other than success: status, JSON body, extra headers."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None):
+        super().__init__(status, body)
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+def field_error(field: str, message: str, status: int = 400) -> ApiError:
+    return ApiError(status, {field: [message]})
+
+
+def detail(status: int, message: str, headers: dict[str, str] | None = None) -> ApiError:
+    return ApiError(status, {"detail": message}, headers)
+
+
+def unauthorized(message: str = "Authentication credentials were not provided.") -> ApiError:
+    return detail(401, message, {"WWW-Authenticate": CHALLENGE})
+
+
+def bearer_token(header: str) -> str | None:
+    """The token of "JWT <token>" or "Bearer <token>"."""
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() in AUTH_SCHEMES and token.strip():
+        return token.strip()
+    return None
+
+
+class Services:
+    """What every handler needs, built once in server.py."""
+
+    def __init__(self, config, store, tokens, passwords, hub, metrics, limits):
+        self.config = config
+        self.store = store
+        self.tokens = tokens
+        self.passwords = passwords
+        self.hub = hub
+        self.metrics = metrics
+        self.limits = limits
+
+
+class Authenticating:
+    """Finds the caller from the Authorization header, or else the login cookie."""
+
+    services: Services
+    token_id: str | None = None
+    auth_source: str | None = None
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        header = self.request.headers.get("Authorization")
+        if header is not None:
+            return bearer_token(header), "header"
+        cookie = self.get_cookie(TOKEN_COOKIE)
+        if cookie:
+            return cookie, "cookie"
+        return None, None
+
+    async def authenticate(self) -> dict | None:
+        token, source = self.credentials()
+        if token is None:
+            if source == "header":
+                raise unauthorized("Invalid Authorization header. Use 'JWT <token>' or 'Bearer <token>'.")
+            return None
+        found = await self.services.tokens.verify(token)
+        if found is None:
+            raise unauthorized("Invalid or expired token.")
+        user, self.token_id = found
+        self.auth_source = source
+        return user
+
+
+class ApiHandler(Authenticating, tornado.web.RequestHandler):
+    def initialize(self, services: Services):
+        self.services = services
+        self.started = time.perf_counter()
+        self.request_id = self.request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def check_xsrf_cookie(self) -> None:
+        # Only a request that would be authenticated by the browser's cookie can
+        # be forged cross-site; header tokens and anonymous calls need no XSRF.
+        if self.request.headers.get("Authorization") is None and self.get_cookie(TOKEN_COOKIE):
+            try:
+                super().check_xsrf_cookie()
+            except tornado.web.HTTPError:
+                raise detail(403, "CSRF failed: send the _xsrf cookie's value in an "
+                                  "X-XSRFToken header.") from None
+
+    async def prepare(self) -> None:
+        if len(self.request.body) > self.services.config.max_body_bytes:
+            raise detail(413, f"Request body is larger than {self.services.config.max_body_bytes} bytes.")
+        self.current_user = await self.authenticate()
+
+    def require_user(self) -> dict:
+        if self.current_user is None:
+            raise unauthorized()
+        return self.current_user
+
+    def body(self) -> dict[str, Any]:
+        """The request's fields, from a JSON object or a form."""
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        raw = self.request.body
+        if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            return {k: self.get_body_argument(k) for k in self.request.body_arguments}
+        if not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise detail(400, "JSON parse error: the body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise detail(400, "Expected a JSON object.")
+        return data
+
+    def string_field(self, data: dict, name: str, *, required: bool = True,
+                     max_length: int | None = None, default: str = "") -> str:
+        value = data.get(name)
+        if value is None:
+            if required:
+                raise field_error(name, "This field is required.")
+            return default
+        if not isinstance(value, str):
+            raise field_error(name, "Not a valid string.")
+        if required and not value.strip():
+            raise field_error(name, "This field may not be blank.")
+        if max_length is not None and len(value) > max_length:
+            raise field_error(name, f"Ensure this field has no more than {max_length} characters.")
+        return value
+
+    def int_argument(self, name: str, *, minimum: int = 0, maximum: int | None = None,
+                     default: int | None = None) -> int | None:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise field_error(name, "A valid integer is required.") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise field_error(name, f"Ensure this value is {bound}.")
+        return value
+
+    def reply(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body, ensure_ascii=False))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, (ApiError, store_errors.Unavailable, store_errors.NotFound,
+                              store_errors.NotMember, InvalidMessage, RateLimited)):
+            return
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, store_errors.Unavailable):
+            error = detail(503, "The database is unavailable; try again shortly.",
+                           {"Retry-After": RETRY_AFTER_UNAVAILABLE})
+        elif isinstance(error, store_errors.NotFound):
+            error = detail(404, "Not found.")
+        elif isinstance(error, store_errors.NotMember):
+            error = detail(403, "You are not a member of this chat.")
+        elif isinstance(error, InvalidMessage):
+            error = field_error("message", str(error))
+        elif isinstance(error, RateLimited):
+            error = detail(429, str(error), {"Retry-After": str(max(1, round(error.retry_after)))})
+        elif isinstance(error, tornado.web.HTTPError):
+            error = detail(status_code, error.log_message or self._reason)
+        elif not isinstance(error, ApiError):
+            error = detail(500, "Server error.")
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.finish(json.dumps(error.body, ensure_ascii=False))
+
+    def on_finish(self) -> None:
+        name = type(self).__name__
+        status = self.get_status()
+        metrics = self.services.metrics
+        metrics.requests.labels(name, self.request.method, str(status)).inc()
+        metrics.request_latency.labels(name).observe(time.perf_counter() - self.started)
+
+
+class NotFoundHandler(ApiHandler):
+    async def prepare(self) -> None:
+        raise detail(404, "Not found.")

@@ -1,0 +1,157 @@
+"""The room's WebSocket: /ws/chats/<uri>/?since=N."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import tornado.websocket
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+
+from chat.hub import CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
+from chat.store import NotFound, NotMember, Unavailable
+from handlers.base import CHALLENGE, ApiError, Authenticating, Services
+
+log = logging.getLogger("chat.socket")
+
+MAX_CLIENT_ID = 64
+
+
+class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
+    def initialize(self, services: Services):
+        self.services = services
+        self.uri = ""
+        self.user: dict = {}
+        self.since: int | None = None
+        self.joined = False
+        self.closing = False
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        token = self.get_query_argument("token", None)
+        if token:
+            return token, "query"
+        return super().credentials()
+
+    def check_origin(self, origin: str) -> bool:
+        # Same-origin requests never get here (Tornado matches them to Host first).
+        return origin in self.services.config.allowed_origins
+
+    async def get(self, uri: str) -> None:
+        """Authorise before the upgrade: refused handshakes answer with a status."""
+        try:
+            await self.authorise(uri)
+        except ApiError as error:
+            self.refuse(error.status, error.body.get("detail", "Refused."), error.headers)
+            return
+        await super().get(uri)
+
+    async def authorise(self, uri: str) -> None:
+        try:
+            user = await self.authenticate()
+            if user is None:
+                raise ApiError(401, {"detail": "Authentication credentials were not provided."},
+                               {"WWW-Authenticate": CHALLENGE})
+            since = self.get_query_argument("since", None)
+            if since is not None:
+                if not since.isdigit():
+                    raise ApiError(400, {"detail": "since must be a whole number >= 0."})
+                self.since = int(since)
+            await self.services.store.check_member(uri, user["id"])
+        except NotFound:
+            raise ApiError(404, {"detail": "Not found."}) from None
+        except NotMember:
+            raise ApiError(403, {"detail": "You are not a member of this chat."}) from None
+        except Unavailable:
+            raise ApiError(503, {"detail": "The database is unavailable; try again shortly."},
+                           {"Retry-After": "5"}) from None
+        if self.services.hub.count_user_sockets(user["id"]) >= self.services.config.max_sockets_per_user:
+            raise ApiError(429, {"detail": "Too many open sockets for this user."},
+                           {"Retry-After": "10"})
+        self.user = user
+        self.uri = uri
+
+    def refuse(self, status: int, message: str, headers: dict[str, str]) -> None:
+        log.info("websocket refused: %s %s (room %s)", status, message, uri_of(self.request.path))
+        self.set_status(status)
+        for name, value in headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"detail": message}))
+
+    async def open(self, uri: str) -> None:
+        stream = self.ws_connection.stream
+        stream.max_write_buffer_size = self.services.config.ws_send_buffer_bytes
+        self.joined = True
+        try:
+            seq = await self.services.hub.join(self, uri, self.since)
+        except Unavailable:
+            self.close_with(1011, "database unavailable")
+            return
+        if self.closing:
+            self.services.hub.leave(self, uri)  # closed while joining
+            return
+        self.send_frame(text_frame(encode({"type": "ready", "seq": seq})))
+
+    async def on_message(self, text: str | bytes) -> None:
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            self.send_error("invalid", "Frames must be JSON objects.")
+            return
+        if not isinstance(frame, dict) or frame.get("type") != "message":
+            self.send_error("invalid", "Unknown frame type; send {\"type\": \"message\", ...}.")
+            return
+        client_id = frame.get("client_id")
+        if client_id is not None and (not isinstance(client_id, str)
+                                      or not 0 < len(client_id) <= MAX_CLIENT_ID):
+            self.send_error("invalid", f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters.")
+            return
+        try:
+            await self.services.hub.post(self.user, self.uri, frame.get("message"), client_id)
+        except InvalidMessage as error:
+            self.send_error("invalid", f"message: {error}", client_id)
+        except RateLimited as error:
+            self.send_error("rate_limited", str(error), client_id)
+        except Unavailable:
+            self.send_error("unavailable", "The database is unavailable; try again shortly.",
+                            client_id)
+        except (NotFound, NotMember):
+            self.close_with(1008, "no longer a member")
+
+    def send_error(self, code: str, message: str, client_id: str | None = None) -> None:
+        error = {"type": "error", "code": code, "detail": message}
+        if client_id:
+            error["client_id"] = client_id
+        self.send_frame(text_frame(encode(error)))
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write ready-made frame bytes; past the buffer limit, close with 4008."""
+        if self.closing or self.ws_connection is None:
+            return False
+        stream = self.ws_connection.stream
+        try:
+            stream.write(frame)
+        except StreamBufferFullError:
+            stream.max_write_buffer_size = None  # room for the close frame
+            self.services.metrics.slow_closes.inc()
+            log.info("closing slow consumer %s in room %s", self.user.get("username"), self.uri)
+            self.close_with(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return False
+        except StreamClosedError:
+            return False
+        return True
+
+    def close_with(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self.close(code, reason)
+
+    def on_close(self) -> None:
+        self.closing = True
+        if self.joined:
+            self.services.hub.leave(self, self.uri)
+
+
+def uri_of(path: str) -> str:
+    parts = [p for p in path.split("/") if p]
+    return parts[2] if len(parts) > 2 else ""

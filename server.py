@@ -1,0 +1,190 @@
+"""Chat server: flags -> config -> services -> serve -> graceful stop.
+
+    python server.py [--config config.yaml] [--port 8888] [--embedded]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.web
+
+from chat import config as chat_config
+from chat import embedded, logs
+from chat.broker import AmqpBroker, MemoryBroker
+from chat.hub import CLOSE_GOING_AWAY, Hub
+from chat.limits import RateLimiter
+from chat.metrics import Metrics
+from chat.passwords import Passwords
+from chat.store import Store, Unavailable
+from chat.tokens import Tokens
+from handlers import auth, chats, messages, ops, pages, socket
+from handlers.base import NotFoundHandler, Services
+
+log = logging.getLogger("chat.server")
+
+HERE = Path(__file__).resolve().parent
+URI = r"([0-9a-f]{15})"
+# Largest body Tornado reads at all; the API's own limit (413) is max_body_bytes.
+READ_LIMIT = 1024 * 1024
+SHUTDOWN_GRACE = 3.0
+
+
+class Limits:
+    def __init__(self, config: chat_config.Config):
+        self.signup = RateLimiter(config.signup_per_ip_per_minute, 60.0)
+        self.login = RateLimiter(config.login_per_ip_per_minute, 60.0)
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    config = services.config
+    routes = [
+        (r"/auth/users/create/", auth.RegisterHandler),
+        (r"/auth/jwt/create/", auth.LoginHandler),
+        (r"/auth/jwt/refresh/", auth.RefreshHandler),
+        (r"/auth/logout/", auth.LogoutHandler),
+        (r"/auth/me/", auth.MeHandler),
+        (r"/api/chats/", chats.ChatsHandler),
+        (rf"/api/chats/{URI}/", chats.ChatHandler),
+        (rf"/api/chats/{URI}/messages/", messages.MessagesHandler),
+        (rf"/ws/chats/{URI}/", socket.ChatSocket),
+        (r"/api/openapi.json", ops.OpenApiHandler),
+        (r"/healthz", ops.HealthHandler),
+        (r"/metrics", ops.MetricsHandler),
+        *pages.routes(),
+    ]
+    return tornado.web.Application(
+        [(pattern, handler, {"services": services}) for pattern, handler in routes],
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"services": services},
+        template_path=str(HERE / "templates"),
+        static_path=str(HERE / "static"),
+        cookie_secret=config.secret,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"samesite": "Strict", "secure": config.secure_cookies},
+        websocket_ping_interval=config.ws_ping_interval,
+        websocket_ping_timeout=config.ws_ping_interval,
+        websocket_max_message_size=config.ws_max_message_bytes,
+        log_function=log_request,
+    )
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = logging.INFO if status < 500 else logging.ERROR
+    user = getattr(handler, "current_user", None) or getattr(handler, "user", None) or {}
+    logging.getLogger("chat.access").log(
+        level, "%s %s %s", handler.request.method, logs.redact(handler.request.uri), status,
+        extra={"request_id": getattr(handler, "request_id", ""), "status": status,
+               "user": user.get("username", ""),
+               "ms": round(1000 * handler.request.request_time(), 1)})
+
+
+class ChatServer:
+    """Everything one process runs; start() and stop() in that order."""
+
+    def __init__(self, config: chat_config.Config):
+        self.config = config
+        self.store = Store(config.mongo_url, config.mongo_db, config.mongo_timeout_ms)
+        if config.broker_url.startswith("memory://"):
+            self.broker = MemoryBroker()
+        else:
+            self.broker = AmqpBroker(config.broker_url, config.broker_heartbeat,
+                                     config.broker_reconnect_min, config.broker_reconnect_max)
+        self.metrics = Metrics()
+        self.passwords = Passwords(config.bcrypt_rounds, config.bcrypt_threads)
+        self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
+                       config.user_messages_per_minute)
+        self.services = Services(config, self.store, Tokens(self.store, config.secret,
+                                                            config.token_ttl_days),
+                                 self.passwords, self.hub, self.metrics, Limits(config))
+        self.http: tornado.httpserver.HTTPServer | None = None
+
+    async def start(self) -> None:
+        try:
+            await self.store.ensure_indexes()
+        except Unavailable:
+            log.warning("MongoDB is not reachable; indexes will be created on the next start")
+        await self.broker.start()
+        self.http = tornado.httpserver.HTTPServer(make_app(self.services), xheaders=False,
+                                                  max_body_size=READ_LIMIT)
+        try:
+            self.http.listen(self.config.port, self.config.address)
+        except OSError as error:
+            raise SystemExit(f"cannot listen on {self.config.address}:{self.config.port}: "
+                             f"{error.strerror}") from None
+        log.info("chat server listening on http://%s:%d/", self.config.address, self.config.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, close sockets with 1001, then the connections."""
+        if self.http is not None:
+            self.http.stop()
+        self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        try:
+            await asyncio.wait_for(self.hub.no_sockets.wait(), SHUTDOWN_GRACE)
+        except TimeoutError:
+            log.warning("some sockets did not close in time")
+        await self.hub.stop()
+        await self.broker.close()
+        if self.http is not None:
+            await asyncio.wait_for(self.http.close_all_connections(), SHUTDOWN_GRACE)
+        await self.store.close()
+        self.passwords.close()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Realtime chat server (Tornado, MongoDB, RabbitMQ).")
+    parser.add_argument("--config", default=str(HERE / "config.yaml"),
+                        help="settings file (default: config.yaml beside server.py)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides config and CHAT_PORT)")
+    parser.add_argument("--address", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="one process for trying it out: in-process broker, a generated secret, "
+                             "and a local MongoDB wire server under data_dir when none answers")
+    return parser.parse_args(argv)
+
+
+async def serve(config: chat_config.Config) -> None:
+    mongo = await embedded.start_mongo(config) if config.embedded else None
+    server = ChatServer(config)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await server.start()
+        if config.embedded:
+            print(f"\n  Chat server ready: open http://{config.address}:{config.port}/\n"
+                  "  (Ctrl-C stops it)\n", flush=True)
+        await stopping.wait()
+        log.info("shutting down")
+        await server.stop()
+    finally:
+        if mongo is not None:
+            await embedded.stop_mongo(mongo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = chat_config.load(args.config, port=args.port, address=args.address,
+                                  embedded=args.embedded or None)
+        if config.embedded:
+            config = embedded.prepare(config)
+        config.validate()
+    except chat_config.ConfigError as error:
+        print(f"chat server: configuration error: {error}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_format, config.log_level)
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

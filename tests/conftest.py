@@ -1,0 +1,127 @@
+"""Fixtures: a real MongoDB wire server and RabbitMQ, and server processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProcess, free_port, wait_until
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class MongoServer:
+    """nx-27017 on a free loopback port with a temporary data folder."""
+
+    def __init__(self, data_dir: Path):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        program = shutil.which("nx-27017", path=os.path.dirname(sys.executable))
+        assert program, "nx-27017 is not installed (make test installs it)"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [program, "--host", "127.0.0.1", "-p", str(self.port), "--data-dir", str(self.data_dir),
+             "--log-file", str(self.data_dir / "nx.log"), "--pid-file", str(self.data_dir / "nx.pid")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open("127.0.0.1", self.port), 20, "nx-27017 to listen")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory):
+    """The wire server, or None when CHAT_TEST_MONGO_URL names a MongoDB."""
+    if os.environ.get("CHAT_TEST_MONGO_URL"):
+        yield None
+        return
+    server = MongoServer(tmp_path_factory.mktemp("mongo"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_base(mongo_server) -> str:
+    return os.environ.get("CHAT_TEST_MONGO_URL") or mongo_server.url
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    url = os.environ.get("CHAT_TEST_AMQP_URL", AMQP_URL)
+    if "127.0.0.1:5672" in url:
+        assert port_open("127.0.0.1", 5672), \
+            "RabbitMQ is not running on 127.0.0.1:5672: `make test` starts it (rabbitmq-server -detached)"
+    return url
+
+
+def database_url(base: str) -> str:
+    """A fresh database name on the test MongoDB, so tests never share data."""
+    base = base.rstrip("/")
+    query = ""
+    if "?" in base:
+        base, query = base.split("?", 1)
+        query = "?" + query
+    host_part = base.split("://", 1)[1]
+    if "/" in host_part:
+        base = base.rsplit("/", 1)[0]
+    return f"{base}/t{uuid.uuid4().hex[:10]}{query}"
+
+
+@pytest.fixture
+def fresh_db(mongo_base) -> str:
+    return database_url(mongo_base)
+
+
+@pytest.fixture(scope="module")
+def server(mongo_base, amqp_url, tmp_path_factory):
+    """One server process on RabbitMQ and its own database, for a test module."""
+    process = ServerProcess(database_url(mongo_base), amqp_url,
+                            log_dir=tmp_path_factory.mktemp("logs")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def start_server(mongo_base, amqp_url, tmp_path):
+    """Start extra server processes for one test; all are stopped afterwards."""
+    started: list[ServerProcess] = []
+
+    def start(mongo_url: str | None = None, broker_url: str | None = None, wait: bool = True,
+              **settings) -> ServerProcess:
+        process = ServerProcess(mongo_url or database_url(mongo_base), broker_url or amqp_url,
+                                log_dir=tmp_path, **settings)
+        started.append(process)
+        return process.start(wait=wait)
+
+    yield start
+    for process in started:
+        process.kill()

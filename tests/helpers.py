@@ -1,0 +1,253 @@
+"""Test helpers: real server processes, HTTP and WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """`python server.py --port P` with test settings; stop() or kill() it."""
+
+    def __init__(self, mongo_url: str, broker_url: str, port: int | None = None,
+                 log_dir: Path | None = None, **settings):
+        self.port = port or free_port()
+        self.mongo_url = mongo_url
+        self.broker_url = broker_url
+        self.settings = settings
+        self.log_path = (log_dir or Path("/tmp")) / f"server-{self.port}-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env.update({
+            "CHAT_MONGO_URL": self.mongo_url,
+            "CHAT_BROKER_URL": self.broker_url,
+            "CHAT_SECRET": SECRET,
+            "CHAT_BCRYPT_ROUNDS": "4",
+            "CHAT_SIGNUP_PER_IP_PER_MINUTE": "100000",
+            "CHAT_LOGIN_PER_IP_PER_MINUTE": "100000",
+            "CHAT_USER_MESSAGES_PER_MINUTE": "100000",
+            "CHAT_MONGO_TIMEOUT_MS": "2000",
+            "CHAT_BROKER_RECONNECT_MAX": "3",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update({f"CHAT_{k.upper()}": str(v) for k, v in self.settings.items()})
+        return env
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py"), "--port", str(self.port)],
+            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready():
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(ready, timeout, f"server on port {self.port}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class Api:
+    """A signed-up user talking to one server."""
+
+    def __init__(self, base_url: str, username: str | None = None, password: str = "pass-word-1"):
+        self.base_url = base_url
+        self.username = username or f"u{uuid.uuid4().hex[:12]}"
+        self.password = password
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+        self.token: str | None = None
+        self.user: dict | None = None
+
+    def signup(self) -> Api:
+        reply = self.http.post("/auth/users/create/",
+                               json={"username": self.username, "password": self.password})
+        assert reply.status_code == 201, reply.text
+        self.user = reply.json()
+        return self.login()
+
+    def login(self) -> Api:
+        reply = self.http.post("/auth/jwt/create/",
+                               json={"username": self.username, "password": self.password})
+        assert reply.status_code == 200, reply.text
+        self.token = reply.json()["token"]
+        self.http.cookies.clear()  # authenticate by header, like the tutorial's client
+        return self
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"JWT {self.token}"}
+
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        return self.http.request(method, path, headers=headers, **kwargs)
+
+    def new_chat(self) -> str:
+        reply = self.request("POST", "/api/chats/")
+        assert reply.status_code == 200, reply.text
+        return reply.json()["uri"]
+
+    def join(self, uri: str) -> dict:
+        reply = self.request("PATCH", f"/api/chats/{uri}/")
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def post(self, uri: str, text: str, client_id: str | None = None) -> dict:
+        body = {"message": text}
+        if client_id:
+            body["client_id"] = client_id
+        reply = self.request("POST", f"/api/chats/{uri}/messages/", json=body)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def history(self, uri: str, **params) -> dict:
+        reply = self.request("GET", f"/api/chats/{uri}/messages/", params=params)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def all_seqs(self, uri: str) -> list[int]:
+        seqs, after = [], 0
+        while True:
+            page = self.history(uri, after=after, limit=200)
+            seqs += [m["seq"] for m in page["messages"]]
+            if not page["has_more"]:
+                return seqs
+            after = seqs[-1]
+
+    def ws_url(self, uri: str, since: int | None = None) -> str:
+        base = self.base_url.replace("http://", "ws://")
+        url = f"{base}/ws/chats/{uri}/?token={self.token}"
+        return url if since is None else f"{url}&since={since}"
+
+
+class Listener:
+    """A socket that records every message frame; reconnects with since when asked."""
+
+    def __init__(self, api: Api, uri: str, base_url: str | None = None):
+        self.api = api
+        self.uri = uri
+        self.base_url = base_url or api.base_url
+        self.seqs: list[int] = []
+        self.frames: list[dict] = []
+        self.closes: list[int | None] = []
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.stopped = False
+
+    @property
+    def last(self) -> int:
+        return self.seqs[-1] if self.seqs else 0
+
+    def url(self, since: int | None) -> str:
+        base = self.base_url.replace("http://", "ws://")
+        url = f"{base}/ws/chats/{self.uri}/?token={self.api.token}"
+        return url if since is None else f"{url}&since={since}"
+
+    async def run_once(self, since: int | None) -> None:
+        async with websockets.connect(self.url(since), max_queue=None, open_timeout=5) as ws:
+            try:
+                async for raw in ws:
+                    frame = json.loads(raw)
+                    self.frames.append(frame)
+                    if frame["type"] == "message":
+                        self.seqs.append(frame["seq"])
+                    elif frame["type"] == "ready":
+                        self.ready.set()
+            finally:
+                self.closes.append(ws.close_code)
+
+    async def run(self, reconnect: bool, since: int | None = 0) -> None:
+        first = True
+        while not self.stopped:
+            try:
+                await self.run_once(since if first else self.last)
+            except (TimeoutError, OSError, websockets.WebSocketException):
+                pass
+            first = False
+            if not reconnect or self.stopped:
+                return
+            await asyncio.sleep(0.2)
+
+    def start(self, reconnect: bool = False, since: int | None = 0) -> Listener:
+        self.task = asyncio.ensure_future(self.run(reconnect, since))
+        return self
+
+    async def stop(self) -> None:
+        self.stopped = True
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def wait_for(predicate, seconds: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        await asyncio.sleep(0.05)
