@@ -1,11 +1,12 @@
 # make run   - install into .venv and start the server on the embedded default
 # make test  - install everything the tests need and run every test
+# make cluster - N=2 server processes behind nginx on RabbitMQ (PORT=8080)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint rabbitmq chromium clean
+.PHONY: run test lint rabbitmq chromium nginx cluster clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +33,20 @@ chromium:
 	  echo "installing chromium"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); }
 
-test: $(VENV)/.installed-test rabbitmq chromium
+# Debian's nginx, run by `make cluster` and the tests as a foreground child with
+# its own config; the system service is never started.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  echo "installing nginx"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     -o DPkg::Lock::Timeout=300 nginx >/dev/null); }
+
+N    ?= 2
+PORT ?= 8080
+cluster: $(VENV)/.installed rabbitmq nginx
+	$(PY) deploy/cluster.py --servers $(N) --port $(PORT)
+
+test: $(VENV)/.installed-test rabbitmq chromium nginx
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 

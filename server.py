@@ -25,7 +25,7 @@ from chat.passwords import Passwords
 from chat.store import Store, Unavailable
 from chat.tokens import Tokens
 from handlers import auth, chats, messages, ops, pages, socket
-from handlers.base import NotFoundHandler, Services
+from handlers.base import NotFoundHandler, SecurityHeaders, Services
 
 log = logging.getLogger("chat.server")
 
@@ -63,6 +63,7 @@ def make_app(services: Services) -> tornado.web.Application:
         [(pattern, handler, {"services": services}) for pattern, handler in routes],
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services},
+        transforms=[SecurityHeaders],
         template_path=str(HERE / "templates"),
         static_path=str(HERE / "static"),
         cookie_secret=config.secret,
@@ -79,10 +80,14 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 500 else logging.ERROR
     user = getattr(handler, "current_user", None) or getattr(handler, "user", None) or {}
+    # The only path argument of the API and socket routes is the room's uri.
+    room = next(iter(getattr(handler, "path_args", None) or ()), "")
     logging.getLogger("chat.access").log(
         level, "%s %s %s", handler.request.method, logs.redact(handler.request.uri), status,
         extra={"request_id": getattr(handler, "request_id", ""), "status": status,
-               "user": user.get("username", ""),
+               "user": user.get("username", ""), "room": room,
+               "reason": getattr(handler, "refusal", ""),
+               "ip": handler.request.remote_ip,
                "ms": round(1000 * handler.request.request_time(), 1)})
 
 
@@ -112,7 +117,10 @@ class ChatServer:
         except Unavailable:
             log.warning("MongoDB is not reachable; indexes will be created on the next start")
         await self.broker.start()
-        self.http = tornado.httpserver.HTTPServer(make_app(self.services), xheaders=False,
+        # Behind nginx, the client's address and scheme come from its X-Real-IP
+        # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
+        self.http = tornado.httpserver.HTTPServer(make_app(self.services),
+                                                  xheaders=self.config.behind_proxy,
                                                   max_body_size=READ_LIMIT)
         try:
             self.http.listen(self.config.port, self.config.address)

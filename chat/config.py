@@ -18,6 +18,7 @@ class ConfigError(ValueError):
 class Config:
     address: str = "127.0.0.1"
     port: int = 8888
+    behind_proxy: bool = False
     mongo_url: str = "mongodb://127.0.0.1:27017/chat"
     mongo_timeout_ms: int = 2500
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"

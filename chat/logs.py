@@ -10,12 +10,14 @@ import time
 
 # Attributes a LogRecord has of its own; anything else was passed in `extra`.
 STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-SECRET_QUERY = re.compile(r"((?:^|[?&])token=)[^&]*")
+SECRET_QUERY = re.compile(r"((?:^|[?&])token=)[^&\s\"'#]*")
+# A JWT (ours start with the base64 of '{"alg"'), wherever it turns up.
+JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 
 
-def redact(uri: str) -> str:
-    """A request URI with any ?token= value hidden."""
-    return SECRET_QUERY.sub(r"\1[redacted]", uri)
+def redact(text: str) -> str:
+    """A request URI (or any log line) with ?token= values and JWTs hidden."""
+    return JWT.sub("[redacted]", SECRET_QUERY.sub(r"\1[redacted]", text))
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +32,8 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in STANDARD})
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # Last line of defence: Tornado's own error lines include request URIs.
+        return redact(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -39,10 +42,10 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extra = {k: v for k, v in vars(record).items() if k not in STANDARD}
+        extra = {k: v for k, v in vars(record).items() if k not in STANDARD and v != ""}
         if extra:
             line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
-        return line
+        return redact(line)
 
 
 def configure(fmt: str = "text", level: str = "INFO") -> None:
@@ -52,3 +55,5 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # pymongo's DEBUG lines hold whole commands: message texts and password hashes.
+    logging.getLogger("pymongo").setLevel(logging.WARNING)

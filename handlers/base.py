@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -19,6 +21,26 @@ TOKEN_COOKIE = "chat_token"
 AUTH_SCHEMES = ("jwt", "bearer")
 CHALLENGE = 'JWT realm="chat", Bearer realm="chat"'
 RETRY_AFTER_UNAVAILABLE = "5"
+# A client's (or nginx's $request_id) X-Request-Id is kept only if it looks like one.
+REQUEST_ID = re.compile(r"[\w.-]{1,64}", re.ASCII)
+# The API's answers are JSON, never a document to render or frame. Handlers
+# that serve documents (the browser page) set their own CSP, which wins.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class SecurityHeaders(tornado.web.OutputTransform):
+    """Adds SECURITY_HEADERS a response lacks. A transform because it is the one
+    hook Tornado runs for every response: handlers, its own errors, static files
+    and the WebSocket handshake."""
+
+    def transform_first_chunk(self, status_code, headers, chunk, finishing):
+        for name, value in SECURITY_HEADERS.items():
+            headers.setdefault(name, value)
+        return status_code, headers, chunk
 
 
 class ApiError(Exception):
@@ -70,6 +92,13 @@ class Authenticating:
     services: Services
     token_id: str | None = None
     auth_source: str | None = None
+    # Why the request was refused, for the access log (never a secret or a text).
+    refusal: str = ""
+
+    @functools.cached_property
+    def request_id(self) -> str:
+        given = self.request.headers.get("X-Request-Id", "")
+        return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
     def credentials(self) -> tuple[str | None, str | None]:
         header = self.request.headers.get("Authorization")
@@ -98,11 +127,11 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
     def initialize(self, services: Services):
         self.services = services
         self.started = time.perf_counter()
-        self.request_id = self.request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Request-Id", self.request_id)
 
     def check_xsrf_cookie(self) -> None:
         # Only a request that would be authenticated by the browser's cookie can
@@ -196,6 +225,10 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
             error = detail(status_code, error.log_message or self._reason)
         elif not isinstance(error, ApiError):
             error = detail(500, "Server error.")
+        body = error.body if isinstance(error.body, dict) else {}
+        self.refusal = str(body.get("detail") or "; ".join(
+            f"{field}: {messages[0] if isinstance(messages, list) else messages}"
+            for field, messages in body.items()))
         self.set_status(error.status)
         for name, value in error.headers.items():
             self.set_header(name, value)
