@@ -61,17 +61,17 @@ class MemoryBroker:
         self.on_message: Callable[[str, bytes], None] = ignore
         self.on_recovered: Callable[[list[str]], None] = ignore
         self.on_control: Callable[[bytes], None] = ignore
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        pass
 
     def publish(self, uri: str, body: bytes) -> None:
+        # Delivered on a later turn of the loop, as from a real broker.
         if uri in self.rooms:
-            self.loop.call_soon(self.on_message, uri, body)
+            asyncio.get_running_loop().call_soon(self.on_message, uri, body)
 
     def publish_control(self, body: bytes) -> None:
-        self.loop.call_soon(self.on_control, body)
+        asyncio.get_running_loop().call_soon(self.on_control, body)
 
     async def subscribe(self, uri: str) -> None:
         self.rooms.add(uri)

@@ -28,6 +28,9 @@ from chat.store import Store, Unavailable, now, public_message
 log = logging.getLogger("chat.hub")
 
 BACKFILL_PAGE = 500
+# A socket's catch-up is sent a page at a time, each written out before the
+# next is read, so a long history does not trip the slow-consumer limit.
+CATCH_UP_PAGE = 100
 # Live frames a catching-up socket may queue while its history is read.
 CATCH_UP_BUFFER = 10_000
 REPAIR_RETRY_SECONDS = 1.0
@@ -53,6 +56,9 @@ class Socket(Protocol):
 
     def send_frame(self, frame: bytes) -> bool:
         """Write a ready-made frame; False when the socket is closed or was closed for it."""
+
+    async def drain(self) -> bool:
+        """Wait until what was written has reached the kernel; False when closed."""
 
     def close_with(self, code: int, reason: str) -> None: ...
 
@@ -170,14 +176,16 @@ class Hub:
         catch_up = room.catching[sock] = CatchUp(since)
         await asyncio.shield(room.started)
         while True:
-            docs = await self.store.messages_after(uri, catch_up.sent, BACKFILL_PAGE)
+            docs = await self.store.messages_after(uri, catch_up.sent, CATCH_UP_PAGE)
             for doc in docs:
                 if not sock.send_frame(text_frame(message_payload(public_message(doc)))):
                     return catch_up.sent
                 catch_up.sent = doc["seq"]
             self.metrics.backfilled.inc(len(docs))
-            if len(docs) < BACKFILL_PAGE:
+            if len(docs) < CATCH_UP_PAGE:
                 break
+            if not await sock.drain():
+                return catch_up.sent
         if room.catching.get(sock) is not catch_up:
             return catch_up.sent  # left (or was closed) while reading
         buffered, catch_up.buffer = catch_up.buffer, None

@@ -141,6 +141,15 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return False
         return True
 
+    async def drain(self) -> bool:
+        if self.closing or self.ws_connection is None:
+            return False
+        try:
+            await self.ws_connection.stream.write(b"")  # resolves once all before it is sent
+        except StreamClosedError:
+            return False
+        return not self.closing
+
     def close_with(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True

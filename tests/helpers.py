@@ -251,3 +251,11 @@ async def wait_for(predicate, seconds: float, what: str) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def metric(text: str, name: str) -> float:
+    """A sample's value from the Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -1,0 +1,210 @@
+"""Unit tests of the hub's ordering logic, with an in-memory store and socket fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+
+import pytest
+
+from chat.broker import MemoryBroker
+from chat.hub import Hub, message_payload
+from chat.metrics import Metrics
+from chat.store import NotMember, public_message
+
+
+class FakeStore:
+    """The store's message methods over a list; `delay` slows reads down."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+        self.delay = 0.0
+
+    def add(self, uri: str, text: str) -> dict:
+        doc = {"_id": f"id{len(self.messages)}", "room": uri, "seq": self.next_seq(uri),
+               "user": {"id": "u1", "username": "alice"}, "message": text,
+               "created": datetime.datetime.now(datetime.UTC)}
+        self.messages.append(doc)
+        return doc
+
+    def next_seq(self, uri: str) -> int:
+        return 1 + max((m["seq"] for m in self.messages if m["room"] == uri), default=0)
+
+    async def last_seq(self, uri: str) -> int:
+        return self.next_seq(uri) - 1
+
+    async def messages_after(self, uri: str, after: int, limit: int) -> list[dict]:
+        await asyncio.sleep(self.delay)
+        found = [m for m in self.messages if m["room"] == uri and m["seq"] > after]
+        return sorted(found, key=lambda m: m["seq"])[:limit]
+
+    async def post_message(self, uri, user, text, client_id=None):
+        if user["id"] == "stranger":
+            raise NotMember(uri)
+        return self.add(uri, text), True
+
+
+class FakeSocket:
+    def __init__(self, name: str = "s", user_id: str = "u1"):
+        self.user = {"id": user_id, "username": name}
+        self.token_id = f"t-{name}"
+        self.frames: list[dict] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send_frame(self, frame: bytes) -> bool:
+        if self.closed:
+            return False
+        length = frame[1] & 0x7F
+        offset = 2 if length < 126 else 4 if length == 126 else 10
+        self.frames.append(json.loads(frame[offset:]))
+        return True
+
+    async def drain(self) -> bool:
+        return not self.closed
+
+    def close_with(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    @property
+    def seqs(self) -> list[int]:
+        return [f["seq"] for f in self.frames if f["type"] == "message"]
+
+
+def payload(doc: dict) -> bytes:
+    return message_payload(public_message(doc))
+
+
+@pytest.fixture
+def hub_and_store():
+    store = FakeStore()
+    broker = MemoryBroker()
+    return Hub(store, broker, Metrics()), store, broker
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+
+
+def test_deliveries_out_of_order_are_repaired_from_the_store(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        sock = FakeSocket()
+        await hub.join(sock, "room", None)
+        docs = [store.add("room", f"m{i}") for i in range(1, 5)]
+        # the broker hands over 3 and 4 before 1 and 2, and 2 twice
+        for doc in (docs[2], docs[3], docs[0], docs[1], docs[1]):
+            hub.on_message("room", payload(doc))
+        await settle()
+        return sock
+
+    sock = asyncio.run(scenario())
+    assert sock.seqs == [1, 2, 3, 4]
+
+
+def test_a_lost_delivery_is_filled_in_when_the_next_one_arrives(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        sock = FakeSocket()
+        await hub.join(sock, "room", None)
+        first, _lost, third = (store.add("room", t) for t in ("a", "b", "c"))
+        hub.on_message("room", payload(first))
+        hub.on_message("room", payload(third))  # "b" never comes through the broker
+        await settle()
+        return sock
+
+    sock = asyncio.run(scenario())
+    assert sock.seqs == [1, 2, 3]
+    assert [f["message"] for f in sock.frames] == ["a", "b", "c"]
+
+
+def test_after_a_broker_outage_the_room_is_backfilled(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        sock = FakeSocket()
+        await hub.join(sock, "room", None)
+        for text in ("while", "the broker", "was down"):
+            store.add("room", text)
+        hub.on_recovered(["room"])
+        await settle()
+        return sock
+
+    sock = asyncio.run(scenario())
+    assert sock.seqs == [1, 2, 3]
+
+
+def test_a_catch_up_racing_live_deliveries_sends_each_seq_once(hub_and_store):
+    hub, store, _ = hub_and_store
+    store.delay = 0.02
+
+    async def scenario():
+        for i in range(250):
+            store.add("room", f"old{i}")
+        early = FakeSocket("early")
+        await hub.join(early, "room", None)
+        late = FakeSocket("late")
+        joining = asyncio.ensure_future(hub.join(late, "room", 0))
+        for i in range(30):  # arrive while `late` reads its pages
+            hub.on_message("room", payload(store.add("room", f"new{i}")))
+            await asyncio.sleep(0.005)
+        ready_seq = await joining
+        for i in range(5):
+            hub.on_message("room", payload(store.add("room", f"after{i}")))
+        await settle()
+        return early, late, ready_seq
+
+    early, late, ready_seq = asyncio.run(scenario())
+    assert late.seqs == list(range(1, 286))
+    assert ready_seq >= 250
+    assert early.seqs == list(range(251, 286))
+
+
+def test_the_last_socket_leaving_unsubscribes_the_room(hub_and_store):
+    hub, _store, broker = hub_and_store
+
+    async def scenario():
+        a, b = FakeSocket("a"), FakeSocket("b", "u2")
+        await hub.join(a, "room", None)
+        await hub.join(b, "room", None)
+        hub.leave(a, "room")
+        await settle()
+        assert broker.rooms == {"room"}
+        hub.leave(b, "room")
+        await settle()
+        assert broker.rooms == set() and hub.rooms == {}
+        assert hub.no_sockets.is_set()
+
+    asyncio.run(scenario())
+
+
+def test_logout_notice_closes_only_that_tokens_sockets(hub_and_store):
+    hub, _, _ = hub_and_store
+
+    async def scenario():
+        a, b = FakeSocket("a"), FakeSocket("b", "u2")
+        await hub.join(a, "room", None)
+        await hub.join(b, "room", None)
+        hub.revoke_token(a.token_id)
+        await settle()
+        return a, b
+
+    a, b = asyncio.run(scenario())
+    assert a.closed == (1008, "logged out") and b.closed is None
+
+
+def test_post_validates_the_text(hub_and_store):
+    hub, _, _ = hub_and_store
+    user = {"id": "u1", "username": "alice"}
+
+    async def scenario():
+        for bad in ("", "   ", None, 3, "x" * 2001):
+            with pytest.raises(ValueError):
+                await hub.post(user, "room", bad)
+        message = await hub.post(user, "room", "fine")
+        assert message["seq"] == 1
+
+    asyncio.run(scenario())

@@ -1,0 +1,358 @@
+"""The room's WebSocket on one real server process (RabbitMQ and the MongoDB wire server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.helpers import Api, Listener, metric, wait_for
+
+
+@pytest.fixture
+def room(server):
+    """(alice, bob, uri): two members of a new chat."""
+    alice, bob = Api(server.url).signup(), Api(server.url).signup()
+    uri = alice.new_chat()
+    bob.join(uri)
+    return alice, bob, uri
+
+
+async def next_frame(ws, kind: str | None = None, wait: float = 5) -> dict:
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), wait))
+        if kind is None or frame["type"] == kind:
+            return frame
+
+
+async def refused_status(url: str, **kwargs) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(url, open_timeout=5, **kwargs):
+            pass
+    return refused.value.response.status_code
+
+
+def test_two_members_see_each_others_messages_in_order_exactly_once(room):
+    alice, bob, uri = room
+
+    async def scenario():
+        received: dict[str, list[dict]] = {"alice": [], "bob": []}
+        async with websockets.connect(alice.ws_url(uri)) as a, \
+                websockets.connect(bob.ws_url(uri)) as b:
+            assert (await next_frame(a))["type"] == "ready"
+            assert (await next_frame(b))["type"] == "ready"
+            for i in range(10):
+                sender = a if i % 2 == 0 else b
+                await sender.send(json.dumps({"type": "message", "message": f"m{i}",
+                                              "client_id": f"c{i}"}))
+                for name, ws in (("alice", a), ("bob", b)):
+                    received[name].append(await next_frame(ws, "message"))
+            for ws in (a, b):
+                with pytest.raises(asyncio.TimeoutError):
+                    await next_frame(ws, "message", wait=0.5)
+        return received
+
+    received = asyncio.run(scenario())
+    for frames in received.values():
+        assert [f["seq"] for f in frames] == list(range(1, 11))
+        assert [f["message"] for f in frames] == [f"m{i}" for i in range(10)]
+        assert [f["user"]["username"] for f in frames] == [
+            (alice if i % 2 == 0 else bob).username for i in range(10)]
+
+
+def test_every_socket_gets_every_message_once_in_seq_order(room):
+    alice, bob, uri = room
+
+    async def scenario():
+        listeners = [Listener(alice, uri).start(since=None), Listener(bob, uri).start(since=None),
+                     Listener(bob, uri).start(since=None)]
+        await wait_for(lambda: all(lst.ready.is_set() for lst in listeners), 10, "ready frames")
+        async with websockets.connect(alice.ws_url(uri)) as a:
+            await next_frame(a, "ready")
+            for i in range(50):
+                await a.send(json.dumps({"type": "message", "message": f"m{i}", "client_id": f"c{i}"}))
+            await wait_for(lambda: all(len(lst.seqs) >= 50 for lst in listeners), 15, "50 messages")
+        await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive by now
+        for listener in listeners:
+            await listener.stop()
+        return listeners
+
+    listeners = asyncio.run(scenario())
+    for listener in listeners:
+        assert listener.seqs == list(range(1, 51))
+        texts = [f["message"] for f in listener.frames if f["type"] == "message"]
+        assert texts == [f"m{i}" for i in range(50)]
+        message = next(f for f in listener.frames if f["type"] == "message")
+        assert set(message) >= {"type", "seq", "id", "uri", "user", "message", "created", "client_id"}
+
+
+def test_http_posts_reach_the_socket(room):
+    alice, bob, uri = room
+
+    async def scenario():
+        async with websockets.connect(bob.ws_url(uri)) as b:
+            await next_frame(b, "ready")
+            posted = await asyncio.to_thread(alice.post, uri, "over http")
+            frame = await next_frame(b, "message")
+            assert frame["seq"] == posted["seq"] and frame["message"] == "over http"
+            assert frame["user"]["username"] == alice.username
+
+    asyncio.run(scenario())
+
+
+def test_since_sends_what_was_missed_then_ready_then_live(room):
+    alice, bob, uri = room
+    for i in range(1, 8):
+        alice.post(uri, f"old{i}")
+
+    async def scenario():
+        async with websockets.connect(bob.ws_url(uri, since=3)) as b:
+            frames = [await next_frame(b) for _ in range(5)]
+            assert [f["seq"] for f in frames[:4]] == [4, 5, 6, 7]
+            assert frames[4] == {"type": "ready", "seq": 7}
+            await asyncio.to_thread(alice.post, uri, "new")
+            assert (await next_frame(b, "message"))["seq"] == 8
+
+    asyncio.run(scenario())
+
+
+def test_without_since_the_socket_starts_live_at_the_current_seq(room):
+    alice, bob, uri = room
+    for i in range(3):
+        alice.post(uri, f"old{i}")
+
+    async def scenario():
+        async with websockets.connect(bob.ws_url(uri)) as b:
+            assert await next_frame(b) == {"type": "ready", "seq": 3}
+            await asyncio.to_thread(alice.post, uri, "live")
+            assert (await next_frame(b))["seq"] == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_long_catch_up_is_complete_and_in_order(room):
+    alice, bob, uri = room
+    for i in range(1, 1201):
+        alice.post(uri, f"m{i}")
+
+    async def scenario():
+        listener = Listener(bob, uri).start(since=0)
+        await wait_for(lambda: listener.ready.is_set(), 20, "ready")
+        await listener.stop()
+        return listener
+
+    listener = asyncio.run(scenario())
+    assert listener.seqs == list(range(1, 1201))
+
+
+def test_messages_racing_a_catch_up_are_kept_once(room):
+    """Posts land while a socket reads its history: none lost, none doubled."""
+    alice, bob, uri = room
+    for i in range(600):
+        alice.post(uri, f"before{i}")
+
+    async def scenario():
+        async def post_more():
+            for i in range(100):
+                await asyncio.to_thread(alice.post, uri, f"during{i}")
+        posting = asyncio.ensure_future(post_more())
+        listener = Listener(bob, uri).start(since=0)
+        await posting
+        await wait_for(lambda: len(listener.seqs) >= 700, 20, "700 messages")
+        await asyncio.sleep(0.3)
+        await listener.stop()
+        return listener
+
+    listener = asyncio.run(scenario())
+    assert listener.seqs == list(range(1, 701))
+
+
+def test_socket_posts_take_the_http_path_with_idempotency(room):
+    alice, _bob, uri = room
+
+    async def scenario():
+        async with websockets.connect(alice.ws_url(uri)) as a:
+            await next_frame(a, "ready")
+            for _ in range(2):
+                await a.send(json.dumps({"type": "message", "message": "once", "client_id": "same"}))
+            first = await next_frame(a, "message")
+            assert first["client_id"] == "same"
+            with pytest.raises(asyncio.TimeoutError):
+                await next_frame(a, "message", wait=0.7)
+        reply = alice.request("POST", f"/api/chats/{uri}/messages/",
+                              json={"message": "once", "client_id": "same"}).json()
+        assert reply["seq"] == first["seq"]
+
+    asyncio.run(scenario())
+    assert alice.all_seqs(uri) == [1]
+
+
+@pytest.mark.parametrize("frame, expected", [
+    ("not json", "invalid"),
+    (json.dumps([1, 2]), "invalid"),
+    (json.dumps({"type": "shout", "message": "x"}), "invalid"),
+    (json.dumps({"type": "message", "message": ""}), "invalid"),
+    (json.dumps({"type": "message", "message": "x" * 2001}), "invalid"),
+    (json.dumps({"type": "message", "message": 42}), "invalid"),
+    (json.dumps({"type": "message", "message": "ok", "client_id": 5}), "invalid"),
+])
+def test_bad_frames_get_an_error_frame_and_store_nothing(room, frame, expected):
+    alice, _, uri = room
+
+    async def scenario():
+        async with websockets.connect(alice.ws_url(uri)) as a:
+            await next_frame(a, "ready")
+            await a.send(frame)
+            error = await next_frame(a)
+            assert error["type"] == "error" and error["code"] == expected and error["detail"]
+            # the socket stays usable
+            await a.send(json.dumps({"type": "message", "message": "fine", "client_id": "ok"}))
+            assert (await next_frame(a, "message"))["message"] == "fine"
+
+    asyncio.run(scenario())
+    assert alice.all_seqs(uri) == [1]
+
+
+def test_a_frame_over_64_kib_closes_with_1009(room):
+    alice, _, uri = room
+
+    async def scenario():
+        async with websockets.connect(alice.ws_url(uri), max_size=None) as a:
+            await next_frame(a, "ready")
+            await a.send("x" * (64 * 1024 + 10))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(a.recv(), 5)
+            return a.close_code
+
+    assert asyncio.run(scenario()) == 1009
+
+
+def test_the_user_rate_limit_answers_with_an_error_frame(start_server):
+    server = start_server(user_messages_per_minute=5)
+    alice = Api(server.url).signup()
+    uri = alice.new_chat()
+
+    async def scenario():
+        async with websockets.connect(alice.ws_url(uri)) as a:
+            await next_frame(a, "ready")
+            for i in range(6):
+                await a.send(json.dumps({"type": "message", "message": f"m{i}", "client_id": f"c{i}"}))
+            frames = [await next_frame(a) for _ in range(6)]
+            errors = [f for f in frames if f["type"] == "error"]
+            assert len(errors) == 1 and errors[0]["code"] == "rate_limited"
+            assert errors[0]["client_id"] == "c5"
+
+    asyncio.run(scenario())
+    reply = alice.request("POST", f"/api/chats/{uri}/messages/", json={"message": "http too"})
+    assert reply.status_code == 429 and int(reply.headers["Retry-After"]) > 0
+
+
+def test_refused_handshakes(server, room):
+    alice, bob, uri = room
+    stranger = Api(server.url).signup()
+
+    async def scenario():
+        assert await refused_status(stranger.ws_url(uri)) == 403
+        assert await refused_status(alice.ws_url(uri).replace(alice.token, "bad.to.ken")) == 401
+        no_token = f"{server.ws_url}/ws/chats/{uri}/"
+        assert await refused_status(no_token) == 401
+        assert await refused_status(alice.ws_url("0123456789abcde")) == 404
+        assert await refused_status(alice.ws_url(uri) + "&since=-4") == 400
+        assert await refused_status(alice.ws_url(uri), origin="http://evil.example") == 403
+        # the server's own origin and the Authorization header are fine
+        async with websockets.connect(f"{server.ws_url}/ws/chats/{uri}/",
+                                      additional_headers={"Authorization": f"Bearer {bob.token}"},
+                                      origin=server.url) as b:
+            assert (await next_frame(b))["type"] == "ready"
+
+    asyncio.run(scenario())
+
+
+def test_allowed_origins_are_configurable(start_server):
+    server = start_server(allowed_origins="https://chat.example")
+    alice = Api(server.url).signup()
+    uri = alice.new_chat()
+
+    async def scenario():
+        async with websockets.connect(alice.ws_url(uri), origin="https://chat.example") as a:
+            assert (await next_frame(a))["type"] == "ready"
+        assert await refused_status(alice.ws_url(uri), origin="https://other.example") == 403
+
+    asyncio.run(scenario())
+
+
+def small_buffer_socket(port: int) -> socket.socket:
+    """A connected client socket with a tiny receive buffer, so backpressure comes soon."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
+def test_a_client_that_stops_reading_is_closed_with_4008_others_keep_going(start_server):
+    server = start_server(ws_send_buffer_bytes=262144, max_message_chars=60000)
+    alice, bob = Api(server.url).signup(), Api(server.url).signup()
+    uri = alice.new_chat()
+    bob.join(uri)
+    text = "y" * 60000
+    count = 150  # 9 MB: more than the kernel's socket buffers and the server's 256 KiB
+
+    async def scenario():
+        # The stalled client's library stops reading once its one-frame queue is full.
+        stalled = await websockets.connect(bob.ws_url(uri), max_queue=1, max_size=None,
+                                           sock=small_buffer_socket(server.port))
+        healthy = Listener(alice, uri).start(since=None)
+        await wait_for(lambda: healthy.ready.is_set(), 10, "ready")
+        def metrics() -> str:
+            return alice.http.get("/metrics").text
+
+        async def post_all():
+            for i in range(count):
+                await asyncio.to_thread(alice.post, uri, text, f"c{i}")
+        posting = asyncio.ensure_future(post_all())
+        deadline = asyncio.get_running_loop().time() + 60
+        while not metric(await asyncio.to_thread(metrics), "chat_slow_consumer_closes_total"):
+            assert asyncio.get_running_loop().time() < deadline, "no slow-consumer close"
+            await asyncio.sleep(0.1)
+        # Reading again (within the server's 5 s close handshake), the stalled
+        # client finds the 4008 after what was already buffered for it.
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(stalled.recv(), 10)
+        await posting
+        await wait_for(lambda: len(healthy.seqs) >= count, 60, "the healthy socket's messages")
+        await asyncio.sleep(0.3)
+        await healthy.stop()
+        return stalled.close_code, healthy.seqs, await asyncio.to_thread(metrics)
+
+    close_code, seqs, metrics = asyncio.run(scenario())
+    assert close_code == 4008
+    assert seqs == list(range(1, count + 1))
+    assert metric(metrics, "chat_slow_consumer_closes_total") == 1
+    assert metric(metrics, "chat_open_sockets") == 0
+
+
+def test_a_catch_up_larger_than_the_send_buffer_completes(start_server):
+    """History is sent a page at a time as the client reads it, not all at once."""
+    server = start_server(ws_send_buffer_bytes=262144)
+    alice, bob = Api(server.url).signup(), Api(server.url).signup()
+    uri = alice.new_chat()
+    bob.join(uri)
+    for i in range(600):
+        alice.post(uri, f"{i:04d}" + "z" * 1990)  # 1.2 MB of history
+
+    async def scenario():
+        listener = Listener(bob, uri).start(since=0)
+        await wait_for(lambda: listener.ready.is_set(), 30, "catch-up")
+        await listener.stop()
+        return listener
+
+    listener = asyncio.run(scenario())
+    assert listener.seqs == list(range(1, 601))
+    assert listener.closes == [1000] or listener.closes == []
