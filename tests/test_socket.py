@@ -355,4 +355,4 @@ def test_a_catch_up_larger_than_the_send_buffer_completes(start_server):
 
     listener = asyncio.run(scenario())
     assert listener.seqs == list(range(1, 601))
-    assert listener.closes == [1000] or listener.closes == []
+    assert 4008 not in listener.closes  # one connection, never closed as slow
