@@ -1,0 +1,243 @@
+"""Several processes and faults: broker restarts, killed servers, MongoDB down, SIGTERM.
+
+Everything runs on loopback, every wait is bounded, and each test stops what
+it started (RabbitMQ is always started again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import MongoServer
+from tests.helpers import Api, Listener, metric, wait_for, wait_until
+
+pytestmark = pytest.mark.slow
+
+RABBITMQCTL = shutil.which("rabbitmqctl")
+local_rabbit = pytest.mark.skipif(
+    RABBITMQCTL is None or os.environ.get("CHAT_TEST_AMQP_URL", "127.0.0.1").find("127.0.0.1") < 0,
+    reason="needs the local RabbitMQ and rabbitmqctl to inject broker faults")
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> None:
+    subprocess.run([RABBITMQCTL, "-q", *args], check=True, timeout=timeout,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def post_many(apis: list[Api], uris: list[str], count: int, threads: int = 8,
+              pause: float = 0.0) -> None:
+    """Post `count` messages round-robin over rooms and servers, concurrently."""
+    def post(i: int) -> None:
+        api = apis[i % len(apis)]
+        uri = uris[i % len(uris)]
+        for _ in range(50):  # a 503 or a restarting server: retried, idempotent by client_id
+            try:
+                api.post(uri, f"m{i}", client_id=f"c{i}")
+                break
+            except (AssertionError, httpx.HTTPError):
+                time.sleep(0.2)
+        else:
+            raise AssertionError(f"message {i} could not be posted")
+        if pause:
+            time.sleep(pause)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(post, range(count)))
+
+
+def assert_complete(listeners: list[Listener], expected: dict[str, int]) -> None:
+    for listener in listeners:
+        assert listener.seqs == list(range(1, expected[listener.uri] + 1)), (
+            f"socket on {listener.uri}: {len(listener.seqs)} seqs, "
+            f"{len(set(listener.seqs))} distinct, expected {expected[listener.uri]}")
+
+
+def room_sizes(api: Api, uris: list[str]) -> dict[str, int]:
+    return {uri: len(api.all_seqs(uri)) for uri in uris}
+
+
+@pytest.fixture
+def two_servers(start_server):
+    first = start_server()
+    second = start_server(mongo_url=first.mongo_url)
+    return first, second
+
+
+def make_rooms(first, second, count: int) -> tuple[list[Api], list[Api], list[str]]:
+    """Members of `count` rooms, each user with an Api on both servers."""
+    owner = Api(first.url).signup()
+    guest = Api(first.url).signup()
+    uris = [owner.new_chat() for _ in range(count)]
+    for uri in uris:
+        guest.join(uri)
+    on_second = [Api(second.url, owner.username).login(), Api(second.url, guest.username).login()]
+    return [owner, guest], on_second, uris
+
+
+def test_two_processes_deliver_every_message_to_every_socket(two_servers):
+    first, second = two_servers
+    on_first, on_second, uris = make_rooms(first, second, 5)
+
+    async def scenario():
+        listeners = []
+        for i in range(20):  # 20 sockets over 5 rooms, half on each process
+            api = (on_first if i % 2 == 0 else on_second)[i % 2]
+            listeners.append(Listener(api, uris[i % 5]).start(since=None))
+        await wait_for(lambda: all(lst.ready.is_set() for lst in listeners), 15, "ready")
+        await asyncio.to_thread(post_many, [on_first[0], on_second[1]], uris, 2000)
+        await wait_for(lambda: all(len(lst.seqs) >= 400 for lst in listeners), 30, "2,000 messages")
+        await asyncio.sleep(0.5)  # a duplicate would arrive by now
+        for listener in listeners:
+            await listener.stop()
+        return listeners
+
+    listeners = asyncio.run(scenario())
+    assert_complete(listeners, {uri: 400 for uri in uris})
+
+
+@local_rabbit
+@pytest.mark.parametrize("fault", ["close_all_connections", "stop_app"])
+def test_a_broker_outage_mid_stream_loses_and_doubles_nothing(two_servers, fault):
+    first, second = two_servers
+    on_first, on_second, uris = make_rooms(first, second, 2)
+
+    async def scenario():
+        listeners = [Listener((on_first, on_second)[i % 2][i // 2 % 2], uris[i % 2]).start(since=None)
+                     for i in range(8)]
+        await wait_for(lambda: all(lst.ready.is_set() for lst in listeners), 15, "ready")
+        posting = asyncio.ensure_future(asyncio.to_thread(
+            post_many, [on_first[0], on_second[1]], uris, 1000, 4, 0.01))
+        await wait_for(lambda: min(len(lst.seqs) for lst in listeners) >= 50, 20, "the stream")
+        try:
+            if fault == "close_all_connections":
+                await asyncio.to_thread(rabbitmqctl, "close_all_connections", "fault test")
+            else:
+                await asyncio.to_thread(rabbitmqctl, "stop_app")
+                await asyncio.sleep(2)
+        finally:
+            if fault == "stop_app":
+                await asyncio.to_thread(rabbitmqctl, "start_app")
+        outage_over = time.monotonic()
+        for server in (first, second):
+            await asyncio.to_thread(wait_until, lambda s=server: httpx.get(
+                f"{s.url}/healthz").json()["broker"] == "ok", 15, "the broker reconnect")
+        reconnected_in = time.monotonic() - outage_over
+        reconnects = [metric((await asyncio.to_thread(httpx.get, f"{s.url}/metrics")).text,
+                             "chat_broker_reconnects_total") for s in (first, second)]
+        await posting
+        expected = await asyncio.to_thread(room_sizes, on_first[0], uris)
+        await wait_for(lambda: all(len(lst.seqs) >= expected[lst.uri] for lst in listeners), 30,
+                       "every message after the outage")
+        await asyncio.sleep(0.5)
+        for listener in listeners:
+            await listener.stop()
+        return listeners, expected, reconnected_in, reconnects
+
+    listeners, expected, reconnected_in, reconnects = asyncio.run(scenario())
+    assert reconnects == [1, 1]  # the outage really happened, on both processes
+    assert sum(expected.values()) == 1000
+    assert_complete(listeners, expected)
+    assert reconnected_in < 15
+
+
+def test_a_killed_server_restarts_and_its_clients_miss_nothing(two_servers):
+    first, second = two_servers
+    on_first, on_second, uris = make_rooms(first, second, 1)
+    uri = uris[0]
+
+    async def scenario():
+        victims = [Listener(on_first[i % 2], uri).start(reconnect=True, since=0) for i in range(4)]
+        others = [Listener(on_second[i % 2], uri).start(reconnect=True, since=0) for i in range(2)]
+        everyone = victims + others
+        await wait_for(lambda: all(lst.ready.is_set() for lst in everyone), 15, "ready")
+        posting = asyncio.ensure_future(asyncio.to_thread(post_many, [on_second[0]], [uri], 600, 2, 0.005))
+        await wait_for(lambda: len(victims[0].seqs) >= 100, 20, "the stream")
+        first.kill()
+        await asyncio.sleep(1)
+        await asyncio.to_thread(first.start)  # same port, same database
+        await posting
+        await wait_for(lambda: all(len(lst.seqs) >= 600 for lst in everyone), 30, "all 600")
+        await asyncio.sleep(0.5)
+        for listener in everyone:
+            await listener.stop()
+        return victims, others
+
+    victims, others = asyncio.run(scenario())
+    assert_complete(victims + others, {uri: 600})
+    assert all(len(v.closes) >= 2 for v in victims)  # they really reconnected
+
+
+def test_mongodb_down_gives_503_quickly_and_sockets_stay_open(start_server, tmp_path):
+    mongo = MongoServer(tmp_path / "mongo")
+    mongo.start()
+    try:
+        server = start_server(mongo_url=f"{mongo.url}/faults")
+        alice = Api(server.url).signup()
+        uri = alice.new_chat()
+        alice.post(uri, "before")
+
+        async def scenario():
+            listener = Listener(alice, uri).start(since=0)
+            await wait_for(lambda: listener.ready.is_set(), 10, "ready")
+            await asyncio.to_thread(mongo.stop)
+            started = time.monotonic()
+            reply = await asyncio.to_thread(
+                alice.request, "POST", f"/api/chats/{uri}/messages/", json={"message": "during"})
+            took = time.monotonic() - started
+            health = await asyncio.to_thread(httpx.get, f"{server.url}/healthz")
+            await asyncio.sleep(1)
+            still_open = listener.task is not None and not listener.task.done()
+            await asyncio.to_thread(mongo.start)  # same port, same data
+            await asyncio.to_thread(wait_until, lambda: httpx.get(f"{server.url}/healthz").status_code == 200,
+                                    30, "MongoDB to be back")
+            after = await asyncio.to_thread(alice.post, uri, "after")
+            await wait_for(lambda: after["seq"] in listener.seqs, 10, "the message after")
+            await listener.stop()
+            return reply, took, health, still_open, listener
+
+        reply, took, health, still_open, listener = asyncio.run(scenario())
+        assert reply.status_code == 503 and reply.headers["Retry-After"]
+        assert took < 3
+        assert health.status_code == 503 and health.json()["mongo"] == "down"
+        assert still_open
+        assert listener.seqs == [1, 2]
+        assert listener.closes == [] or listener.closes == [None]
+    finally:
+        mongo.stop()
+
+
+def test_sigterm_closes_every_socket_with_1001_and_exits_quickly(start_server):
+    server = start_server()
+    alice = Api(server.url).signup()
+    uris = [alice.new_chat() for _ in range(3)]
+
+    async def scenario():
+        sockets = [await websockets.connect(alice.ws_url(uris[i % 3])) for i in range(9)]
+        for ws in sockets:
+            assert json.loads(await ws.recv())["type"] == "ready"
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        codes = []
+        for ws in sockets:
+            try:
+                await asyncio.wait_for(ws.recv(), 10)
+            except websockets.ConnectionClosed:
+                pass
+            codes.append(ws.close_code)
+        exit_code = await asyncio.to_thread(server.process.wait, 10)
+        return codes, exit_code, time.monotonic() - started
+
+    codes, exit_code, took = asyncio.run(scenario())
+    assert codes == [1001] * 9
+    assert exit_code == 0
+    assert took < 10
