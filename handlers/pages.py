@@ -1,7 +1,64 @@
-"""The browser page (placeholder until the page lands)."""
+"""The browser page: one HTML shell for / and the share links /chats/<uri>/.
+
+Everything else happens in static/js (ES modules, no build step), which talks
+to the JSON API with the login cookie and to the room's WebSocket.
+"""
 
 from __future__ import annotations
 
+import time
+
+import tornado.web
+
+from handlers.base import Services
+
+# No inline script or style anywhere: the page's code and CSS come from /static/.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "font-src 'self'",
+    "object-src 'none'",
+    "frame-ancestors 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+])
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+
+
+class PageHandler(tornado.web.RequestHandler):
+    def initialize(self, services: Services):
+        self.services = services
+        self.started = time.perf_counter()
+
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
+    def get(self, uri: str | None = None) -> None:
+        # Reading the token sets the _xsrf cookie that the page's script echoes
+        # in X-XSRFToken on every POST and PATCH.
+        self.xsrf_token  # noqa: B018
+        self.render("app.html", max_message_chars=self.services.config.max_message_chars)
+
+    def on_finish(self) -> None:
+        name = type(self).__name__
+        metrics = self.services.metrics
+        metrics.requests.labels(name, self.request.method, str(self.get_status())).inc()
+        metrics.request_latency.labels(name).observe(time.perf_counter() - self.started)
+
 
 def routes() -> list:
-    return []
+    return [
+        (r"/", PageHandler),
+        (r"/chats/([0-9a-f]{15})/", PageHandler),
+    ]

@@ -1,0 +1,75 @@
+// The JSON API, authenticated by the HttpOnly login cookie. Writes carry the
+// _xsrf cookie's value in X-XSRFToken (the server checks it for cookie auth).
+
+export class ApiError extends Error {
+  constructor(status, body, message) {
+    super(message);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+function xsrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+// The first readable error of a DRF-style body: {"detail": ...} or {"field": [...]}.
+export function errorText(body, fallback) {
+  if (body && typeof body === "object") {
+    if (typeof body.detail === "string") return body.detail;
+    for (const [field, value] of Object.entries(body)) {
+      const text = Array.isArray(value) ? value[0] : value;
+      if (typeof text !== "string") continue;
+      return field === "non_field_errors" ? text : `${field[0].toUpperCase()}${field.slice(1)}: ${text}`;
+    }
+  }
+  return fallback;
+}
+
+export async function request(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (method !== "GET") headers["X-XSRFToken"] = xsrfToken();
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let reply;
+  try {
+    reply = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "same-origin",
+      cache: "no-store",
+    });
+  } catch {
+    throw new ApiError(0, null, "Cannot reach the server. Check your connection and try again.");
+  }
+  let data = null;
+  if (reply.status !== 204) {
+    try {
+      data = await reply.json();
+    } catch {
+      data = null;
+    }
+  }
+  if (!reply.ok) {
+    const fallback = reply.status >= 500
+      ? "The server is having trouble right now. Try again in a moment."
+      : `The request failed (${reply.status}).`;
+    throw new ApiError(reply.status, data, errorText(data, fallback));
+  }
+  return data;
+}
+
+export const api = {
+  me: () => request("GET", "/auth/me/"),
+  signIn: (username, password) => request("POST", "/auth/jwt/create/", { username, password }),
+  signUp: (username, password) => request("POST", "/auth/users/create/", { username, password }),
+  signOut: () => request("POST", "/auth/logout/"),
+  chats: () => request("GET", "/api/chats/"),
+  newChat: () => request("POST", "/api/chats/"),
+  chat: (uri) => request("GET", `/api/chats/${uri}/`),
+  join: (uri) => request("PATCH", `/api/chats/${uri}/`, {}),
+  history: (uri, params) => request("GET", `/api/chats/${uri}/messages/?${new URLSearchParams(params)}`),
+  post: (uri, message, clientId) =>
+    request("POST", `/api/chats/${uri}/messages/`, { message, client_id: clientId }),
+};

@@ -1,0 +1,279 @@
+// The page: who is signed in, a tiny router (/ and /chats/<uri>/), the sign-in
+// form, the list of my chats, and toasts. The login is an HttpOnly cookie the
+// script never sees; nothing is kept in localStorage.
+
+import { api, ApiError } from "./api.js";
+import { ChatView, chatTitle } from "./chat.js";
+import { avatar, h, icon } from "./dom.js";
+import { installNotifications, setTitle } from "./notify.js";
+
+const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
+const DETAILS_LIMIT = 30;
+
+const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+const shortDate = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+
+function ago(iso) {
+  const ms = Date.parse(iso);
+  const seconds = Math.round((ms - Date.now()) / 1000);
+  if (seconds > -60) return "now";
+  if (seconds > -3600) return relative.format(Math.round(seconds / 60), "minute");
+  if (seconds > -86_400) return relative.format(Math.round(seconds / 3600), "hour");
+  if (seconds > -7 * 86_400) return relative.format(Math.round(seconds / 86_400), "day");
+  return shortDate.format(ms);
+}
+
+class App {
+  constructor(root) {
+    this.root = root;
+    this.me = null;
+    this.view = null;
+    this.maxChars = Number(document.body.dataset.maxChars) || 2000;
+    this.toasts = h("div", { class: "toasts", role: "status", "aria-live": "polite" });
+    document.body.append(this.toasts);
+    window.addEventListener("popstate", () => this.route());
+    // Same-origin links marked data-link navigate without a page load.
+    document.addEventListener("click", (event) => {
+      const link = event.target.closest("a[data-link]");
+      if (!link || event.defaultPrevented || event.button !== 0
+          || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+      event.preventDefault();
+      this.navigate(link.getAttribute("href"));
+    });
+  }
+
+  async start() {
+    installNotifications();
+    try {
+      this.me = await api.me();
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 401) {
+        this.fatal(error.message);
+        return;
+      }
+    }
+    this.route();
+  }
+
+  fatal(text) {
+    this.root.replaceChildren(h("div", { class: "loading-screen" },
+      h("p", { class: "inline-error", role: "alert", text }),
+      h("button", { type: "button", class: "button", text: "Try again", onclick: () => location.reload() })));
+  }
+
+  navigate(path, replace = false) {
+    if (replace) history.replaceState(null, "", path);
+    else history.pushState(null, "", path);
+    this.route();
+  }
+
+  route() {
+    if (this.view && this.view.unmount) this.view.unmount();
+    this.view = null;
+    const chat = CHAT_PATH.exec(location.pathname);
+    this.root.classList.toggle("in-chat", Boolean(chat && this.me));
+    if (!this.me) {
+      this.showAuth(chat ? "Sign in to join this chat." : "");
+      return;
+    }
+    if (chat) {
+      this.view = new ChatView(this, chat[1]);
+      this.view.mount(this.shell());
+    } else {
+      if (location.pathname !== "/") history.replaceState(null, "", "/");
+      this.showHome();
+    }
+  }
+
+  // The session ended (signed out here or elsewhere, or the token expired).
+  signedOut(message = "") {
+    if (this.view && this.view.unmount) this.view.unmount();
+    this.view = null;
+    this.me = null;
+    this.root.classList.remove("in-chat");
+    this.showAuth(message);
+  }
+
+  toast(text) {
+    const item = h("div", { class: "toast", text });
+    this.toasts.append(item);
+    setTimeout(() => item.remove(), 3500);
+  }
+
+  // The top bar and the main area a view draws into.
+  shell() {
+    const main = h("main", { class: "main", id: "main" });
+    const bar = h("header", { class: "topbar" },
+      h("a", { href: "/", class: "brand", "data-link": "" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
+      h("div", { class: "account" },
+        avatar(this.me.username, "small"),
+        h("span", { class: "account-name", text: this.me.username }),
+        h("button", { type: "button", class: "icon-button", "aria-label": "Sign out", title: "Sign out",
+          onclick: () => this.signOut() }, icon("logout"))));
+    this.root.replaceChildren(bar, main);
+    return main;
+  }
+
+  async signOut() {
+    try {
+      await api.signOut();
+    } catch (error) {
+      if (error.status !== 401) {
+        this.toast(error.message);
+        return;
+      }
+    }
+    history.pushState(null, "", "/");
+    this.signedOut("You are signed out.");
+  }
+
+  // Sign in / sign up -------------------------------------------------
+
+  showAuth(notice) {
+    setTitle("Sign in · Chat");
+    let mode = "signin";
+    const error = h("p", { class: "form-error", role: "alert", id: "auth-error" });
+    const username = h("input", { id: "auth-username", name: "username", type: "text", required: true,
+      autocomplete: "username", autocapitalize: "none", spellcheck: "false", maxlength: "150",
+      pattern: "[\\w.@+\\-]+", "aria-describedby": "auth-error" });
+    const password = h("input", { id: "auth-password", name: "password", type: "password", required: true,
+      autocomplete: "current-password", "aria-describedby": "auth-error" });
+    const submit = h("button", { type: "submit", class: "button primary wide", text: "Sign in" });
+    const heading = h("h1", { text: "Welcome back" });
+    const switchText = h("span", { text: "New here? " });
+    const switchButton = h("button", { type: "button", class: "link-button", text: "Create an account" });
+    const usernameHint = h("p", { class: "field-hint", id: "username-hint", hidden: true,
+      text: "Letters, digits and @ . + - _ only." });
+
+    const setMode = (next) => {
+      mode = next;
+      const signUp = mode === "signup";
+      heading.textContent = signUp ? "Create your account" : "Welcome back";
+      submit.textContent = signUp ? "Create account" : "Sign in";
+      switchText.textContent = signUp ? "Already have an account? " : "New here? ";
+      switchButton.textContent = signUp ? "Sign in" : "Create an account";
+      password.autocomplete = signUp ? "new-password" : "current-password";
+      usernameHint.hidden = !signUp;
+      error.textContent = "";
+      setTitle(`${signUp ? "Create account" : "Sign in"} · Chat`);
+    };
+    switchButton.addEventListener("click", () => setMode(mode === "signin" ? "signup" : "signin"));
+
+    const form = h("form", { class: "auth-form", novalidate: true },
+      heading,
+      notice ? h("p", { class: "notice", text: notice }) : null,
+      h("label", { for: "auth-username", text: "Username" }), username, usernameHint,
+      h("label", { for: "auth-password", text: "Password" }), password,
+      error, submit,
+      h("p", { class: "switch" }, switchText, switchButton));
+
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      error.textContent = "";
+      if (!username.value.trim() || !password.value) {
+        error.textContent = "Enter a username and a password.";
+        (username.value.trim() ? password : username).focus();
+        return;
+      }
+      submit.disabled = true;
+      submit.classList.add("busy");
+      try {
+        if (mode === "signup") await api.signUp(username.value.trim(), password.value);
+        await api.signIn(username.value.trim(), password.value);
+        this.me = await api.me();
+        this.route();
+      } catch (caught) {
+        error.textContent = caught.message;
+        submit.disabled = false;
+        submit.classList.remove("busy");
+      }
+    });
+
+    this.root.replaceChildren(h("div", { class: "auth-screen" },
+      h("div", { class: "auth-card" },
+        h("div", { class: "brand big" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
+        form)));
+    username.focus();
+  }
+
+  // My chats ----------------------------------------------------------
+
+  async showHome() {
+    setTitle("My chats · Chat");
+    const main = this.shell();
+    const list = h("ul", { class: "chat-list", "aria-label": "My chats" });
+    const status = h("div", { class: "list-status" }, h("div", { class: "spinner", role: "status", "aria-label": "Loading chats" }));
+    const newButton = h("button", { type: "button", class: "button primary" }, icon("plus"), h("span", { text: "New chat" }));
+    const error = h("p", { class: "form-error", role: "alert" });
+    newButton.addEventListener("click", async () => {
+      newButton.disabled = true;
+      error.textContent = "";
+      try {
+        const created = await api.newChat();
+        this.navigate(`/chats/${created.uri}/`);
+      } catch (caught) {
+        if (caught.status === 401) this.signedOut();
+        error.textContent = caught.message;
+        newButton.disabled = false;
+      }
+    });
+    main.append(h("section", { class: "home" },
+      h("div", { class: "home-head" }, h("h1", { text: "My chats" }), newButton),
+      error, status, list));
+
+    let rooms;
+    try {
+      rooms = await api.chats();
+    } catch (caught) {
+      if (caught.status === 401) {
+        this.signedOut();
+        return;
+      }
+      status.replaceChildren(h("p", { class: "inline-error", role: "alert", text: caught.message }));
+      return;
+    }
+    if (!rooms.length) {
+      status.replaceChildren(h("div", { class: "empty-card" },
+        h("h2", { text: "No chats yet" }),
+        h("p", { text: "Start a chat, then share its link with the people you want to talk to." })));
+      return;
+    }
+    status.remove();
+    for (const [index, room] of rooms.entries()) {
+      const title = h("span", { class: "chat-item-title", text: `Chat ${room.uri.slice(0, 6)}` });
+      const preview = h("span", { class: "chat-item-preview",
+        text: room.seq ? `${room.seq} message${room.seq === 1 ? "" : "s"}` : "No messages yet" });
+      const face = h("span", { class: "chat-item-avatar" }, avatar("#"));
+      list.append(h("li", {}, h("a", { href: `/chats/${room.uri}/`, class: "chat-item", "data-link": "" },
+        face,
+        h("span", { class: "chat-item-body" },
+          h("span", { class: "chat-item-top" }, title,
+            h("time", { datetime: room.updated, text: ago(room.updated) })),
+          preview))));
+      if (index < DETAILS_LIMIT) this.fillChatItem(room, title, preview, face);
+    }
+  }
+
+  // Names and the last message for one row, fetched after the list shows.
+  async fillChatItem(room, title, preview, face) {
+    try {
+      const [detail, last] = await Promise.all([
+        api.chat(room.uri),
+        room.seq ? api.history(room.uri, { limit: 1 }) : Promise.resolve({ messages: [] }),
+      ]);
+      const name = chatTitle(detail.members, this.me);
+      title.textContent = name;
+      const other = detail.members.find((m) => m.id !== this.me.id) || this.me;
+      face.replaceChildren(avatar(other.username));
+      const message = last.messages[0];
+      if (message) {
+        const who = message.user.id === this.me.id ? "You" : message.user.username;
+        preview.textContent = `${who}: ${message.message.replace(/\s+/g, " ")}`;
+      }
+    } catch {
+      // The row still works as a link with its placeholder text.
+    }
+  }
+}
+
+new App(document.getElementById("app")).start();

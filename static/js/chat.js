@@ -1,0 +1,505 @@
+// The chat view: history (older pages as the reader scrolls up), the live
+// stream, sending with pending/failed states, members and the share link.
+
+import { api, ApiError } from "./api.js";
+import { avatar, clear, h, icon } from "./dom.js";
+import { incoming, setTitle } from "./notify.js";
+import { RoomSocket } from "./socket.js";
+import { Timeline } from "./timeline.js";
+
+const PAGE = 50;
+const GAP_PAGE = 200;
+const SEND_TIMEOUT_MS = 10_000;
+const NEAR_BOTTOM_PX = 80;
+const NEAR_TOP_PX = 400;
+
+function newClientId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export function shareLink(uri) {
+  return `${location.origin}/chats/${uri}/`;
+}
+
+export function chatTitle(members, me) {
+  const others = members.filter((m) => m.id !== me.id).map((m) => m.username);
+  if (!others.length) return "Just you";
+  if (others.length <= 3) return others.join(", ");
+  return `${others.slice(0, 2).join(", ")} and ${others.length - 2} others`;
+}
+
+export async function copyText(text, input) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    // No clipboard API outside secure contexts: fall back to selecting the field.
+    if (!input) return false;
+    input.select();
+    return document.execCommand("copy");
+  }
+}
+
+export class ChatView {
+  constructor(app, uri) {
+    this.app = app;
+    this.me = app.me;
+    this.uri = uri;
+    this.room = null;
+    this.socket = null;
+    this.timeline = new Timeline(this.me);
+    this.baseSeq = 0; // the room's seq when the view opened: history covers up to it
+    this.streamSeq = 0; // the last seq the socket delivered: where a reconnect resumes
+    this.hasMore = false;
+    this.loadingOlder = false;
+    this.historyLoaded = false;
+    this.unseen = 0;
+    this.stopped = false;
+    this.countdown = null;
+    this.el = h("section", { class: "chat-view", dataset: { connection: "connecting" } });
+  }
+
+  // Entry -------------------------------------------------------------
+
+  async mount(container) {
+    container.replaceChildren(this.el);
+    this.el.append(h("div", { class: "pane-loading", role: "status" }, h("div", { class: "spinner" }),
+      h("p", { text: "Opening the chat…" })));
+    let room;
+    try {
+      room = await this.openRoom();
+    } catch (error) {
+      if (this.stopped) return;
+      if (error instanceof ApiError && error.status === 401) {
+        this.app.signedOut();
+        return;
+      }
+      this.showProblem(error.status === 404
+        ? "This chat does not exist. Check the link, or start a new chat."
+        : error.message);
+      return;
+    }
+    if (this.stopped) return;
+    this.room = room;
+    this.baseSeq = this.streamSeq = room.seq;
+    this.build();
+    this.socket = new RoomSocket(this.uri, {
+      since: () => this.streamSeq,
+      onFrame: (frame) => this.onFrame(frame),
+      onState: (state, detail) => this.onSocketState(state, detail),
+      onRefused: (reason) => this.onRefused(reason),
+    });
+    this.socket.start();
+    await this.loadLatest();
+  }
+
+  // The room, joining it first when the link was shared with us.
+  async openRoom() {
+    try {
+      return await api.chat(this.uri);
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 403) throw error;
+    }
+    await api.join(this.uri);
+    this.joined = true;
+    return api.chat(this.uri);
+  }
+
+  unmount() {
+    this.stopped = true;
+    clearInterval(this.countdown);
+    if (this.socket) this.socket.stop();
+    this.timeline.clearOutbox();
+  }
+
+  showProblem(text) {
+    this.el.replaceChildren(h("div", { class: "problem", role: "alert" },
+      h("p", { text }),
+      h("a", { href: "/", class: "button", "data-link": "", text: "Back to my chats" })));
+  }
+
+  // Layout ------------------------------------------------------------
+
+  build() {
+    const title = chatTitle(this.room.members, this.me);
+    setTitle(`${title} · Chat`);
+    this.titleEl = h("h1", { class: "chat-title", text: title });
+    this.subtitle = h("p", { class: "chat-subtitle", text: "Connecting…" });
+    this.membersButton = h("button", {
+      type: "button", class: "icon-button", "aria-label": "Members", "aria-expanded": "false",
+      "aria-controls": "chat-side", title: "Members", onclick: () => this.toggleSide(),
+    }, icon("people"));
+    const header = h("header", { class: "chat-header" },
+      h("a", { href: "/", class: "icon-button back", "data-link": "", "aria-label": "Back to my chats",
+        title: "My chats" }, icon("back")),
+      h("div", { class: "chat-heading" }, this.titleEl, this.subtitle),
+      h("button", { type: "button", class: "icon-button invite", "aria-label": "Copy invite link",
+        title: "Copy invite link", onclick: () => this.copyLink() }, icon("link"), h("span", { text: "Invite" })),
+      this.membersButton);
+
+    this.bannerText = h("span");
+    this.banner = h("div", { class: "banner", role: "status", hidden: true }, this.bannerText,
+      h("button", { type: "button", class: "link-button", text: "Retry now",
+        onclick: () => this.socket.connectNow() }));
+
+    this.historyTop = h("div", { class: "history-top" });
+    this.emptyState = h("div", { class: "empty-chat", hidden: true });
+    this.scroller = h("div", {
+      class: "scroller", role: "log", "aria-live": "polite", "aria-label": "Conversation", tabindex: "0",
+      onscroll: () => this.onScroll(),
+    }, this.historyTop, this.emptyState, this.timeline.el);
+    this.pill = h("button", { type: "button", class: "pill", hidden: true, onclick: () => this.scrollToBottom(true) });
+
+    this.input = h("textarea", {
+      id: "composer-text", rows: "1", maxlength: this.app.maxChars, placeholder: "Write a message…",
+      autocomplete: "off", enterkeyhint: "send", "aria-describedby": "composer-hint",
+      onkeydown: (event) => this.onKey(event), oninput: () => this.onInput(),
+    });
+    this.sendButton = h("button", { type: "submit", class: "send", "aria-label": "Send", title: "Send",
+      disabled: true }, icon("send"));
+    this.counter = h("span", { class: "counter", "aria-live": "polite" });
+    const composer = h("form", { class: "composer", onsubmit: (event) => { event.preventDefault(); this.send(); } },
+      h("label", { for: "composer-text", class: "visually-hidden", text: "Message" }),
+      this.input, this.sendButton,
+      h("p", { id: "composer-hint", class: "composer-hint" },
+        h("kbd", { text: "Enter" }), " to send, ", h("kbd", { text: "Shift" }), " + ", h("kbd", { text: "Enter" }),
+        " for a new line", this.counter));
+
+    this.memberList = h("ul", { class: "member-list" });
+    this.side = h("aside", { id: "chat-side", class: "chat-side", "aria-label": "Chat details" },
+      h("div", { class: "side-head" }, h("h2", { text: "Members" }),
+        h("button", { type: "button", class: "icon-button side-close", "aria-label": "Close",
+          onclick: () => this.toggleSide(false) }, icon("close"))),
+      this.memberList,
+      h("h2", { text: "Invite link" }),
+      this.linkBox("side-link"));
+
+    const pane = h("div", { class: "chat-pane" }, this.banner, this.scroller, this.pill, composer);
+    // On narrow screens the details are a drawer over the chat: a tap beside it closes it.
+    pane.addEventListener("click", (event) => {
+      if (this.el.classList.contains("side-open")) {
+        event.preventDefault();
+        this.toggleSide(false);
+      }
+    }, { capture: true });
+    this.el.replaceChildren(header, h("div", { class: "chat-body" }, pane, this.side));
+    this.renderMembers();
+    this.timeline.el.classList.add("loading");
+    this.historyTop.replaceChildren(h("div", { class: "spinner small", role: "status", "aria-label": "Loading messages" }));
+    if (!matchMedia("(max-width: 899px)").matches) this.input.focus();
+  }
+
+  linkBox(id) {
+    const link = shareLink(this.uri);
+    const field = h("input", { id, type: "text", readonly: true, value: link, class: "link-field",
+      "aria-label": "Invite link", onfocus: (event) => event.target.select() });
+    return h("div", { class: "link-box" }, field,
+      h("button", { type: "button", class: "button small", onclick: () => this.copyLink(field) },
+        icon("copy"), h("span", { text: "Copy" })));
+  }
+
+  async copyLink(field) {
+    const ok = await copyText(shareLink(this.uri), field);
+    this.app.toast(ok ? "Invite link copied" : "Select the link and copy it");
+  }
+
+  toggleSide(open = !this.el.classList.contains("side-open")) {
+    this.el.classList.toggle("side-open", open);
+    this.membersButton.setAttribute("aria-expanded", String(open));
+  }
+
+  renderMembers() {
+    const owner = this.room.owner && this.room.owner.id;
+    clear(this.memberList).append(...this.room.members.map((member) => h("li", { class: "member" },
+      avatar(member.username),
+      h("span", { class: "member-name", text: member.username }),
+      member.id === this.me.id ? h("span", { class: "tag", text: "you" }) : null,
+      member.id === owner ? h("span", { class: "tag", text: "owner" }) : null)));
+    const title = chatTitle(this.room.members, this.me);
+    this.titleEl.textContent = title;
+    setTitle(`${title} · Chat`);
+    this.updateEmptyState();
+    this.updateSubtitle();
+  }
+
+  updateSubtitle() {
+    const state = this.el.dataset.connection;
+    const count = this.room.members.length;
+    const members = `${count} member${count === 1 ? "" : "s"}`;
+    this.subtitle.textContent = state === "live" ? members
+      : state === "reconnecting" ? `${members} · reconnecting…` : `${members} · connecting…`;
+  }
+
+  updateEmptyState() {
+    const alone = this.room.members.length < 2 && this.timeline.bySeq.size === 0;
+    this.emptyState.hidden = !alone || !this.historyLoaded;
+    if (!this.emptyState.hidden && !this.emptyState.firstChild) {
+      this.emptyState.append(h("div", { class: "empty-card" },
+        h("h2", { text: "Invite people to this chat" }),
+        h("p", { text: "Anyone with this link can join after signing in." }),
+        this.linkBox("empty-link")));
+    }
+  }
+
+  // History -----------------------------------------------------------
+
+  async loadLatest() {
+    try {
+      const page = await api.history(this.uri, { before: this.baseSeq + 1, limit: PAGE });
+      if (this.stopped) return;
+      for (const message of page.messages) this.timeline.add(message);
+      this.hasMore = page.has_more;
+      this.historyLoaded = true;
+      this.timeline.el.classList.remove("loading");
+      this.updateHistoryTop();
+      this.updateEmptyState();
+      this.scrollToBottom(false);
+      await this.fillViewport();
+    } catch (error) {
+      if (this.stopped) return;
+      this.historyTop.replaceChildren(h("p", { class: "inline-error", role: "alert", text: error.message }),
+        h("button", { type: "button", class: "link-button", text: "Try again", onclick: () => this.loadLatest() }));
+    }
+  }
+
+  // Load older pages until the reader can scroll (scroll events need overflow).
+  async fillViewport() {
+    while (!this.stopped && this.hasMore && this.scroller.scrollHeight <= this.scroller.clientHeight + NEAR_TOP_PX) {
+      if (!(await this.loadOlder())) return;
+    }
+  }
+
+  async loadOlder() {
+    if (this.loadingOlder || !this.hasMore || !this.historyLoaded) return false;
+    this.loadingOlder = true;
+    this.historyTop.replaceChildren(h("div", { class: "spinner small", role: "status", "aria-label": "Loading older messages" }));
+    try {
+      const oldest = this.timeline.oldest || this.baseSeq + 1;
+      const page = await api.history(this.uri, { before: oldest, limit: PAGE });
+      if (this.stopped) return false;
+      // Keep what the reader is looking at in place while rows appear above it.
+      const fromBottom = this.scroller.scrollHeight - this.scroller.scrollTop;
+      for (const message of page.messages) this.timeline.add(message);
+      this.hasMore = page.has_more;
+      this.scroller.scrollTop = this.scroller.scrollHeight - fromBottom;
+      this.updateHistoryTop();
+      return true;
+    } catch (error) {
+      this.historyTop.replaceChildren(h("p", { class: "inline-error", role: "alert", text: error.message }),
+        h("button", { type: "button", class: "link-button", text: "Try again", onclick: () => this.loadOlder() }));
+      return false;
+    } finally {
+      this.loadingOlder = false;
+    }
+  }
+
+  updateHistoryTop() {
+    this.historyTop.replaceChildren(this.hasMore
+      ? h("button", { type: "button", class: "link-button", text: "Load older messages", onclick: () => this.loadOlder() })
+      : h("p", { class: "history-start", text: this.timeline.bySeq.size ? "This is the beginning of the chat." : "" }));
+  }
+
+  // Fill a jump in the stream from the API (the server should never leave one).
+  async fillGap(from, to) {
+    let after = from;
+    while (after < to - 1 && !this.stopped) {
+      const page = await api.history(this.uri, { after, limit: GAP_PAGE });
+      for (const message of page.messages) this.timeline.add(message);
+      if (!page.messages.length) return;
+      after = page.messages[page.messages.length - 1].seq;
+    }
+  }
+
+  // Scrolling ---------------------------------------------------------
+
+  atBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM_PX;
+  }
+
+  scrollToBottom(smooth) {
+    this.scroller.scrollTo({ top: this.scroller.scrollHeight, behavior: smooth ? "smooth" : "instant" });
+    this.unseen = 0;
+    this.pill.hidden = true;
+  }
+
+  onScroll() {
+    if (this.atBottom()) {
+      this.unseen = 0;
+      this.pill.hidden = true;
+    }
+    if (this.scroller.scrollTop < NEAR_TOP_PX) this.loadOlder();
+  }
+
+  showPill() {
+    this.pill.replaceChildren(icon("down"),
+      h("span", { text: `${this.unseen} new message${this.unseen === 1 ? "" : "s"}` }));
+    this.pill.hidden = false;
+  }
+
+  // The stream --------------------------------------------------------
+
+  onFrame(frame) {
+    if (frame.type === "message") this.onMessage(frame);
+    else if (frame.type === "ready") this.onReady(frame);
+    else if (frame.type === "error") this.onError(frame);
+  }
+
+  onMessage(message, fromStream = true) {
+    if (fromStream) {
+      if (message.seq > this.streamSeq + 1) this.fillGap(this.streamSeq, message.seq).catch(() => {});
+      this.streamSeq = Math.max(this.streamSeq, message.seq);
+    }
+    const wasAtBottom = this.atBottom();
+    const mine = message.user.id === this.me.id;
+    if (!this.timeline.add(message)) return;
+    if (!this.room.members.some((m) => m.id === message.user.id)) this.refreshMembers();
+    this.updateEmptyState();
+    if (!this.historyLoaded) return;
+    if (wasAtBottom || mine) {
+      this.scrollToBottom(false);
+    } else {
+      this.unseen += 1;
+      this.showPill();
+    }
+    if (!mine) incoming();
+  }
+
+  onReady() {
+    // Still unconfirmed after the catch-up: never stored, so send again (the
+    // server also drops a repeated client_id).
+    for (const [clientId, entry] of this.timeline.pending) {
+      if (entry.state !== "failed") this.transmit(clientId);
+    }
+  }
+
+  onError(frame) {
+    if (frame.client_id && this.timeline.pending.has(frame.client_id)) {
+      this.fail(frame.client_id, frame.detail);
+    } else {
+      this.app.toast(frame.detail || "The server refused that.");
+    }
+  }
+
+  onSocketState(state, detail) {
+    this.el.dataset.connection = state;
+    clearInterval(this.countdown);
+    if (state === "reconnecting") {
+      const tick = () => {
+        const seconds = Math.max(0, Math.ceil((detail.retryAt - Date.now()) / 1000));
+        this.bannerText.textContent = navigator.onLine === false
+          ? "You are offline. Messages will be sent when the connection is back."
+          : `Connection lost. Reconnecting${seconds ? ` in ${seconds} s` : ""}…`;
+      };
+      tick();
+      this.countdown = setInterval(tick, 1000);
+      this.banner.hidden = false;
+      for (const [clientId, entry] of this.timeline.pending) {
+        if (entry.state === "sent") this.queue(clientId);
+      }
+    } else if (state === "connecting") {
+      if (!this.banner.hidden) this.bannerText.textContent = "Reconnecting…";
+    } else {
+      this.banner.hidden = true;
+    }
+    this.updateSubtitle();
+  }
+
+  // The socket was refused or closed for policy: ask the API what changed.
+  async onRefused(reason) {
+    let error = null;
+    try {
+      await api.chat(this.uri);
+    } catch (caught) {
+      error = caught;
+    }
+    if (this.stopped) return;
+    if (error && error.status === 401) {
+      this.app.signedOut(reason === "logged out" ? "You were signed out." : "Your session ended. Sign in again.");
+    } else if (error && error.status === 404) {
+      this.showProblem("This chat no longer exists.");
+    } else if (reason) {
+      this.showProblem(`The chat closed the connection: ${reason}.`);
+    }
+  }
+
+  async refreshMembers() {
+    try {
+      this.room = await api.chat(this.uri);
+      if (!this.stopped) this.renderMembers();
+    } catch {
+      // The next unknown sender tries again.
+    }
+  }
+
+  // Sending -----------------------------------------------------------
+
+  onKey(event) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      this.send();
+    }
+  }
+
+  onInput() {
+    const input = this.input;
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+    this.sendButton.disabled = !input.value.trim();
+    const left = this.app.maxChars - input.value.length;
+    this.counter.textContent = left < 200 ? ` · ${left} characters left` : "";
+  }
+
+  send() {
+    const text = this.input.value.trim();
+    if (!text) return;
+    this.input.value = "";
+    this.onInput();
+    const clientId = newClientId();
+    this.timeline.addPending(clientId, text);
+    this.transmit(clientId);
+    this.scrollToBottom(false);
+    this.input.focus();
+  }
+
+  transmit(clientId) {
+    const entry = this.timeline.pending.get(clientId);
+    if (!entry) return;
+    if (!this.socket.send({ type: "message", message: entry.text, client_id: clientId })) {
+      this.queue(clientId);
+      return;
+    }
+    clearTimeout(entry.timer);
+    this.timeline.setPendingState(clientId, "sent");
+    entry.timer = setTimeout(() => this.fail(clientId, "Not sent: the server did not confirm it."), SEND_TIMEOUT_MS);
+  }
+
+  queue(clientId) {
+    const entry = this.timeline.pending.get(clientId);
+    clearTimeout(entry.timer);
+    this.timeline.setPendingState(clientId, "queued", "Waiting for the connection…");
+  }
+
+  fail(clientId, reason) {
+    const entry = this.timeline.pending.get(clientId);
+    if (!entry) return;
+    clearTimeout(entry.timer);
+    this.timeline.setPendingState(clientId, "failed", reason, (id) => this.retry(id));
+  }
+
+  // Retry over HTTP: its answer confirms the message even when the stream
+  // cannot (the server does not publish a repeated client_id again).
+  async retry(clientId) {
+    const entry = this.timeline.pending.get(clientId);
+    if (!entry) return;
+    this.timeline.setPendingState(clientId, "retrying", "Sending…");
+    try {
+      const message = await api.post(this.uri, entry.text, clientId);
+      if (!this.stopped) this.onMessage(message, false);
+    } catch (error) {
+      if (error.status === 401) this.app.signedOut();
+      else this.fail(clientId, error.message);
+    }
+  }
+}

@@ -1,0 +1,111 @@
+// A room's WebSocket that keeps itself connected and resumes where it left off.
+//
+// Every (re)connect asks for `?since=<last seq shown>`; the server sends what
+// was missed, then {"type": "ready"}, then the live stream. Dropped
+// connections retry with exponential backoff and jitter, capped at 30 s.
+
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+
+export const CLOSE_NORMAL = 1000;
+export const CLOSE_POLICY = 1008;
+export const CLOSE_SLOW_CONSUMER = 4008;
+
+export class RoomSocket {
+  // handlers: since() -> seq, onFrame(frame), onState(state, detail), onRefused()
+  constructor(uri, handlers) {
+    this.uri = uri;
+    this.handlers = handlers;
+    this.ws = null;
+    this.attempt = 0;
+    this.timer = null;
+    this.stopped = false;
+    this.live = false;
+    this.retryAt = 0;
+    this.onOnline = () => this.connectNow();
+    window.addEventListener("online", this.onOnline);
+  }
+
+  url() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/ws/chats/${this.uri}/?since=${this.handlers.since()}`;
+  }
+
+  start() {
+    this.handlers.onState("connecting");
+    this.connect();
+  }
+
+  connect() {
+    this.timer = null;
+    if (this.stopped) return;
+    let opened = false;
+    const ws = (this.ws = new WebSocket(this.url()));
+    ws.onopen = () => {
+      opened = true;
+    };
+    ws.onmessage = (event) => {
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (frame.type === "ready") {
+        this.attempt = 0;
+        this.live = true;
+        this.handlers.onState("live");
+      }
+      this.handlers.onFrame(frame);
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.live = false;
+      if (this.stopped) return;
+      if (event.code === CLOSE_POLICY) {
+        this.handlers.onState("refused", event.reason);
+        this.handlers.onRefused(event.reason);
+        return;
+      }
+      // A refused handshake (401/403/404) looks like any network failure here:
+      // let the page ask the API why before it tries again.
+      if (!opened) this.handlers.onRefused("");
+      this.scheduleReconnect(event.code === CLOSE_SLOW_CONSUMER);
+    };
+  }
+
+  scheduleReconnect(soon) {
+    if (this.stopped || this.timer) return;
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
+    // "Equal jitter": half the ceiling plus a random half, so clients spread out.
+    const delay = soon ? 100 : ceiling / 2 + Math.random() * (ceiling / 2);
+    this.attempt += 1;
+    this.retryAt = Date.now() + delay;
+    this.handlers.onState("reconnecting", { retryAt: this.retryAt, attempt: this.attempt });
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  // Try now (the network came back, or the reader pressed "Retry now").
+  connectNow() {
+    if (this.stopped || !this.timer) return;
+    clearTimeout(this.timer);
+    this.handlers.onState("connecting");
+    this.connect();
+  }
+
+  send(frame) {
+    if (!this.live || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  stop() {
+    this.stopped = true;
+    this.live = false;
+    window.removeEventListener("online", this.onOnline);
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(CLOSE_NORMAL, "leaving");
+    this.ws = null;
+  }
+}
