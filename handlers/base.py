@@ -117,6 +117,9 @@ class Authenticating:
             return None
         found = await self.services.tokens.verify(token)
         if found is None:
+            if source == "cookie":
+                # A stale login cookie must not lock its browser out of logging in again.
+                return None
             raise unauthorized("Invalid or expired token.")
         user, self.token_id = found
         self.auth_source = source

@@ -20,9 +20,12 @@ def request(schema_name: str) -> dict:
 
 
 ERRORS = {
-    "400": json_body(ref("FieldErrors"), "Invalid input; each key names a field"),
+    "400": json_body({"anyOf": [ref("FieldErrors"), ref("Detail")]},
+                     "Invalid input: each key names a field; a body that is not a JSON "
+                     "object gets a detail"),
     "401": json_body(ref("Detail"), "No valid token"),
-    "403": json_body(ref("Detail"), "Not allowed"),
+    "403": json_body(ref("Detail"), "Not allowed; or a cookie-authenticated write without "
+                                    "the X-XSRFToken header"),
     "404": json_body(ref("Detail"), "No such chat"),
     "413": json_body(ref("Detail"), "Body over the size limit"),
     "429": json_body(ref("Detail"), "Rate limited; see Retry-After"),
@@ -41,6 +44,8 @@ AUTH = [{"jwt": []}, {"bearer": []}, {"cookie": []}]
 URI = {"name": "uri", "in": "path", "required": True,
        "schema": {"type": "string", "pattern": "^[0-9a-f]{15}$"}}
 SEQ = {"type": "integer", "minimum": 0}
+# Optional string fields: null is the same as leaving the field out.
+NULL = {"type": "null"}
 
 SCHEMAS = {
     "User": {"type": "object", "required": ["id", "username", "email", "first_name", "last_name"],
@@ -54,7 +59,9 @@ SCHEMAS = {
                  "properties": {"username": {"type": "string", "minLength": 1, "maxLength": 150,
                                              "pattern": "^[A-Za-z0-9@.+_-]+$"},
                                 "password": {"type": "string", "minLength": 1},
-                                "email": {"type": "string", "format": "email"}}},
+                                "email": {"anyOf": [
+                                    {"type": "string", "format": "email", "maxLength": 254},
+                                    {"const": ""}, NULL]}}},
     "Login": {"type": "object", "required": ["username", "password"],
               "properties": {"username": {"type": "string"}, "password": {"type": "string"}}},
     "TokenBody": {"type": "object", "required": ["token"],
@@ -78,15 +85,16 @@ SCHEMAS = {
                             "seq": SEQ,
                             "created": {"type": "string", "format": "date-time"},
                             "updated": {"type": "string", "format": "date-time"}}},
-    "Join": {"type": "object", "properties": {"username": {"type": "string"}}},
+    "Join": {"type": "object", "properties": {"username": {"anyOf": [{"type": "string"}, NULL]}}},
     "Joined": {"type": "object", "required": ["status", "members", "message", "user"],
                "properties": {"status": {"const": "SUCCESS"}, "uri": {"type": "string"},
                               "members": {"type": "array", "items": ref("User")},
                               "message": {"type": "string"}, "user": ref("User")}},
     "NewMessage": {"type": "object", "required": ["message"],
                    "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 2000},
-                                  "client_id": {"type": "string", "minLength": 1,
-                                                "maxLength": 64}}},
+                                  # Empty or null: no idempotency key.
+                                  "client_id": {"anyOf": [{"type": "string", "maxLength": 64},
+                                                          NULL]}}},
     "Message": {"type": "object", "required": ["id", "seq", "uri", "user", "message", "created"],
                 "properties": {"id": {"type": "string"}, "seq": {"type": "integer", "minimum": 1},
                                "uri": {"type": "string"}, "user": ref("User"),
@@ -125,21 +133,22 @@ def document() -> dict:
                 "summary": "Sign up", "operationId": "register", "security": [],
                 "requestBody": request("Register"),
                 "responses": responses("201", json_body(ref("NewUser"), "Created"),
-                                       "400", "413", "429", "503")}},
+                                       "400", "403", "413", "429", "503")}},
             "/auth/jwt/create/": {"post": {
                 "summary": "Log in: a token, and the login cookie", "operationId": "login",
                 "security": [], "requestBody": request("Login"),
                 "responses": responses("200", json_body(ref("Token"), "Logged in"),
-                                       "400", "413", "429", "503")}},
+                                       "400", "403", "413", "429", "503")}},
             "/auth/jwt/refresh/": {"post": {
                 "summary": "A fresh token for a live one", "operationId": "refresh",
                 "security": [], "requestBody": request("TokenBody"),
                 "responses": responses("200", json_body(ref("Token"), "Refreshed"),
-                                       "400", "401", "413", "503")}},
+                                       "400", "401", "403", "413", "503")}},
             "/auth/logout/": {"post": {
                 "summary": "Revoke this token and close its sockets", "operationId": "logout",
                 "security": AUTH,
-                "responses": responses("204", {"description": "Logged out"}, "401", "503")}},
+                "responses": responses("204", {"description": "Logged out"}, "401", "403",
+                                       "503")}},
             "/auth/me/": {"get": {
                 "summary": "The caller", "operationId": "me", "security": AUTH,
                 "responses": responses("200", json_body(ref("User"), "The caller"),
@@ -147,7 +156,7 @@ def document() -> dict:
             "/api/chats/": {
                 "post": {"summary": "Start a chat", "operationId": "createChat", "security": AUTH,
                          "responses": responses("200", json_body(ref("ChatCreated"), "Created"),
-                                                "401", "413", "503")},
+                                                "401", "403", "413", "503")},
                 "get": {"summary": "My chats, newest activity first", "operationId": "listChats",
                         "security": AUTH,
                         "responses": responses("200", json_body(
