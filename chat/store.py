@@ -26,6 +26,8 @@ from pymongo.errors import (
 UNREACHABLE = (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout,
                ServerSelectionTimeoutError, WTimeoutError)
 
+# Failed logins older than this are never counted (the window is at most a day).
+LOGIN_FAILURE_TTL = 24 * 3600
 # How many times a post retries after losing the race for a seq to another post.
 SEQ_ATTEMPTS = 100
 
@@ -118,8 +120,12 @@ class Store:
     async def ensure_indexes(self) -> None:
         await self.users.create_index("username", unique=True, name="username")
         await self.tokens.create_index("user_id", name="user_id")
+        # MongoDB removes expired tokens and old failed logins by itself (TTL).
+        await self.tokens.create_index("expires", expireAfterSeconds=0, name="expires_ttl")
         await self.login_failures.create_index([("username", ASCENDING), ("at", ASCENDING)],
                                                name="username_at")
+        await self.login_failures.create_index("at", expireAfterSeconds=LOGIN_FAILURE_TTL,
+                                               name="at_ttl")
         await self.rooms.create_index("uri", unique=True, name="uri")
         await self.rooms.create_index([("members", ASCENDING), ("updated", DESCENDING)],
                                       name="members_updated")
