@@ -134,6 +134,18 @@ def test_pages_send_security_headers(server):
         assert "<script>" not in reply.text and " style=" not in reply.text
 
 
+def test_cookie_writes_need_the_xsrf_token(server):
+    user = Api(server.url).signup()
+    with httpx.Client(base_url=server.url) as browser_like:
+        browser_like.get("/")
+        login = browser_like.post("/auth/jwt/create/",
+                                  json={"username": user.username, "password": user.password})
+        assert login.status_code == 200 and "chat_token" in browser_like.cookies
+        assert browser_like.post("/api/chats/").status_code == 403
+        xsrf = {"X-XSRFToken": browser_like.cookies["_xsrf"]}
+        assert browser_like.post("/api/chats/", headers=xsrf).status_code == 200
+
+
 def test_two_users_share_a_link_and_talk(server, tabs):
     alice, bob = tabs(server.url), tabs(server.url)
     alice.context.grant_permissions(["clipboard-read", "clipboard-write"])
@@ -156,6 +168,10 @@ def test_two_users_share_a_link_and_talk(server, tabs):
     bob.page.goto(share)
     expect(bob.page.get_by_text("Sign in to join this chat.")).to_be_visible()
     bob_name = name("bob")
+    bob.page.get_by_label("Username").fill(bob_name)
+    bob.page.get_by_label("Password").fill("not-yet-signed-up")
+    bob.page.get_by_role("button", name="Sign in").click()
+    expect(bob.page.get_by_role("alert")).to_have_text("Unable to log in with provided credentials.")
     sign_up_in_page(bob.page, bob_name, "pass-word-2")
     expect(bob.page.locator(".chat-view")).to_have_attribute("data-connection", "live")
     assert bob.page.url == share
@@ -235,7 +251,9 @@ def test_messages_sent_while_the_server_restarts_appear_once(start_server, tabs)
 
 def test_scrolling_up_loads_older_history(server, tabs):
     alice = Api(server.url).signup()
+    bob = Api(server.url).signup()
     uri = alice.new_chat()
+    bob.join(uri)
     total = 130
     for i in range(1, total + 1):
         alice.post(uri, f"message number {i}")
@@ -252,6 +270,16 @@ def test_scrolling_up_loads_older_history(server, tabs):
     assert page.seqs() == list(range(1, total + 1))
     scroller.evaluate("el => { el.scrollTop = 0; }")
     expect(page.page.get_by_text("message number 1", exact=True)).to_be_in_viewport()
+
+    # Reading old messages: a new one does not yank the view down, a pill says so.
+    bob.post(uri, "something new")
+    pill = page.page.locator(".pill")
+    expect(pill).to_have_text("1 new message")
+    assert scroller.evaluate("el => el.scrollTop") == 0
+    expect(page.message("something new")).not_to_be_in_viewport()
+    pill.click()
+    expect(page.message("something new")).to_be_in_viewport()
+    expect(pill).to_be_hidden()
 
 
 def test_a_message_arriving_while_history_loads_is_kept(server, tabs):

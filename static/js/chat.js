@@ -184,6 +184,12 @@ export class ChatView {
       }
     }, { capture: true });
     this.el.replaceChildren(header, h("div", { class: "chat-body" }, pane, this.side));
+    this.side.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        this.toggleSide(false);
+        this.membersButton.focus();
+      }
+    });
     this.renderMembers();
     this.timeline.el.classList.add("loading");
     this.historyTop.replaceChildren(h("div", { class: "spinner small", role: "status", "aria-label": "Loading messages" }));
@@ -207,6 +213,7 @@ export class ChatView {
   toggleSide(open = !this.el.classList.contains("side-open")) {
     this.el.classList.toggle("side-open", open);
     this.membersButton.setAttribute("aria-expanded", String(open));
+    if (open) this.side.querySelector(".side-close").focus();
   }
 
   renderMembers() {
@@ -353,11 +360,12 @@ export class ChatView {
     }
     const wasAtBottom = this.atBottom();
     const mine = message.user.id === this.me.id;
+    const sentHere = Boolean(message.client_id && this.timeline.pending.has(message.client_id));
     if (!this.timeline.add(message)) return;
     if (!this.room.members.some((m) => m.id === message.user.id)) this.refreshMembers();
     this.updateEmptyState();
     if (!this.historyLoaded) return;
-    if (wasAtBottom || mine) {
+    if (wasAtBottom || sentHere) {
       this.scrollToBottom(false);
     } else {
       this.unseen += 1;

@@ -22,8 +22,13 @@ export class RoomSocket {
     this.stopped = false;
     this.live = false;
     this.retryAt = 0;
+    // Back online, or back from a suspended background tab: retry now.
     this.onOnline = () => this.connectNow();
+    this.onVisible = () => {
+      if (document.visibilityState === "visible") this.connectNow();
+    };
     window.addEventListener("online", this.onOnline);
+    document.addEventListener("visibilitychange", this.onVisible);
   }
 
   url() {
@@ -104,6 +109,7 @@ export class RoomSocket {
     this.stopped = true;
     this.live = false;
     window.removeEventListener("online", this.onOnline);
+    document.removeEventListener("visibilitychange", this.onVisible);
     clearTimeout(this.timer);
     if (this.ws) this.ws.close(CLOSE_NORMAL, "leaving");
     this.ws = null;
