@@ -7,10 +7,13 @@ to the JSON API with the login cookie and to the room's WebSocket.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import tornado.web
 
 from handlers.base import Services
+
+MODULES = Path(__file__).resolve().parent.parent / "static" / "js"
 
 # No inline script or style anywhere: the page's code and CSS come from /static/.
 CONTENT_SECURITY_POLICY = "; ".join([
@@ -57,8 +60,26 @@ class PageHandler(tornado.web.RequestHandler):
         metrics.request_latency.labels(name).observe(time.perf_counter() - self.started)
 
 
+class ModuleHandler(tornado.web.StaticFileHandler):
+    """static/js at /js/, revalidated on every load.
+
+    Modules import each other by plain relative URLs, which static_url cannot
+    version; without a Cache-Control header a browser may heuristically reuse
+    an old module next to a new one after a deploy. no-cache makes it ask
+    (a cheap 304 by ETag) every time.
+    """
+
+    def initialize(self, services: Services):
+        super().initialize(path=str(MODULES))
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+
 def routes() -> list:
     return [
         (r"/", PageHandler),
         (r"/chats/([0-9a-f]{15})/", PageHandler),
+        (r"/js/(.+\.js)", ModuleHandler),
     ]

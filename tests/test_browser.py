@@ -132,6 +132,12 @@ def test_pages_send_security_headers(server):
         assert reply.headers["referrer-policy"] == "same-origin"
         assert "_xsrf" in reply.cookies
         assert "<script>" not in reply.text and " style=" not in reply.text
+    module = httpx.get(f"{server.url}/js/app.js")
+    assert module.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    assert module.headers["cache-control"] == "no-cache"
+    assert module.headers["x-content-type-options"] == "nosniff"
+    assert httpx.get(f"{server.url}/js/app.js",
+                     headers={"If-None-Match": module.headers["etag"]}).status_code == 304
 
 
 def test_cookie_writes_need_the_xsrf_token(server):

@@ -65,8 +65,7 @@ export class Timeline {
     const next = this.nextAfter(message.seq);
     this.confirmed.insertBefore(el, next);
     this.decorate(el);
-    if (next) this.decorate(next);
-    if (pending) this.decorate(this.outbox.firstElementChild);
+    this.decorate(next || this.outbox.firstElementChild);
     return true;
   }
 
