@@ -102,7 +102,6 @@ class AmqpBroker:
         self.restoring = False
         self.closing = False
         self.attempt = 0
-        self.reconnects = 0
         self.reconnect_timer: asyncio.TimerHandle | None = None
         self.opened: asyncio.Future | None = None
         self.closed: asyncio.Future | None = None
@@ -226,8 +225,8 @@ class AmqpBroker:
         if first:
             self.opened.set_result(None)
         else:
-            self.reconnects += 1
             log.info("RabbitMQ connection restored; %d rooms to backfill", len(rooms))
+        if rooms:  # bound again, but what was published meanwhile is only in MongoDB
             self.on_recovered(rooms)
 
     def spawn(self, coroutine) -> None:

@@ -101,7 +101,8 @@ class Room:
         self.last_seq = 0
         # Deliveries that arrive while the room starts or repairs a gap.
         self.pending: list[tuple[int, bytes, str]] = []
-        self.busy = True
+        self.busy = True  # starting or repairing: deliveries wait in pending
+        self.stale = False  # messages may be missing (after a broker outage)
         self.started: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def __len__(self) -> int:
@@ -228,7 +229,7 @@ class Hub:
             except Unavailable:
                 await asyncio.sleep(REPAIR_RETRY_SECONDS)
         room.started.set_result(None)
-        await self.drain(room)
+        await self.repair(room)
 
     # Delivery ----------------------------------------------------------
 
@@ -249,8 +250,7 @@ class Hub:
         elif seq > room.last_seq:
             self.metrics.gaps.inc()
             room.pending.append((seq, body, message["created"]))
-            room.busy = True
-            self.spawn(self.drain(room))
+            self.start_repair(room)
 
     def deliver(self, room: Room, seq: int, body: bytes, created: str | None) -> None:
         room.last_seq = seq
@@ -272,27 +272,37 @@ class Hub:
             stored = datetime.datetime.fromisoformat(created)
             self.metrics.delivery_latency.observe(max(0.0, (now() - stored).total_seconds()))
 
-    async def drain(self, room: Room) -> None:
-        """Deliver what waited, reading any gap from MongoDB first."""
-        room.busy = True
+    def start_repair(self, room: Room) -> None:
+        if not room.busy:
+            room.busy = True
+            self.spawn(self.repair(room))
+
+    async def repair(self, room: Room) -> None:
+        """The room's one worker: deliver what waited, reading what is missing from MongoDB.
+
+        While it runs (room.busy) live deliveries wait in room.pending; it
+        stops only when nothing waits and nothing is known to be missing.
+        """
         while self.rooms.get(room.uri) is room:
             room.pending.sort(key=lambda item: item[0])
             while room.pending and room.pending[0][0] <= room.last_seq + 1:
                 seq, body, created = room.pending.pop(0)
                 if seq == room.last_seq + 1:
                     self.deliver(room, seq, body, created)
-            if not room.pending:
+            if not room.pending and not room.stale:
                 break
+            room.stale = False
             try:
-                await self.backfill(room, up_to=room.pending[0][0] - 1)
+                await self.backfill(room)
             except Unavailable:
+                room.stale = True
                 log.warning("room %s: MongoDB unavailable for gap repair; retrying", room.uri)
                 await asyncio.sleep(REPAIR_RETRY_SECONDS)
         room.busy = False
 
-    async def backfill(self, room: Room, up_to: int | None = None) -> None:
-        """Deliver stored messages after the room's last seq (up to `up_to`)."""
-        while up_to is None or room.last_seq < up_to:
+    async def backfill(self, room: Room) -> None:
+        """Deliver every stored message after the room's last seq."""
+        while True:
             docs = await self.store.messages_after(room.uri, room.last_seq, BACKFILL_PAGE)
             for doc in docs:
                 if doc["seq"] == room.last_seq + 1:
@@ -306,18 +316,9 @@ class Hub:
         self.metrics.broker_reconnects.inc()
         for uri in uris:
             room = self.rooms.get(uri)
-            if room is not None and not room.busy:
-                self.spawn(self.catch_up_room(room))
-
-    async def catch_up_room(self, room: Room) -> None:
-        room.busy = True
-        while self.rooms.get(room.uri) is room:
-            try:
-                await self.backfill(room)
-                break
-            except Unavailable:
-                await asyncio.sleep(REPAIR_RETRY_SECONDS)
-        await self.drain(room)
+            if room is not None:
+                room.stale = True
+                self.start_repair(room)
 
     # Control notices (across processes) ---------------------------------
 

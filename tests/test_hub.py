@@ -35,8 +35,8 @@ class FakeStore:
         return self.next_seq(uri) - 1
 
     async def messages_after(self, uri: str, after: int, limit: int) -> list[dict]:
-        await asyncio.sleep(self.delay)
         found = [m for m in self.messages if m["room"] == uri and m["seq"] > after]
+        await asyncio.sleep(self.delay)  # the answer is as of when the read began
         return sorted(found, key=lambda m: m["seq"])[:limit]
 
     async def post_message(self, uri, user, text, client_id=None):
@@ -131,6 +131,25 @@ def test_after_a_broker_outage_the_room_is_backfilled(hub_and_store):
             store.add("room", text)
         hub.on_recovered(["room"])
         await settle()
+        return sock
+
+    sock = asyncio.run(scenario())
+    assert sock.seqs == [1, 2, 3]
+
+
+def test_a_broker_outage_during_a_gap_repair_is_backfilled_too(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        sock = FakeSocket()
+        await hub.join(sock, "room", None)
+        store.delay = 0.05
+        store.add("room", "1")
+        hub.on_message("room", payload(store.add("room", "2")))  # 1 is missing: repair
+        await asyncio.sleep(0.01)  # the repair's read has begun
+        store.add("room", "3")  # stored while the broker was down: never delivered
+        hub.on_recovered(["room"])
+        await asyncio.sleep(0.3)
         return sock
 
     sock = asyncio.run(scenario())
