@@ -25,6 +25,7 @@ expect = sync_api.expect
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS = ROOT / "docs"
+ARTIFACTS = ROOT / "tests" / "artifacts"
 SECOND = 1000  # ms, the issue's "within a second"
 RECONNECT = 30_000  # ms: backoff is capped at 30 s, the restart takes a few
 
@@ -382,7 +383,12 @@ def test_unread_count_in_title_while_away(server, tabs):
 
 
 def test_screenshots_of_the_chat(start_server, tabs):
-    """docs/screenshot.png (desktop) and docs/screenshot-phone.png (390 px wide)."""
+    """screenshot.png (desktop), screenshot-phone.png (390 px wide) and the rest.
+
+    They go to tests/artifacts/, or to docs/ (the README's) with UPDATE_SCREENSHOTS=1,
+    so an ordinary test run leaves the checkout clean.
+    """
+    shots = DOCS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else ARTIFACTS
     process = start_server()
     maya = Api(process.url, "maya").signup()
     leo = Api(process.url, "leo").signup()
@@ -401,30 +407,39 @@ def test_screenshots_of_the_chat(start_server, tabs):
     ]
     for api, text in script:
         api.post(uri, text)
+    lunch = leo.new_chat()
+    sam.join(lunch)
+    leo.post(lunch, "Lunch at the usual place?")
+    sam.post(lunch, "Sure, 12:30")
+    sam.new_chat()  # a chat nobody joined yet
 
+    home = tabs(process.url, viewport={"width": 1280, "height": 800}).sign_in(sam).open_chat(uri)
     desktop = tabs(process.url, viewport={"width": 1280, "height": 800}).sign_in(maya).open_chat(uri)
+    home.page.get_by_role("link", name="Back to my chats").click()
     desktop.send("Yes! I'll send the link round.")
     expect(desktop.page.locator(".messages > li[data-seq]")).to_have_count(len(script) + 1)
     desktop.page.locator(".composer textarea").fill("See you all then")
     desktop.page.locator(".composer textarea").blur()
-    DOCS.mkdir(exist_ok=True)
-    desktop.page.screenshot(path=str(DOCS / "screenshot.png"))
+    shots.mkdir(parents=True, exist_ok=True)
+    desktop.page.screenshot(path=str(shots / "screenshot.png"))
 
     phone = tabs(process.url, viewport={"width": 390, "height": 844}, device_scale_factor=2,
                  is_mobile=True, has_touch=True).sign_in(leo).open_chat(uri)
     expect(phone.page.locator(".messages > li[data-seq]")).to_have_count(len(script) + 1)
-    phone.page.screenshot(path=str(DOCS / "screenshot-phone.png"))
+    phone.page.screenshot(path=str(shots / "screenshot-phone.png"))
     phone.page.locator(".chat-header").get_by_role("button", name="Members").click()
     expect(phone.page.locator(".chat-side")).to_be_visible()
     phone.page.wait_for_timeout(300)  # the drawer's slide
-    phone.page.screenshot(path=str(DOCS / "screenshot-phone-members.png"))
+    phone.page.screenshot(path=str(shots / "screenshot-phone-members.png"))
 
-    home = tabs(process.url, viewport={"width": 1280, "height": 800}).sign_in(sam)
-    home.page.goto("/")
-    expect(home.page.locator(".chat-item-preview")).to_contain_text("maya: Yes!")
-    home.page.screenshot(path=str(DOCS / "screenshot-home.png"))
+    # Sam left the chat before Maya's last message: his list shows it unread.
+    home.page.reload()
+    expect(home.page.locator(".chat-item")).to_have_count(3)
+    expect(home.page.locator(".chat-item-preview").first).to_contain_text("maya: Yes!")
+    expect(home.page.locator(".chat-item.unread .badge")).to_have_text("1")
+    home.page.screenshot(path=str(shots / "screenshot-home.png"))
     signin = tabs(process.url, viewport={"width": 1280, "height": 800})
     signin.page.goto("/")
     expect(signin.page.get_by_role("button", name="Sign in")).to_be_visible()
-    signin.page.screenshot(path=str(DOCS / "screenshot-signin.png"))
-    assert os.path.getsize(DOCS / "screenshot.png") > 10_000
+    signin.page.screenshot(path=str(shots / "screenshot-signin.png"))
+    assert os.path.getsize(shots / "screenshot.png") > 10_000

@@ -27,7 +27,8 @@ export function errorText(body, fallback) {
   return fallback;
 }
 
-export async function request(method, path, body) {
+// keepalive lets a request finish after the page is left (at most 64 KB).
+export async function request(method, path, body, { keepalive = false } = {}) {
   const headers = { Accept: "application/json" };
   if (method !== "GET") headers["X-XSRFToken"] = xsrfToken();
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -38,6 +39,7 @@ export async function request(method, path, body) {
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       credentials: "same-origin",
+      keepalive,
       cache: "no-store",
     });
   } catch {
@@ -70,6 +72,6 @@ export const api = {
   chat: (uri) => request("GET", `/api/chats/${uri}/`),
   join: (uri) => request("PATCH", `/api/chats/${uri}/`, {}),
   history: (uri, params) => request("GET", `/api/chats/${uri}/messages/?${new URLSearchParams(params)}`),
-  post: (uri, message, clientId) =>
-    request("POST", `/api/chats/${uri}/messages/`, { message, client_id: clientId }),
+  post: (uri, message, clientId, options) =>
+    request("POST", `/api/chats/${uri}/messages/`, { message, client_id: clientId }, options),
 };

@@ -3,7 +3,7 @@
 // script never sees; nothing is kept in localStorage.
 
 import { api, ApiError } from "./api.js";
-import { ChatView, chatTitle } from "./chat.js";
+import { ChatView, chatTitle, seenSeq } from "./chat.js";
 import { avatar, h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
 
@@ -244,12 +244,18 @@ class App {
       const preview = h("span", { class: "chat-item-preview",
         text: room.seq ? `${room.seq} message${room.seq === 1 ? "" : "s"}` : "No messages yet" });
       const face = h("span", { class: "chat-item-avatar" }, avatar("#"));
-      list.append(h("li", {}, h("a", { href: `/chats/${room.uri}/`, class: "chat-item", "data-link": "" },
+      const seen = seenSeq(room.uri);
+      const unread = seen === null ? 0 : Math.max(0, room.seq - seen);
+      list.append(h("li", {}, h("a", {
+        href: `/chats/${room.uri}/`, class: `chat-item${unread ? " unread" : ""}`, "data-link": "",
+      },
         face,
         h("span", { class: "chat-item-body" },
           h("span", { class: "chat-item-top" }, title,
             h("time", { datetime: room.updated, text: ago(room.updated) })),
-          preview))));
+          h("span", { class: "chat-item-bottom" }, preview,
+            unread ? h("span", { class: "badge", "aria-label": `${unread} unread`,
+              text: unread > 99 ? "99+" : String(unread) }) : null)))));
       if (index < DETAILS_LIMIT) this.fillChatItem(room, title, preview, face);
     }
   }

@@ -3,7 +3,7 @@
 
 import { api, ApiError } from "./api.js";
 import { avatar, clear, h, icon } from "./dom.js";
-import { incoming, setTitle } from "./notify.js";
+import { incoming, isAway, setTitle } from "./notify.js";
 import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
 
@@ -27,6 +27,26 @@ export function chatTitle(members, me) {
   if (!others.length) return "Just you";
   if (others.length <= 3) return others.join(", ");
   return `${others.slice(0, 2).join(", ")} and ${others.length - 2} others`;
+}
+
+// The last seq this browser showed per chat (not a secret), for unread badges.
+const SEEN_KEY = "chat.seen.";
+
+export function seenSeq(uri) {
+  try {
+    const value = localStorage.getItem(SEEN_KEY + uri);
+    return value === null ? null : Number(value);
+  } catch {
+    return null;
+  }
+}
+
+function markSeen(uri, seq) {
+  try {
+    if (seq > (seenSeq(uri) ?? 0)) localStorage.setItem(SEEN_KEY + uri, String(seq));
+  } catch {
+    // Storage disabled: no unread badges, nothing else changes.
+  }
 }
 
 export async function copyText(text, input) {
@@ -109,8 +129,23 @@ export class ChatView {
   unmount() {
     this.stopped = true;
     clearInterval(this.countdown);
+    window.removeEventListener("pagehide", this.onLeave);
+    window.removeEventListener("focus", this.onBack);
+    this.flushOutbox();
     if (this.socket) this.socket.stop();
     this.timeline.clearOutbox();
+  }
+
+  // Leaving with messages still on their way: post them over HTTP, which
+  // outlives the page. The same client_id means none is stored twice.
+  flushOutbox() {
+    for (const [clientId, entry] of this.timeline.pending) {
+      if (entry.state !== "failed") api.post(this.uri, entry.text, clientId, { keepalive: true }).catch(() => {});
+    }
+  }
+
+  seen() {
+    if (this.historyLoaded && !isAway()) markSeen(this.uri, this.timeline.newest);
   }
 
   showProblem(text) {
@@ -191,6 +226,10 @@ export class ChatView {
       }
     });
     this.renderMembers();
+    this.onLeave = () => this.flushOutbox();
+    this.onBack = () => this.seen();
+    window.addEventListener("pagehide", this.onLeave);
+    window.addEventListener("focus", this.onBack);
     this.timeline.el.classList.add("loading");
     this.historyTop.replaceChildren(h("div", { class: "spinner small", role: "status", "aria-label": "Loading messages" }));
     if (!matchMedia("(max-width: 899px)").matches) this.input.focus();
@@ -262,6 +301,7 @@ export class ChatView {
       this.updateHistoryTop();
       this.updateEmptyState();
       this.scrollToBottom(false);
+      this.seen();
       await this.fillViewport();
     } catch (error) {
       if (this.stopped) return;
@@ -372,6 +412,7 @@ export class ChatView {
       this.showPill();
     }
     if (!mine) incoming();
+    this.seen();
   }
 
   onReady() {
@@ -384,7 +425,7 @@ export class ChatView {
 
   onError(frame) {
     if (frame.client_id && this.timeline.pending.has(frame.client_id)) {
-      this.fail(frame.client_id, frame.detail);
+      this.fail(frame.client_id, `Not sent: ${frame.detail}`);
     } else {
       this.app.toast(frame.detail || "The server refused that.");
     }
