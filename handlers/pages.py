@@ -74,7 +74,6 @@ class ModuleHandler(tornado.web.StaticFileHandler):
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Content-Type-Options", "nosniff")
 
 
 def routes() -> list:

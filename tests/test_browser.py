@@ -181,6 +181,7 @@ def test_two_users_share_a_link_and_talk(server, tabs):
     expect(bob.page.get_by_role("alert")).to_have_text("Unable to log in with provided credentials.")
     sign_up_in_page(bob.page, bob_name, "pass-word-2")
     expect(bob.page.locator(".chat-view")).to_have_attribute("data-connection", "live")
+    expect(bob.page.locator(".toast")).to_have_text("You joined this chat")
     assert bob.page.url == share
     members = bob.page.locator(".member-name")
     expect(members).to_have_text(sorted([alice_name, bob_name], key=[alice_name, bob_name].index))
@@ -308,6 +309,14 @@ def test_a_message_arriving_while_history_loads_is_kept(server, tabs):
         route.continue_()
     expect(page.messages()).to_have_count(4)
     assert page.seqs() == [1, 2, 3, 4]
+
+
+def test_a_wrong_link_says_so_in_words(server, tabs):
+    page = tabs(server.url).sign_in(Api(server.url).signup())
+    page.page.goto(f"/chats/{'0' * 15}/")
+    expect(page.page.get_by_role("alert")).to_contain_text("This chat does not exist.")
+    page.page.get_by_role("link", name="Back to my chats").click()
+    expect(page.page.get_by_role("heading", name="My chats")).to_be_visible()
 
 
 def test_markup_in_a_message_is_shown_as_text(server, tabs):

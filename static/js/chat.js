@@ -122,7 +122,7 @@ export class ChatView {
       if (!(error instanceof ApiError) || error.status !== 403) throw error;
     }
     await api.join(this.uri);
-    this.joined = true;
+    this.app.toast("You joined this chat");
     return api.chat(this.uri);
   }
 
@@ -151,7 +151,9 @@ export class ChatView {
   showProblem(text) {
     this.el.replaceChildren(h("div", { class: "problem", role: "alert" },
       h("p", { text }),
-      h("a", { href: "/", class: "button", "data-link": "", text: "Back to my chats" })));
+      h("div", { class: "problem-actions" },
+        h("button", { type: "button", class: "button", text: "Try again", onclick: () => this.app.route() }),
+        h("a", { href: "/", class: "button primary", "data-link": "", text: "Back to my chats" }))));
   }
 
   // Layout ------------------------------------------------------------
