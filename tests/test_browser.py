@@ -376,6 +376,40 @@ def test_failed_send_stays_visible_and_retries(server, tabs):
     assert page.seqs() == [1, 2]
 
 
+def test_a_silent_socket_is_replaced_and_resumed(server, tabs):
+    """A connection that stops answering (a network that died without a word)."""
+    alice = Api(server.url).signup()
+    bob = Api(server.url).signup()
+    uri = alice.new_chat()
+    bob.join(uri)
+    page = tabs(server.url).sign_in(alice)
+    connections = []
+
+    def relay(ws):
+        silent = connections == []  # the first connection goes silent when told
+        connections.append(ws)
+        server_side = ws.connect_to_server()
+        server_side.on_message(lambda text: None if silent and dead else ws.send(text))
+        ws.on_message(lambda text: None if silent and dead else server_side.send(text))
+
+    dead = False
+    page.page.route_web_socket(re.compile(r"/ws/chats/"), relay)
+    page.open_chat(uri)
+    dead = True
+    bob.post(uri, "said into the silence")
+    page.send("anyone there?")
+    failed = page.page.locator(".outbox > li.failed")
+    expect(failed).to_contain_text("the server did not confirm it", timeout=15_000)
+    expect(page.confirmed("said into the silence")).to_have_count(1)  # the new socket's catch-up
+    assert len(connections) == 2
+    failed.get_by_role("button", name="Retry").click()
+    expect(page.confirmed("anyone there?")).to_have_count(1)
+    expect(page.page.locator(".outbox > li")).to_have_count(0)
+    bob.post(uri, "I hear you")
+    expect(page.message("I hear you")).to_be_visible(timeout=SECOND)
+    assert page.seqs() == alice.all_seqs(uri) == [1, 2, 3]
+
+
 def test_unread_count_in_title_while_away(server, tabs):
     alice = Api(server.url).signup()
     bob = Api(server.url).signup()

@@ -523,7 +523,11 @@ export class ChatView {
     }
     clearTimeout(entry.timer);
     this.timeline.setPendingState(clientId, "sent");
-    entry.timer = setTimeout(() => this.fail(clientId, "Not sent: the server did not confirm it."), SEND_TIMEOUT_MS);
+    entry.timer = setTimeout(() => {
+      this.fail(clientId, "Not sent: the server did not confirm it.");
+      // No answer on an open socket: it is probably dead, so get a fresh one.
+      this.socket.replace();
+    }, SEND_TIMEOUT_MS);
   }
 
   queue(clientId) {

@@ -6,6 +6,10 @@
 
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
+// A timer that fires this late means the machine slept: the socket may be dead
+// without knowing it (the browser cannot see the server's pings), so replace it.
+const TICK_MS = 5_000;
+const SLEPT_MS = 20_000;
 
 export const CLOSE_NORMAL = 1000;
 export const CLOSE_POLICY = 1008;
@@ -29,6 +33,12 @@ export class RoomSocket {
     };
     window.addEventListener("online", this.onOnline);
     document.addEventListener("visibilitychange", this.onVisible);
+    this.lastTick = Date.now();
+    this.ticker = setInterval(() => {
+      const now = Date.now();
+      if (now - this.lastTick > SLEPT_MS && this.ws) this.replace();
+      this.lastTick = now;
+    }, TICK_MS);
   }
 
   url() {
@@ -99,6 +109,19 @@ export class RoomSocket {
     this.connect();
   }
 
+  // Drop the current connection without waiting for its close handshake
+  // (a dead one never answers) and open a new one that resumes by seq.
+  replace() {
+    if (this.stopped || !this.ws) return;
+    const old = this.ws;
+    this.ws = null;
+    this.live = false;
+    old.onmessage = null;
+    old.close(CLOSE_NORMAL, "replaced");
+    this.handlers.onState("connecting");
+    this.connect();
+  }
+
   send(frame) {
     if (!this.live || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
     this.ws.send(JSON.stringify(frame));
@@ -111,6 +134,7 @@ export class RoomSocket {
     window.removeEventListener("online", this.onOnline);
     document.removeEventListener("visibilitychange", this.onVisible);
     clearTimeout(this.timer);
+    clearInterval(this.ticker);
     if (this.ws) this.ws.close(CLOSE_NORMAL, "leaving");
     this.ws = null;
   }
