@@ -475,6 +475,11 @@ def test_screenshots_of_the_chat(start_server, tabs):
     phone.page.wait_for_timeout(300)  # the drawer's slide
     phone.page.screenshot(path=str(shots / "screenshot-phone-members.png"))
 
+    dark = tabs(process.url, viewport={"width": 1280, "height": 800}, color_scheme="dark")
+    dark.sign_in(leo).open_chat(uri)
+    expect(dark.page.locator(".messages > li[data-seq]")).to_have_count(len(script) + 1)
+    dark.page.screenshot(path=str(shots / "screenshot-dark.png"))
+
     # Sam left the chat before Maya's last message: his list shows it unread.
     home.page.reload()
     expect(home.page.locator(".chat-item")).to_have_count(3)
