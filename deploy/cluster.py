@@ -48,7 +48,8 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, log: Path | N
         time.sleep(0.1)
 
 
-def site_config(listen_port: int, upstream_ports: list[int], access_log: Path) -> str:
+def site_config(listen_port: int, upstream_ports: list[int], access_log: Path,
+                error_log: Path) -> str:
     """deploy/nginx.conf listening on loopback:listen_port, for these server ports."""
     text = SITE.read_text()
     servers = "".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n"
@@ -62,6 +63,8 @@ def site_config(listen_port: int, upstream_ports: list[int], access_log: Path) -
     text, found = re.subn(r"access_log \S+ chat_no_query;", f"access_log {access_log} chat_no_query;",
                           text)
     assert found == 1, "deploy/nginx.conf: access_log not found"
+    text, found = re.subn(r"error_log \S+ crit;", f"error_log {error_log} crit;", text)
+    assert found == 1, "deploy/nginx.conf: error_log not found"
     return text
 
 
@@ -90,7 +93,7 @@ class Nginx:
 
     def write_config(self) -> Path:
         (self.dir / "site.conf").write_text(
-            site_config(self.port, self.upstream_ports, self.access_log))
+            site_config(self.port, self.upstream_ports, self.access_log, self.error_log))
         temp = "\n".join(f"    {kind}_temp_path {self.dir / kind};"
                          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         conf = self.dir / "nginx.conf"

@@ -144,3 +144,6 @@ def test_clients_of_a_killed_process_reconnect_through_nginx_and_miss_nothing(cl
     for listener in listeners:
         assert listener.seqs == list(range(1, posts + 1))
     assert alice.all_seqs(uri) == list(range(1, posts + 1))
+    # Failed upstreams made nginx log, and the sockets' URLs carried ?token=.
+    logs = nginx.access_log.read_text() + nginx.error_log.read_text()
+    assert "token=" not in logs and alice.token not in logs and bob.token not in logs

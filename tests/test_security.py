@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 
@@ -12,6 +13,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from chat import logs
 from tests.helpers import Api
 
 XSRF = "2|abcd1234|" + "0" * 40 + "|" + str(int(time.time()))
@@ -293,3 +295,14 @@ def test_logs_carry_ids_and_reasons_but_no_secrets(start_server):
     assert all(e["room"] == uri for e in sockets)
     refused = [e for e in lines if "refused" in e["event"]]
     assert refused, "a refused socket is logged with its reason"
+
+
+def test_log_lines_are_scrubbed_in_both_formats():
+    # Tornado's own error lines quote the request URI; a socket's carries ?token=.
+    record = logging.LogRecord("tornado.application", logging.ERROR, __file__, 1,
+                               "Uncaught exception GET %s (%s)",
+                               ("/ws/chats/x/?token=eyJhb.cd.ef&since=2", "eyJzz.yy.xx"), None)
+    for formatter in (logs.TextFormatter(), logs.JsonFormatter()):
+        line = formatter.format(record)
+        assert "eyJhb" not in line and "eyJzz" not in line, line
+        assert "?token=[redacted]&since=2" in line
