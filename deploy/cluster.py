@@ -2,11 +2,12 @@
 
     python deploy/cluster.py [--servers 2] [--port 8080] [--first-port 8001]
 
-Uses CHAT_MONGO_URL when set, else starts the MongoDB wire server nx-27017
-under data/cluster-mongo. The secret is CHAT_SECRET, else the one `make run`
-keeps in data/secret. nginx runs as a foreground child with the site of
-deploy/nginx.conf and its own pid, log and temp paths in a temporary folder,
-never as the system service. Ctrl-C stops all of it.
+Uses CHAT_MONGO_URL when set, else the MongoDB wire server nx-27017 on
+--mongo-port (started under data/cluster-mongo unless one answers there).
+The secret is CHAT_SECRET, else the one `make run` keeps in data/secret.
+nginx runs as a foreground child with the site of deploy/nginx.conf and its
+own pid, log and temp paths in a temporary folder, never as the system
+service. Ctrl-C stops all of it.
 
 The tests use `Nginx` from here, so they run the same nginx.conf.
 """
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mongo_url = os.environ.get("CHAT_MONGO_URL")
         if not mongo_url:
-            children.append(start_mongo(args.mongo_port))
+            if not port_open(args.mongo_port):  # else one is running there already: use it
+                children.append(start_mongo(args.mongo_port))
             mongo_url = f"mongodb://127.0.0.1:{args.mongo_port}/chat"
         env = {**os.environ, "CHAT_MONGO_URL": mongo_url, "CHAT_SECRET": secret(),
                "CHAT_BEHIND_PROXY": "true"}
