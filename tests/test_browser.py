@@ -258,6 +258,10 @@ def test_messages_sent_while_the_server_restarts_appear_once(start_server, tabs)
     stored = alice.all_seqs(uri)
     assert page.seqs() == stored  # every message, in order, each exactly once
     assert len(stored) == 2 + len(sent_meanwhile) + 2
+    page.page.reload()  # a reloaded page shows the same
+    expect(page.page.locator(".chat-view")).to_have_attribute("data-connection", "live")
+    expect(page.messages()).to_have_count(len(stored))
+    assert page.seqs() == stored
 
 
 def test_scrolling_up_loads_older_history(server, tabs):
