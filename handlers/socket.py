@@ -130,6 +130,20 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return False
         stream = self.ws_connection.stream
         try:
+            if not stream._write_buffer and not stream.closed():
+                # Nothing queued: hand the bytes straight to the socket. IOStream.write
+                # would do the same send() but also make a Future whose resolution is a
+                # loop callback, per socket per message: most of a broadcast's cost.
+                # The stream's byte counters move as if it had written them itself.
+                try:
+                    sent = stream.socket.send(frame)
+                except OSError:
+                    sent = 0  # would block, or an error that stream.write reports and handles
+                stream._total_write_index += sent
+                stream._total_write_done_index += sent
+                if sent == len(frame):
+                    return True
+                frame = frame[sent:]
             stream.write(frame)
         except StreamBufferFullError:
             stream.max_write_buffer_size = None  # room for the close frame
