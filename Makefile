@@ -1,12 +1,13 @@
 # make run   - install into .venv and start the server on the embedded default
 # make test  - install everything the tests need and run every test
 # make cluster - N=2 server processes behind nginx on RabbitMQ (PORT=8080)
+# make bench - benchmarks against bare Tornado (quick, under 3 minutes; MODE=full for all of it)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint rabbitmq chromium nginx cluster clean
+.PHONY: run test lint rabbitmq chromium nginx cluster bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +50,15 @@ cluster: $(VENV)/.installed rabbitmq nginx
 test: $(VENV)/.installed-test rabbitmq chromium nginx
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The benchmark starts its own MongoDB wire server and uses RabbitMQ; results in bench/results/.
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PIP) install -e '.[bench]'
+	touch $@
+
+MODE ?= quick
+bench: $(VENV)/.installed-bench rabbitmq
+	$(PY) -m bench.run --mode $(MODE)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,229 @@
+"""Turn a results JSON into the Markdown table, the PNG plot and docs/benchmarks.md.
+
+    python -m bench.report bench/results/<date>.json   (bench/run.py calls write())
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def ratio(ours, ref, digits: int = 2) -> float | None:
+    if ours is None or ref is None or not ref:
+        return None
+    return round(ours / ref, digits)
+
+
+def step_at(steps: list[dict], offered: float, key: str = "offered_deliveries_per_s") -> dict | None:
+    """The step whose offered rate is nearest to `offered` (and not above it by more than 20%)."""
+    near = [s for s in steps if s[key] <= offered * 1.2]
+    return min(near, key=lambda s: abs(s[key] - offered)) if near else None
+
+
+def latency_cell(step: dict | None) -> str:
+    if step is None:
+        return "-"
+    return f"{fmt(step['latency_p50_ms'])} / {fmt(step['latency_p99_ms'])}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+def rows(results: dict) -> list[tuple]:
+    """(scenario, measure, ours, reference, ratio, target, met)."""
+    out: list[tuple] = []
+    sc = results["scenarios"]
+
+    idle = sc.get("idle")
+    if idle:
+        ref_levels = {r["sockets"]: r for r in idle["ref"]["levels"]}
+        top = max(r["sockets"] for r in idle["ours"]["levels"])
+        for row in idle["ours"]["levels"]:
+            ref = ref_levels.get(row["sockets"], {})
+            n = f"{row['sockets']:,}"
+            kib, ref_kib = row["rss_per_socket_kib"], ref.get("rss_per_socket_kib")
+            is_top = row["sockets"] == top
+            out.append(("1 idle", f"{n} sockets ({row['open']:,} open): server RSS per socket, KiB",
+                        fmt(kib), fmt(ref_kib), fmt(ratio(kib, ref_kib)),
+                        "<= 24 KiB" if is_top else "", verdict(kib <= 24) if is_top else ""))
+            out.append(("1 idle", f"{n} sockets: connects/s; connect p99 ms",
+                        f"{fmt(row['connects_per_s'])}; {fmt(row['connect_p99_ms'])}",
+                        f"{fmt(ref.get('connects_per_s'))}; {fmt(ref.get('connect_p99_ms'))}",
+                        fmt(ratio(row["connects_per_s"], ref.get("connects_per_s"))), "", ""))
+
+    for key, label in (("broadcast", "2 broadcast 1x1,000"), ("two", "5 two processes 1x1,000")):
+        ramp = sc.get(key)
+        if not ramp:
+            continue
+        ours, ref = ramp["ours"], ramp["ref"]
+        r = ratio(ours["max_deliveries_per_s"], ref["max_deliveries_per_s"])
+        main = key == "broadcast"
+        out.append((label, "deliveries/s, most sustained", fmt(ours["max_deliveries_per_s"]),
+                    fmt(ref["max_deliveries_per_s"]), fmt(r),
+                    ">= 1.5x" if main else "", verdict(r >= 1.5) if main and r else ""))
+        cpu_r = ratio(ref["server_cpu_us_per_delivery"], ours["server_cpu_us_per_delivery"])
+        out.append((label, "server CPU per delivery, us (ratio: deliveries per CPU-second)",
+                    fmt(ours["server_cpu_us_per_delivery"]), fmt(ref["server_cpu_us_per_delivery"]),
+                    fmt(cpu_r), "", ""))
+        at = step_at(ours["steps"], 30000)
+        ref_at = step_at(ref["steps"], 30000)
+        p99 = at["latency_p99_ms"] if at else None
+        offered = fmt(at["offered_deliveries_per_s"]) if at else "30,000"
+        out.append((label, f"latency p50 / p99 ms at {offered} deliveries/s offered",
+                    latency_cell(at), latency_cell(ref_at),
+                    fmt(ratio(p99, ref_at["latency_p99_ms"] if ref_at else None)),
+                    "p99 < 50 ms" if key == "broadcast" else "",
+                    verdict(p99 is not None and p99 < 50) if key == "broadcast" else ""))
+
+    rooms = sc.get("rooms")
+    if rooms:
+        ours, ref = rooms["ours"], rooms["ref"]
+        label = f"3 many rooms {ours['rooms']:,}x10"
+        out.append((label, "deliveries/s, most sustained",
+                    fmt(ours["max_deliveries_per_s"]), fmt(ref["max_deliveries_per_s"]),
+                    fmt(ratio(ours["max_deliveries_per_s"], ref["max_deliveries_per_s"])), "", ""))
+        at = step_at(ours["steps"], 500, "offered_posts_per_s")
+        ref_at = step_at(ref["steps"], 500, "offered_posts_per_s")
+        p99 = at["latency_p99_ms"] if at else None
+        out.append((label, "post-to-delivery p50 / p99 ms at 500 posts/s offered",
+                    latency_cell(at), latency_cell(ref_at),
+                    fmt(ratio(p99, ref_at["latency_p99_ms"] if ref_at else None)), "p99 < 20 ms",
+                    verdict(p99 is not None and p99 < 20)))
+        if at:
+            out.append((label, "at 500 posts/s offered: posts stored/s; stored-to-delivery p50 / p99 ms",
+                        f"{fmt(at['posts_stored_per_s'])}; {fmt(at['stored_to_delivery_p50_ms'])} / "
+                        f"{fmt(at['stored_to_delivery_p99_ms'])}", "-", "", "", ""))
+
+    post = sc.get("post")
+    if post:
+        for via in ("http", "ws"):
+            ours, base = post.get(f"ours_{via}"), post.get(f"mongo_ops_{via}")
+            if not ours or not base:
+                continue
+            name = "HTTP" if via == "http" else "WebSocket"
+            out.append(("4 post path", f"{name}: posts stored/s; delivered/s (4 posters)",
+                        f"{fmt(ours['posts_per_s'])}; {fmt(ours['delivered_per_s'])}",
+                        f"{fmt(base['posts_per_s'])} (MongoDB ops alone)", "", "", ""))
+            r = ratio(ours["server_cpu_ms_per_post"], base["cpu_ms_per_post"])
+            out.append(("4 post path", f"{name}: server CPU ms per post vs the MongoDB ops alone",
+                        fmt(ours["server_cpu_ms_per_post"], 3), fmt(base["cpu_ms_per_post"], 3),
+                        fmt(r), "<= 1.3x", verdict(r is not None and r <= 1.3)))
+            sys_ours = ours["server_cpu_ms_per_post"] + ours["mongo_server_cpu_ms_per_post"]
+            sys_base = base["cpu_ms_per_post"] + base["mongo_server_cpu_ms_per_post"]
+            out.append(("4 post path", f"{name}: the same with the MongoDB server's CPU in both",
+                        fmt(sys_ours, 3), fmt(sys_base, 3), fmt(ratio(sys_ours, sys_base)), "", ""))
+    return out
+
+
+def table(results: dict) -> str:
+    head = ("| Scenario | Measure | Ours | Reference | Ratio | Target | Met |\n"
+            "| --- | --- | ---: | ---: | ---: | --- | --- |\n")
+    return head + "".join("| " + " | ".join(str(c) for c in row) + " |\n" for row in rows(results))
+
+
+def plot(results: dict, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, t) for k, t in (("broadcast", "2: broadcast, 1 room x 1,000 sockets"),
+                                  ("two", "5: two processes on RabbitMQ, 1 x 1,000"),
+                                  ("rooms", "3: many rooms x 10 sockets"))
+              if k in results["scenarios"]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        for side, label, color in (("ours", "chat server", "tab:blue"),
+                                   ("ref", "bare Tornado", "tab:orange")):
+            steps = results["scenarios"][key].get(side, {}).get("steps", [])
+            steps = [s for s in steps if s["latency_p99_ms"] is not None]
+            x = [s["offered_deliveries_per_s"] for s in steps]
+            ax.plot(x, [s["latency_p99_ms"] for s in steps], "o-", color=color, label=f"{label} p99")
+            ax.plot(x, [s["latency_p50_ms"] for s in steps], "x--", color=color, label=f"{label} p50")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered deliveries per second")
+        ax.set_ylabel("latency, ms")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Latency against offered rate ({results['mode']} mode, {results['date']})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+NOTES = """\
+How to read it:
+
+- Every scenario runs against our server and, in the same run, against `bench/reference.py`, a
+  bare Tornado server that broadcasts each message with a plain `write_message` loop. In the
+  ramps (2, 5) both servers are up at once and the load generator alternates their steps, so a
+  change in the machine's load hits both alike. The machines are shared and noisy: compare
+  ratios within one run, not absolute numbers across runs.
+- Deliveries/s is message frames received by all sockets per second, from the first post of a
+  step to its last delivery; "most sustained" is the best step. A step is saturated when it
+  delivers under 90% of the offered rate. Server CPU per delivery (from /proc) is the steadier
+  measure on a busy machine: its ratio is how many more deliveries one CPU-second buys.
+- Latency is from the send timestamp in the message text to its arrival, on every 10th socket
+  (every socket in many rooms). Ours includes storing the message in MongoDB and the hop
+  through RabbitMQ; the reference has neither.
+- Post path: 4 closed-loop posters, each in its own room with a socket counting deliveries; the
+  base is the same MongoDB operations (`Store.token_user` for HTTP, `Store.post_message`) run
+  alone by one process in the same run.
+- RSS per socket is (server RSS with N sockets - RSS before any) / N, read from /proc.
+"""
+
+
+def write(results: dict, stem: Path, docs: Path | None = None) -> list[Path]:
+    """Write <stem>.md and <stem>.png, and docs/benchmarks.md when docs is given."""
+    md = table(results)
+    stem.with_suffix(".md").write_text(md)
+    paths = [stem.with_suffix(".md")]
+    png = plot(results, stem.with_suffix(".png"))
+    if png:
+        paths.append(png)
+    if docs is not None:
+        page = docs / "benchmarks.md"
+        image = os.path.relpath(png, docs) if png else None
+        cfg = results["params"]
+        text = (f"# Benchmarks\n\nLatest run: {results['date']}, {results['mode']} mode, "
+                f"{results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
+                f"Tornado {results['machine']['tornado']}; took {results.get('seconds', '-')} s.\n\n"
+                f"Made by:\n\n```sh\n{results['command']}\n```\n\n"
+                f"(`make bench` is the quick mode, under 3 minutes; `make bench MODE=full` ramps further "
+                f"and holds each step longer. Results: `{os.path.relpath(stem, docs.parent)}.json`.)\n\n"
+                f"{md}\n")
+        if image:
+            text += f"![latency against offered rate]({image})\n\n"
+        text += NOTES
+        text += (f"\nIdle levels: {', '.join(f'{n:,}' for n in cfg['idle_levels'])} sockets (cut to the "
+                 f"file-descriptor limit of the machine when it is lower); ramp steps of "
+                 f"{cfg['step_seconds']} s.\n")
+        if results.get("notes"):
+            text += "\n" + results["notes"] + "\n"
+        page.write_text(text)
+        paths.append(page)
+    return paths
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1])
+    data = json.loads(source.read_text())
+    print("\n".join(str(p) for p in write(data, source.with_suffix(""), None)))

@@ -1,0 +1,241 @@
+"""Run every scenario against the chat server and the bare-Tornado reference.
+
+    python -m bench.run [--mode quick|full] [--only idle,broadcast,rooms,post,two]
+
+Starts a MongoDB wire server (nx-27017) on a free loopback port with a
+temporary data folder, a fresh server process per scenario (RabbitMQ at
+CHAT_BENCH_AMQP_URL, default 127.0.0.1:5672), the reference, and the load
+generator in its own process; then writes bench/results/<date>.json, the
+Markdown table and the PNG plot, and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tornado
+
+from bench import report
+from tests.conftest import MongoServer, database_url, port_open
+from tests.helpers import ServerProcess, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+AMQP_URL = os.environ.get("CHAT_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+FD_LIMIT = 65536
+
+MODES = {
+    "quick": {
+        "idle_levels": [1000, 2000],
+        "broadcast_rates": [10, 20, 30, 45, 60, 80, 100],
+        "rooms": 200,
+        "rooms_rates": [50, 100, 250, 500],
+        "step_seconds": 2.0,
+        "post_seconds": 3.0,
+    },
+    "full": {
+        "idle_levels": [1000, 10000, 20000],
+        "broadcast_rates": [10, 20, 30, 40, 50, 60, 70, 80, 100, 120, 150, 180],
+        "rooms": 1000,
+        "rooms_rates": [100, 250, 500, 750, 1000],
+        "step_seconds": 5.0,
+        "post_seconds": 8.0,
+    },
+}
+SCENARIOS = ("idle", "broadcast", "rooms", "post", "two")
+
+# Our server's settings for the benchmark: cheap bcrypt, limits out of the way.
+SERVER_SETTINGS = {"max_sockets_per_user": 100000, "user_messages_per_minute": 10_000_000}
+
+
+def raise_fd_limit() -> int:
+    """Children inherit it: the servers need 20,000+ sockets. Returns the limit in force.
+
+    Without CAP_SYS_RESOURCE the hard limit cannot be raised: then the soft
+    limit goes up to it and the largest idle level is cut to fit below it.
+    """
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(FD_LIMIT, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def loadgen(spec: dict, timeout: float = 600) -> dict:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "bench.loadgen", json.dumps(spec)], cwd=ROOT,
+                          stdout=subprocess.PIPE, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}) for {spec.get('scenario')}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+class Reference:
+    """bench/reference.py in its own process."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.log_path = log_dir / f"reference-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Reference:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "reference.py"),
+                                             "--port", str(self.port)], cwd=ROOT,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: port_open("127.0.0.1", self.port), 20, "the reference to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Bench:
+    def __init__(self, mode: str, work: Path):
+        self.mode = mode
+        self.params = MODES[mode]
+        self.work = work
+        self.mongo = MongoServer(work / "mongo")
+
+    def ours(self, count: int = 1) -> list[ServerProcess]:
+        url = database_url(self.mongo.url)
+        return [ServerProcess(url, AMQP_URL, log_dir=self.work, **SERVER_SETTINGS).start()
+                for _ in range(count)]
+
+    def idle(self) -> dict:
+        """Sequentially: RSS is measured per process, and connect storms would overlap."""
+        out = {}
+        spec = {"scenario": "idle", "levels": self.idle_levels(), "rooms": 100}
+        [proc] = self.ours()
+        try:
+            out["ours"] = loadgen({**spec, "target": {"kind": "ours", "ports": [proc.port],
+                                                      "pids": [proc.process.pid]}})
+        finally:
+            proc.stop()
+        ref = Reference(self.work).start()
+        try:
+            out["ref"] = loadgen({**spec, "target": {"kind": "ref", "ports": [ref.port],
+                                                     "pids": [ref.process.pid]}})
+        finally:
+            ref.stop()
+        return out
+
+    def idle_levels(self) -> list[int]:
+        """The levels that fit under the fd limit (a server needs a few fds of its own)."""
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return [min(level, limit - 100) for level in self.params["idle_levels"]]
+
+    def ramp(self, rooms: int, per_room: int, senders: int, sample_every: int,
+             servers: int = 1) -> dict:
+        """Ours and the reference up at once; the load generator alternates their steps."""
+        spec = {"scenario": "ramp", "rooms": rooms, "sockets_per_room": per_room,
+                "senders_per_room": senders, "sample_every": sample_every,
+                "rates": self.params["broadcast_rates" if rooms == 1 else "rooms_rates"],
+                "step_seconds": self.params["step_seconds"], "break_p99": 0.2}
+        procs = self.ours(servers)
+        ref = Reference(self.work).start()
+        targets = [
+            {"kind": "ours", "ports": [p.port for p in procs], "pids": [p.process.pid for p in procs]},
+            {"kind": "ref", "ports": [ref.port], "pids": [ref.process.pid]}]
+        try:
+            if 2 * rooms * per_room + 1000 < resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+                return loadgen({**spec, "targets": targets})
+            # Both sides' sockets do not fit in one process: one target after the other.
+            return {**loadgen({**spec, "targets": targets[:1]}), **loadgen({**spec, "targets": targets[1:]})}
+        finally:
+            for proc in procs:
+                proc.stop()
+            ref.stop()
+
+    def broadcast(self) -> dict:
+        return self.ramp(1, 1000, 8, 10)
+
+    def rooms(self) -> dict:
+        return self.ramp(self.params["rooms"], 10, 1, 1)
+
+    def two(self) -> dict:
+        return self.ramp(1, 1000, 8, 10, servers=2)
+
+    def post(self) -> dict:
+        out: dict = {}
+        seconds = self.params["post_seconds"]
+        for via in ("http", "ws"):
+            spec = {"scenario": "post", "via": via, "concurrency": 4, "seconds": seconds,
+                    "mongo_pids": [self.mongo.process.pid]}
+            [proc] = self.ours()
+            try:
+                out[f"ours_{via}"] = loadgen({**spec, "target": {
+                    "kind": "ours", "ports": [proc.port], "pids": [proc.process.pid]}})
+            finally:
+                proc.stop()
+            url = database_url(self.mongo.url)
+            out[f"mongo_ops_{via}"] = loadgen({
+                "scenario": "mongo_ops", "via": via, "concurrency": 4, "seconds": seconds,
+                "mongo_url": url, "mongo_db": url.rsplit("/", 1)[1],
+                "mongo_pids": [self.mongo.process.pid]})
+        return out
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "tornado": tornado.version, "platform": platform.platform()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the chat server against bare Tornado.")
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios out of {','.join(SCENARIOS)}")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    if not port_open("127.0.0.1", 5672) and "127.0.0.1:5672" in AMQP_URL:
+        print("RabbitMQ is not running on 127.0.0.1:5672 (make rabbitmq starts it)", file=sys.stderr)
+        return 2
+    started = datetime.datetime.now(datetime.UTC)
+    work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    bench = Bench(args.mode, work)
+    results = {"date": started.isoformat(timespec="seconds"), "mode": args.mode,
+               "command": f"make bench MODE={args.mode}", "machine": machine(),
+               "params": bench.params, "scenarios": {}}
+    try:
+        bench.mongo.start()
+        for name in args.only.split(","):
+            print(f"== {name}", file=sys.stderr, flush=True)
+            results["scenarios"][name] = getattr(bench, name)()
+    finally:
+        bench.mongo.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    results["seconds"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = started.strftime("%Y-%m-%dT%H%M%SZ")
+    json_path = RESULTS / f"{stem}.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    paths = report.write(results, RESULTS / stem, docs=None if args.no_docs else ROOT / "docs")
+    print(f"wrote {json_path}, {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    print((RESULTS / f"{stem}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
