@@ -15,7 +15,7 @@ function xsrfToken() {
 }
 
 // The first readable error of a DRF-style body: {"detail": ...} or {"field": [...]}.
-export function errorText(body, fallback) {
+function errorText(body, fallback) {
   if (body && typeof body === "object") {
     if (typeof body.detail === "string") return body.detail;
     for (const [field, value] of Object.entries(body)) {
@@ -28,7 +28,7 @@ export function errorText(body, fallback) {
 }
 
 // keepalive lets a request finish after the page is left (at most 64 KB).
-export async function request(method, path, body, { keepalive = false } = {}) {
+async function request(method, path, body, { keepalive = false } = {}) {
   const headers = { Accept: "application/json" };
   if (method !== "GET") headers["X-XSRFToken"] = xsrfToken();
   if (body !== undefined) headers["Content-Type"] = "application/json";

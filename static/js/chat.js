@@ -18,7 +18,7 @@ function newClientId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-export function shareLink(uri) {
+function shareLink(uri) {
   return `${location.origin}/chats/${uri}/`;
 }
 
@@ -49,7 +49,7 @@ function markSeen(uri, seq) {
   }
 }
 
-export async function copyText(text, input) {
+async function copyText(text, input) {
   try {
     await navigator.clipboard.writeText(text);
     return true;

@@ -51,7 +51,7 @@ export function icon(name) {
 }
 
 // A stable colour class (avatar-0 .. avatar-7) for a username.
-export function colourClass(name) {
+function colourClass(name) {
   let hash = 0;
   for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
   return `avatar-${hash % 8}`;

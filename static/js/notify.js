@@ -17,10 +17,6 @@ export function setTitle(title) {
   render();
 }
 
-export function unreadCount() {
-  return unread;
-}
-
 function render() {
   document.title = unread > 0 ? `(${unread}) ${baseTitle}` : baseTitle;
 }

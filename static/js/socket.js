@@ -11,9 +11,9 @@ const BACKOFF_MAX_MS = 30_000;
 const TICK_MS = 5_000;
 const SLEPT_MS = 20_000;
 
-export const CLOSE_NORMAL = 1000;
-export const CLOSE_POLICY = 1008;
-export const CLOSE_SLOW_CONSUMER = 4008;
+const CLOSE_NORMAL = 1000;
+const CLOSE_POLICY = 1008;
+const CLOSE_SLOW_CONSUMER = 4008;
 
 export class RoomSocket {
   // handlers: since() -> seq, onFrame(frame), onState(state, detail), onRefused()

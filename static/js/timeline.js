@@ -47,10 +47,6 @@ export class Timeline {
     return first ? Number(first.dataset.seq) : 0;
   }
 
-  has(seq) {
-    return this.bySeq.has(seq);
-  }
-
   // Insert a stored message unless its seq is already shown; true if it was new.
   add(message) {
     if (this.bySeq.has(message.seq)) return false;
