@@ -206,6 +206,7 @@ def test_behind_a_proxy_the_limits_apply_to_the_forwarded_address(start_server):
 
 # Logout closes sockets, on every process -----------------------------------------------
 
+@pytest.mark.slow
 def test_logout_closes_that_tokens_sockets_within_a_second_on_every_process(start_server, fresh_db):
     a = start_server(mongo_url=fresh_db)
     b = start_server(mongo_url=fresh_db)
