@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -80,8 +81,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = logging.INFO if status < 500 else logging.ERROR
     user = getattr(handler, "current_user", None) or getattr(handler, "user", None) or {}
-    # The only path argument of the API and socket routes is the room's uri.
-    room = next(iter(getattr(handler, "path_args", None) or ()), "")
+    # The room's uri, for the routes that have one (static files have a path argument too).
+    room = next((arg for arg in getattr(handler, "path_args", None) or ()
+                 if re.fullmatch(URI, arg)), "")
     logging.getLogger("chat.access").log(
         level, "%s %s %s", handler.request.method, logs.redact(handler.request.uri), status,
         extra={"request_id": getattr(handler, "request_id", ""), "status": status,
