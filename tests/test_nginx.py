@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 
@@ -12,10 +13,9 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from deploy.cluster import Nginx
+from chat.config import Config
+from deploy.cluster import SITE, Nginx
 from tests.helpers import Api, Listener, free_port, metric, wait_for
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -25,6 +25,14 @@ def cluster(start_server, fresh_db):
     nginx = Nginx(free_port(), [s.port for s in servers]).start()
     yield nginx, servers
     nginx.stop()
+
+
+def test_the_config_outlives_pings_and_passes_the_servers_own_body_limit():
+    site = SITE.read_text()
+    timeouts = {int(t) for t in re.findall(r"proxy_read_timeout (\d+)s;", site)}
+    assert timeouts and min(timeouts) > 2 * Config().ws_ping_interval
+    size = re.search(r"client_max_body_size (\d+)m;", site)
+    assert size and int(size.group(1)) * 1024 * 1024 > Config().max_body_bytes
 
 
 def open_sockets(server) -> float:
@@ -59,6 +67,7 @@ def post_until_stored(api: Api, uri: str, text: str, client_id: str, seconds: fl
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_sockets_through_nginx_on_both_processes_get_every_message(cluster):
     nginx, servers = cluster
     alice, bob = Api(nginx.url).signup(), Api(nginx.url).signup()
@@ -82,6 +91,7 @@ def test_sockets_through_nginx_on_both_processes_get_every_message(cluster):
     assert alice.all_seqs(uri) == list(range(1, posts + 1))
 
 
+@pytest.mark.slow
 def test_nginx_forwards_host_client_address_and_limits(cluster):
     nginx, servers = cluster
     alice = Api(nginx.url).signup()
@@ -112,6 +122,7 @@ def test_nginx_forwards_host_client_address_and_limits(cluster):
     assert "token=" not in nginx.access_log.read_text()
 
 
+@pytest.mark.slow
 def test_clients_of_a_killed_process_reconnect_through_nginx_and_miss_nothing(cluster):
     nginx, servers = cluster
     alice, bob = Api(nginx.url).signup(), Api(nginx.url).signup()
