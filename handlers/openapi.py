@@ -126,6 +126,8 @@ def document() -> dict:
                         "description": "Authorization: JWT <token>"},
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "cookie": {"type": "apiKey", "in": "cookie", "name": "chat_token"},
+                "metricsToken": {"type": "http", "scheme": "bearer",
+                                 "description": "metrics.token; without one, loopback clients only"},
             },
         },
         "paths": {
@@ -197,5 +199,17 @@ def document() -> dict:
                 "summary": "MongoDB and broker health", "operationId": "health", "security": [],
                 "responses": {"200": json_body(ref("Health"), "All up"),
                               "503": json_body(ref("Health"), "Something is down")}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics of this process", "operationId": "metrics",
+                "security": [{"metricsToken": []}, {}],
+                "responses": {
+                    "200": {"description": "The Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": json_body(ref("Detail"), "metrics.token is set and was not sent"),
+                    "403": json_body(ref("Detail"), "No metrics.token, and not a loopback client")}}},
+            "/api/openapi.json": {"get": {
+                "summary": "This document", "operationId": "openapi", "security": [],
+                "responses": {"200": json_body({"type": "object", "required": ["openapi", "paths"]},
+                                               "OpenAPI 3.1")}}},
         },
     }
