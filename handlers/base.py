@@ -21,6 +21,8 @@ TOKEN_COOKIE = "chat_token"
 AUTH_SCHEMES = ("jwt", "bearer")
 CHALLENGE = 'JWT realm="chat", Bearer realm="chat"'
 RETRY_AFTER_UNAVAILABLE = "5"
+# MongoDB's largest integer: a bigger query argument could not even be compared.
+MAX_INT = 2**63 - 1
 # A client's (or nginx's $request_id) X-Request-Id is kept only if it looks like one.
 REQUEST_ID = re.compile(r"[\w.-]{1,64}", re.ASCII)
 # The API's answers are JSON, never a document to render or frame. Handlers
@@ -187,7 +189,7 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
             raise field_error(name, f"Ensure this field has no more than {max_length} characters.")
         return value
 
-    def int_argument(self, name: str, *, minimum: int = 0, maximum: int | None = None,
+    def int_argument(self, name: str, *, minimum: int = 0, maximum: int = MAX_INT,
                      default: int | None = None) -> int | None:
         raw = self.get_query_argument(name, None)
         if raw is None or raw == "":
@@ -196,9 +198,8 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
             value = int(raw)
         except ValueError:
             raise field_error(name, "A valid integer is required.") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            raise field_error(name, f"Ensure this value is {bound}.")
+        if not minimum <= value <= maximum:
+            raise field_error(name, f"Ensure this value is between {minimum} and {maximum}.")
         return value
 
     def reply(self, body: Any, status: int = 200) -> None:

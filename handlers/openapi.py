@@ -43,7 +43,7 @@ def responses(ok_status: str, ok: dict, *errors: str) -> dict:
 AUTH = [{"jwt": []}, {"bearer": []}, {"cookie": []}]
 URI = {"name": "uri", "in": "path", "required": True,
        "schema": {"type": "string", "pattern": "^[0-9a-f]{15}$"}}
-SEQ = {"type": "integer", "minimum": 0}
+SEQ = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 # Optional string fields: null is the same as leaving the field out.
 NULL = {"type": "null"}
 
@@ -189,7 +189,7 @@ def document() -> dict:
                         "parameters": [
                             {"name": "after", "in": "query", "schema": SEQ},
                             {"name": "before", "in": "query",
-                             "schema": {"type": "integer", "minimum": 1}},
+                             "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
                             {"name": "limit", "in": "query",
                              "schema": {"type": "integer", "minimum": 1, "maximum": 200,
                                         "default": 50}}],

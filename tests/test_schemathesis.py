@@ -88,3 +88,13 @@ def test_with_a_token(case, server, member):
 @fuzz
 def test_as_a_member_of_a_real_room(case, server, member):
     call(case, server, member, "member")
+
+
+@pytest.mark.parametrize("query", [{"before": 4825640190922669118455808}, {"after": 2**63},
+                                   {"after": "9" * 5000}])
+def test_cursors_beyond_mongodbs_integers_are_400_not_500(server, member, query):
+    # Found by the fuzzer: MongoDB cannot compare an integer over 8 bytes.
+    alice, uri = member
+    reply = alice.request("GET", f"/api/chats/{uri}/messages/", params=query)
+    assert reply.status_code == 400, reply.text
+    assert list(reply.json()) == list(query)
