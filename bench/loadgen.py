@@ -500,7 +500,12 @@ async def main(spec: dict) -> dict:
 
 
 def run(spec: dict) -> dict:
-    """uvloop when installed (the bench extra has it): a lighter client, same for both targets."""
+    """uvloop when installed (the bench extra has it): a lighter client, same for both targets.
+
+    The MongoDB-alone base runs on asyncio's own loop, as the server does.
+    """
+    if spec["scenario"] == "mongo_ops":
+        return asyncio.run(main(spec))
     try:
         import uvloop
     except ImportError:
