@@ -21,7 +21,12 @@ def fmt(value, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def ratio(ours, ref, digits: int = 2) -> float | None:
+def fmt2(value) -> str:
+    """A ratio: two decimals, so 0.006 does not print as 0.0."""
+    return "-" if value is None else f"{value:.2f}"
+
+
+def ratio(ours, ref, digits: int = 3) -> float | None:
     if ours is None or ref is None or not ref:
         return None
     return round(ours / ref, digits)
@@ -58,12 +63,12 @@ def rows(results: dict) -> list[tuple]:
             kib, ref_kib = row["rss_per_socket_kib"], ref.get("rss_per_socket_kib")
             is_top = row["sockets"] == top
             out.append(("1 idle", f"{n} sockets ({row['open']:,} open): server RSS per socket, KiB",
-                        fmt(kib), fmt(ref_kib), fmt(ratio(kib, ref_kib)),
+                        fmt(kib), fmt(ref_kib), fmt2(ratio(kib, ref_kib)),
                         "<= 24 KiB" if is_top else "", verdict(kib <= 24) if is_top else ""))
             out.append(("1 idle", f"{n} sockets: connects/s; connect p99 ms",
                         f"{fmt(row['connects_per_s'])}; {fmt(row['connect_p99_ms'])}",
                         f"{fmt(ref.get('connects_per_s'))}; {fmt(ref.get('connect_p99_ms'))}",
-                        fmt(ratio(row["connects_per_s"], ref.get("connects_per_s"))), "", ""))
+                        fmt2(ratio(row["connects_per_s"], ref.get("connects_per_s"))), "", ""))
 
     for key, label in (("broadcast", "2 broadcast 1x1,000"), ("two", "5 two processes 1x1,000")):
         ramp = sc.get(key)
@@ -73,19 +78,19 @@ def rows(results: dict) -> list[tuple]:
         r = ratio(ours["max_deliveries_per_s"], ref["max_deliveries_per_s"])
         main = key == "broadcast"
         out.append((label, "deliveries/s, most sustained", fmt(ours["max_deliveries_per_s"]),
-                    fmt(ref["max_deliveries_per_s"]), fmt(r),
+                    fmt(ref["max_deliveries_per_s"]), fmt2(r),
                     ">= 1.5x" if main else "", verdict(r >= 1.5) if main and r else ""))
         cpu_r = ratio(ref["server_cpu_us_per_delivery"], ours["server_cpu_us_per_delivery"])
         out.append((label, "server CPU per delivery, us (ratio: deliveries per CPU-second)",
                     fmt(ours["server_cpu_us_per_delivery"]), fmt(ref["server_cpu_us_per_delivery"]),
-                    fmt(cpu_r), "", ""))
+                    fmt2(cpu_r), "", ""))
         at = step_at(ours["steps"], 30000)
         ref_at = step_at(ref["steps"], 30000)
         p99 = at["latency_p99_ms"] if at else None
         offered = fmt(at["offered_deliveries_per_s"]) if at else "30,000"
         out.append((label, f"latency p50 / p99 ms at {offered} deliveries/s offered",
                     latency_cell(at), latency_cell(ref_at),
-                    fmt(ratio(p99, ref_at["latency_p99_ms"] if ref_at else None)),
+                    fmt2(ratio(p99, ref_at["latency_p99_ms"] if ref_at else None)),
                     "p99 < 50 ms" if key == "broadcast" else "",
                     verdict(p99 is not None and p99 < 50) if key == "broadcast" else ""))
 
@@ -95,13 +100,13 @@ def rows(results: dict) -> list[tuple]:
         label = f"3 many rooms {ours['rooms']:,}x10"
         out.append((label, "deliveries/s, most sustained",
                     fmt(ours["max_deliveries_per_s"]), fmt(ref["max_deliveries_per_s"]),
-                    fmt(ratio(ours["max_deliveries_per_s"], ref["max_deliveries_per_s"])), "", ""))
+                    fmt2(ratio(ours["max_deliveries_per_s"], ref["max_deliveries_per_s"])), "", ""))
         at = step_at(ours["steps"], 500, "offered_posts_per_s")
         ref_at = step_at(ref["steps"], 500, "offered_posts_per_s")
         p99 = at["latency_p99_ms"] if at else None
         out.append((label, "post-to-delivery p50 / p99 ms at 500 posts/s offered",
                     latency_cell(at), latency_cell(ref_at),
-                    fmt(ratio(p99, ref_at["latency_p99_ms"] if ref_at else None)), "p99 < 20 ms",
+                    fmt2(ratio(p99, ref_at["latency_p99_ms"] if ref_at else None)), "p99 < 20 ms",
                     verdict(p99 is not None and p99 < 20)))
         if at:
             out.append((label, "at 500 posts/s offered: posts stored/s; stored-to-delivery p50 / p99 ms",
@@ -121,11 +126,11 @@ def rows(results: dict) -> list[tuple]:
             r = ratio(ours["server_cpu_ms_per_post"], base["cpu_ms_per_post"])
             out.append(("4 post path", f"{name}: server CPU ms per post vs the MongoDB ops alone",
                         fmt(ours["server_cpu_ms_per_post"], 3), fmt(base["cpu_ms_per_post"], 3),
-                        fmt(r), "<= 1.3x", verdict(r is not None and r <= 1.3)))
+                        fmt2(r), "<= 1.3x", verdict(r is not None and r <= 1.3)))
             sys_ours = ours["server_cpu_ms_per_post"] + ours["mongo_server_cpu_ms_per_post"]
             sys_base = base["cpu_ms_per_post"] + base["mongo_server_cpu_ms_per_post"]
             out.append(("4 post path", f"{name}: the same with the MongoDB server's CPU in both",
-                        fmt(sys_ours, 3), fmt(sys_base, 3), fmt(ratio(sys_ours, sys_base)), "", ""))
+                        fmt(sys_ours, 3), fmt(sys_base, 3), fmt2(ratio(sys_ours, sys_base)), "", ""))
     return out
 
 

@@ -76,7 +76,7 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def loadgen(spec: dict, timeout: float = 600) -> dict:
+def loadgen(spec: dict, timeout: float = 900) -> dict:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "bench.loadgen", json.dumps(spec)], cwd=ROOT,
                           stdout=subprocess.PIPE, text=True, timeout=timeout, check=False)
