@@ -448,7 +448,8 @@ async def mongo_ops(spec: dict) -> dict:
     """The MongoDB operations a post needs, alone: the base of the post-path ratio.
 
     The same Store code the server runs: the token lookup (HTTP posts only)
-    and Store.post_message (room seq, insert, room update), closed-loop.
+    and what Hub.post asks of the store (the insert, with the room's seq known
+    as it is to a server with the room open, then the room update), closed-loop.
     """
     from chat.store import Store, now  # the server's own code; only this scenario needs pymongo
 
@@ -467,10 +468,14 @@ async def mongo_ops(spec: dict) -> dict:
     cpu0, mongo0, t0 = own_cpu_seconds(), [cpu_seconds(p) for p in mongo_pids], time.perf_counter()
 
     async def worker(i: int) -> None:
+        last_seq = None
         while time.perf_counter() < stop_at:
             if with_token:
                 await store.token_user(token_id)
-            await store.post_message(rooms[i], user, f"t={time.time():.6f}")
+            message, _ = await store.post_message(rooms[i], user, f"t={time.time():.6f}",
+                                                  seq_hint=last_seq)
+            await store.touch_room(message)
+            last_seq = message["seq"]
             posted[i] += 1
     await asyncio.gather(*(worker(i) for i in range(len(rooms))))
     elapsed = time.perf_counter() - t0

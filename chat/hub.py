@@ -145,13 +145,17 @@ class Hub:
         retry_after = self.user_limit.hit(user["id"])
         if retry_after:
             raise RateLimited(retry_after)
-        doc, created = await self.store.post_message(uri, user, text, client_id)
+        room = self.rooms.get(uri)
+        seq_hint = room.last_seq if room is not None and room.started.done() else None
+        doc, created = await self.store.post_message(uri, user, text, client_id, seq_hint)
         message = public_message(doc)
         if created:
             self.metrics.posted.inc()
-            # After the store: a lost publish is repaired from MongoDB, never a lost message.
+            # After the insert: a lost publish is repaired from MongoDB, never a lost
+            # message. Before the room's update, which the delivery need not wait for.
             self.broker.publish(uri, message_payload(message))
             self.metrics.published.inc()
+            await self.store.touch_room(doc)
         return message
 
     # Joining and leaving -----------------------------------------------

@@ -6,6 +6,7 @@ time, so the edge can answer 503 without knowing about pymongo.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import functools
 import secrets
@@ -28,6 +29,7 @@ UNREACHABLE = (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeou
 
 # Failed logins older than this are never counted (the window is at most a day).
 LOGIN_FAILURE_TTL = 24 * 3600
+KNOWN_MEMBERS = 100_000
 # How many times a post retries after losing the race for a seq to another post.
 SEQ_ATTEMPTS = 100
 
@@ -115,6 +117,15 @@ class Store:
         self.login_failures = db.login_failures
         self.rooms = db.rooms
         self.messages = db.messages
+        # (room, user) pairs known to be members. Nobody ever leaves a room, so
+        # a yes stays true; the oldest are forgotten past KNOWN_MEMBERS.
+        self.known_members: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+    def remember_member(self, uri: str, user_id: str) -> None:
+        self.known_members[(uri, user_id)] = None
+        self.known_members.move_to_end((uri, user_id))
+        if len(self.known_members) > KNOWN_MEMBERS:
+            self.known_members.popitem(last=False)
 
     @guarded
     async def ensure_indexes(self) -> None:
@@ -233,8 +244,11 @@ class Store:
     @guarded
     async def check_member(self, uri: str, user_id: str) -> None:
         """Raise NotFound or NotMember unless user_id may read and post in uri."""
+        if (uri, user_id) in self.known_members:
+            return
         if await self.rooms.find_one({"uri": uri, "members": user_id}, {"_id": 1}) is None:
             await self._raise_missing_or_forbidden(uri)
+        self.remember_member(uri, user_id)
 
     async def _raise_missing_or_forbidden(self, uri: str) -> None:
         if await self.rooms.find_one({"uri": uri}, {"_id": 1}) is None:
@@ -244,20 +258,27 @@ class Store:
     # Messages ----------------------------------------------------------
 
     @guarded
-    async def post_message(self, uri: str, user: dict, text: str,
-                           client_id: str | None = None) -> tuple[dict, bool]:
+    async def post_message(self, uri: str, user: dict, text: str, client_id: str | None = None,
+                           seq_hint: int | None = None) -> tuple[dict, bool]:
         """Store a message at the room's next seq: (message, True when new).
+        The caller then publishes it and calls touch_room.
 
         The message is inserted at last seq + 1 and the unique (room, seq)
         index decides races, so a seq exists only once every smaller one
         does: gap-free even when a process dies mid-post, and a reader that
         sees seq N in MongoDB also sees every seq below it. A repeated
         client_id hits its unique index and returns the stored message.
+
+        `seq_hint` (the last seq this process delivered in the room) lets a
+        known member post with no read before the insert.
         """
-        room = await self.rooms.find_one({"uri": uri, "members": user["id"]}, {"seq": 1})
-        if room is None:
-            await self._raise_missing_or_forbidden(uri)
-        seq = room["seq"] + 1
+        if seq_hint is None or (uri, user["id"]) not in self.known_members:
+            room = await self.rooms.find_one({"uri": uri, "members": user["id"]}, {"seq": 1})
+            if room is None:
+                await self._raise_missing_or_forbidden(uri)
+            self.remember_member(uri, user["id"])
+            seq_hint = max(room["seq"], seq_hint or 0)
+        seq = seq_hint + 1
         for _ in range(SEQ_ATTEMPTS):
             doc = {"room": uri, "seq": seq, "user_id": user["id"], "user": user,
                    "message": text, "created": now()}
@@ -275,10 +296,14 @@ class Store:
                 seq = await self.last_seq(uri) + 1
         else:
             raise Unavailable(f"room {uri} is too busy: no free seq after {SEQ_ATTEMPTS} tries")
-        await self.rooms.update_one({"uri": uri},
-                                    {"$max": {"seq": seq},
-                                     "$set": {"updated": doc["created"].timestamp()}})
         return doc, True
+
+    @guarded
+    async def touch_room(self, message: dict) -> None:
+        """Record a new message on its room: the latest seq, and activity for sorting."""
+        await self.rooms.update_one({"uri": message["room"]},
+                                    {"$max": {"seq": message["seq"]},
+                                     "$set": {"updated": message["created"].timestamp()}})
 
     @guarded
     async def last_seq(self, uri: str) -> int:

@@ -39,10 +39,13 @@ class FakeStore:
         await asyncio.sleep(self.delay)  # the answer is as of when the read began
         return sorted(found, key=lambda m: m["seq"])[:limit]
 
-    async def post_message(self, uri, user, text, client_id=None):
+    async def post_message(self, uri, user, text, client_id=None, seq_hint=None):
         if user["id"] == "stranger":
             raise NotMember(uri)
         return self.add(uri, text), True
+
+    async def touch_room(self, message):
+        pass
 
 
 class FakeSocket:
