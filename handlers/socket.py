@@ -6,7 +6,7 @@ import json
 import logging
 
 import tornado.websocket
-from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from chat.hub import CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
 from chat.store import NotFound, NotMember, Unavailable
@@ -25,6 +25,7 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         self.since: int | None = None
         self.joined = False
         self.closing = False
+        self.plain_stream = False
 
     def credentials(self) -> tuple[str | None, str | None]:
         token = self.get_query_argument("token", None)
@@ -81,6 +82,9 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
     async def open(self, uri: str) -> None:
         stream = self.ws_connection.stream
         stream.max_write_buffer_size = self.services.config.ws_send_buffer_bytes
+        # The direct send() in send_frame is for plain sockets; TLS (Tornado's own
+        # ssl_options, not nginx) must go through the stream.
+        self.plain_stream = type(stream) is IOStream
         self.joined = True
         try:
             seq = await self.services.hub.join(self, uri, self.since)
@@ -130,7 +134,7 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return False
         stream = self.ws_connection.stream
         try:
-            if not stream._write_buffer and not stream.closed():
+            if self.plain_stream and not stream._write_buffer and not stream.closed():
                 # Nothing queued: hand the bytes straight to the socket. IOStream.write
                 # would do the same send() but also make a Future whose resolution is a
                 # loop callback, per socket per message: most of a broadcast's cost.
