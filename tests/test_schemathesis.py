@@ -8,6 +8,7 @@ must be no 5xx and match the documented status, content type and schema.
 
 from __future__ import annotations
 
+import os
 import re
 
 import httpx
@@ -28,7 +29,8 @@ from tests.helpers import Api
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]
-MAX_EXAMPLES = 20
+# Per operation and way; CHAT_TEST_FUZZ_EXAMPLES=500 fuzzes harder.
+MAX_EXAMPLES = int(os.environ.get("CHAT_TEST_FUZZ_EXAMPLES", "20"))
 URI = re.compile(r"[0-9a-f]{15}")
 
 
@@ -62,7 +64,12 @@ def call(case, server, member, mode: str) -> None:
         generated = (case.path_parameters or {}).get("uri")
         if mode == "member" and isinstance(generated, str) and URI.fullmatch(generated):
             case.path_parameters = {**case.path_parameters, "uri": uri}
-    case.call_and_validate(base_url=server.url, headers=headers, checks=CHECKS)
+    checks = CHECKS
+    if case.media_type == "application/x-www-form-urlencoded":
+        # A form has no types: a generated array arrives as a repeated field (the last
+        # one counts), true as "true", so "invalid" data is often valid as sent.
+        checks = [check for check in CHECKS if check is not negative_data_rejection]
+    case.call_and_validate(base_url=server.url, headers=headers, checks=checks)
 
 
 def test_the_live_document_is_the_one_fuzzed(server):
