@@ -156,6 +156,11 @@ class Hub:
             self.broker.publish(uri, message_payload(message))
             self.metrics.published.inc()
             await self.store.touch_room(doc)
+        else:
+            # A retry: its first poster may have died between insert and publish.
+            # Receivers drop a repeat by seq, so publishing again costs nothing.
+            self.broker.publish(uri, message_payload(message))
+            self.metrics.published.inc()
         return message
 
     # Joining and leaving -----------------------------------------------
@@ -180,6 +185,10 @@ class Hub:
             return room.last_seq
         catch_up = room.catching[sock] = CatchUp(since)
         await asyncio.shield(room.started)
+        if since > room.last_seq:
+            # Nobody has seen past what is stored: a bigger since would withhold
+            # the next messages from this socket.
+            catch_up.sent = min(since, await self.store.last_seq(uri))
         while True:
             docs = await self.store.messages_after(uri, catch_up.sent, CATCH_UP_PAGE)
             for doc in docs:
@@ -259,9 +268,7 @@ class Hub:
     def deliver(self, room: Room, seq: int, body: bytes, created: str | None) -> None:
         room.last_seq = seq
         frame = text_frame(body)
-        for sock in list(room.live):
-            sock.send_frame(frame)
-        self.metrics.delivered.inc(len(room.live))
+        sent = sum(sock.send_frame(frame) for sock in list(room.live))
         for sock, catch_up in list(room.catching.items()):
             if catch_up.buffer is not None:
                 if len(catch_up.buffer) >= CATCH_UP_BUFFER:
@@ -269,9 +276,11 @@ class Hub:
                     continue
                 catch_up.buffer.append((seq, frame))
             elif seq > catch_up.sent and sock.send_frame(frame):
+                sent += 1
                 catch_up.sent = seq
                 del room.catching[sock]
                 room.live[sock] = None
+        self.metrics.delivered.inc(sent)
         if created:
             stored = datetime.datetime.fromisoformat(created)
             self.metrics.delivery_latency.observe(max(0.0, (now() - stored).total_seconds()))
@@ -328,7 +337,9 @@ class Hub:
 
     def revoke_token(self, token_id: str) -> None:
         """Close this token's sockets in every process."""
-        self.broker.publish_control(encode({"type": "logout", "token_id": token_id}))
+        notice = encode({"type": "logout", "token_id": token_id})
+        self.on_control(notice)  # here at once, even while RabbitMQ is down
+        self.broker.publish_control(notice)
 
     def on_control(self, body: bytes) -> None:
         try:

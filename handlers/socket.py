@@ -10,7 +10,7 @@ from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from chat.hub import CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
 from chat.store import NotFound, NotMember, Unavailable
-from handlers.base import CHALLENGE, ApiError, Authenticating, Services
+from handlers.base import CHALLENGE, MAX_INT, ApiError, Authenticating, Services
 
 log = logging.getLogger("chat.socket")
 
@@ -35,7 +35,10 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         # Same-origin requests never get here (Tornado matches them to Host first).
-        return origin in self.services.config.allowed_origins
+        if origin in self.services.config.allowed_origins:
+            return True
+        self.refusal = "origin not allowed"  # for the access log line
+        return False
 
     async def get(self, uri: str) -> None:
         """Authorise before the upgrade: refused handshakes answer with a status."""
@@ -54,7 +57,10 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
                                {"WWW-Authenticate": CHALLENGE})
             since = self.get_query_argument("since", None)
             if since is not None:
-                if not since.isdigit():
+                # ASCII digits only ("²".isdigit() is true), and within MongoDB's
+                # 8-byte integers: a bigger one fails the catch-up query.
+                if not (since.isascii() and since.isdigit()) or len(since) > 19 \
+                        or int(since) > MAX_INT:
                     raise ApiError(400, {"detail": "since must be a whole number >= 0."})
                 self.since = int(since)
             await self.services.store.check_member(uri, user["id"])
@@ -72,6 +78,7 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         self.uri = uri
 
     def refuse(self, status: int, message: str, headers: dict[str, str]) -> None:
+        self.refusal = message
         log.info("websocket refused: %s %s (room %s)", status, message, uri_of(self.request.path))
         self.set_status(status)
         for name, value in headers.items():
@@ -170,13 +177,20 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
 
     def close_with(self, code: int, reason: str) -> None:
         if not self.closing:
+            log.info("closing socket: %d %s", code, reason, extra=self.log_context())
             self.closing = True
             self.close(code, reason)
 
     def on_close(self) -> None:
+        if not self.closing:
+            log.info("socket closed by the client: %s", self.close_code, extra=self.log_context())
         self.closing = True
         if self.joined:
             self.services.hub.leave(self, self.uri)
+
+    def log_context(self) -> dict:
+        return {"request_id": self.request_id, "user": self.user.get("username", ""),
+                "room": self.uri}
 
 
 def uri_of(path: str) -> str:

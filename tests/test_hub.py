@@ -230,3 +230,20 @@ def test_post_validates_the_text(hub_and_store):
         assert message["seq"] == 1
 
     asyncio.run(scenario())
+
+
+def test_a_since_beyond_the_stored_seq_withholds_nothing(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        store.add("room", "1")
+        sock = FakeSocket()
+        ready = await hub.join(sock, "room", 1000)
+        for text in ("2", "3"):
+            hub.on_message("room", payload(store.add("room", text)))
+        await settle()
+        return sock, ready
+
+    sock, ready = asyncio.run(scenario())
+    assert ready == 1
+    assert sock.seqs == [2, 3]

@@ -262,7 +262,8 @@ def test_refused_handshakes(server, room):
         no_token = f"{server.ws_url}/ws/chats/{uri}/"
         assert await refused_status(no_token) == 401
         assert await refused_status(alice.ws_url("0123456789abcde")) == 404
-        assert await refused_status(alice.ws_url(uri) + "&since=-4") == 400
+        for since in ("-4", "1.5", "²", str(2**63), "9" * 5000):
+            assert await refused_status(alice.ws_url(uri) + f"&since={since}") == 400, since
         assert await refused_status(alice.ws_url(uri), origin="http://evil.example") == 403
         # the server's own origin and the Authorization header are fine
         async with websockets.connect(f"{server.ws_url}/ws/chats/{uri}/",
