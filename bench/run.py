@@ -28,7 +28,7 @@ import tornado
 
 from bench import report
 from tests.conftest import MongoServer, database_url, port_open
-from tests.helpers import ServerProcess, free_port, wait_until
+from tests.helpers import ServerProcess, free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -104,13 +104,7 @@ class Reference:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 class Bench:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess, free_port, wait_until
+from tests.helpers import ServerProcess, free_port, stop_process, wait_until
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -48,13 +48,7 @@ class MongoServer:
         wait_until(lambda: port_open("127.0.0.1", self.port), 20, "nx-27017 to listen")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture(scope="session")

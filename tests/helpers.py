@@ -37,6 +37,18 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def stop_process(process: subprocess.Popen | None, seconds: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `seconds`."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class ServerProcess:
     """`python server.py --port P` with test settings; stop() or kill() it."""
 
