@@ -128,6 +128,14 @@ class Authenticating:
         return user
 
 
+def count_request(handler: tornado.web.RequestHandler, started: float) -> None:
+    """The request counter and latency histogram, labelled by handler class."""
+    name = type(handler).__name__
+    metrics = handler.services.metrics
+    metrics.requests.labels(name, handler.request.method, str(handler.get_status())).inc()
+    metrics.request_latency.labels(name).observe(time.perf_counter() - started)
+
+
 class ApiHandler(Authenticating, tornado.web.RequestHandler):
     def initialize(self, services: Services):
         self.services = services
@@ -239,11 +247,7 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
         self.finish(json.dumps(error.body, ensure_ascii=False))
 
     def on_finish(self) -> None:
-        name = type(self).__name__
-        status = self.get_status()
-        metrics = self.services.metrics
-        metrics.requests.labels(name, self.request.method, str(status)).inc()
-        metrics.request_latency.labels(name).observe(time.perf_counter() - self.started)
+        count_request(self, self.started)
 
 
 class NotFoundHandler(ApiHandler):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tornado.web
 
-from handlers.base import Services
+from handlers.base import Services, count_request
 
 MODULES = Path(__file__).resolve().parent.parent / "static" / "js"
 
@@ -54,10 +54,7 @@ class PageHandler(tornado.web.RequestHandler):
         self.render("app.html", max_message_chars=self.services.config.max_message_chars)
 
     def on_finish(self) -> None:
-        name = type(self).__name__
-        metrics = self.services.metrics
-        metrics.requests.labels(name, self.request.method, str(self.get_status())).inc()
-        metrics.request_latency.labels(name).observe(time.perf_counter() - self.started)
+        count_request(self, self.started)
 
 
 class ModuleHandler(tornado.web.StaticFileHandler):
