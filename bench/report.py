@@ -213,11 +213,23 @@ PROFILE = """\
   from 47 to 22 us at 40 posts/s, and the `send()` system call is now most of what is left. The
   reference spends 60-90 us per delivery in its `write_message` loop, since it frames each
   message again for every socket and pays for the same `Future`.
-- Post path (WebSocket): `Store.post_message` (pymongo: `find_one`, `insert_one`, `update_one`)
-  is about 38% of the server's samples, the event loop's `select` about 11%, pika's publish and
-  consume about 10%, Tornado's frame reading about 5%; `chat/hub.py` and `handlers/socket.py`
-  themselves are under 5%. HTTP adds Tornado's request parsing and response (about 25%) and
+- Post path (WebSocket), first profile: `Store.post_message` (pymongo: `find_one`,
+  `insert_one`, `update_one`) about 38% of the server's samples, the event loop's `select` about
+  11%, pika's publish and consume about 10%, Tornado's frame reading about 5%; `chat/hub.py` and
+  `handlers/socket.py` under 5%. HTTP adds Tornado's request parsing and response (about 25%) and
   the access log line (about 5%). The server on uvloop measured the same within noise.
+- What that changed: a known member posting in a room the process has open no longer reads the
+  room before the insert, and the publish no longer waits for the room's update (commit
+  "Post path: publish before the room update ..."). Posts stored per second rose from 293 to 377
+  over the socket and from 202 to 267 over HTTP; the server's CPU per post fell, but so did the
+  MongoDB-alone base (one operation fewer), so the ratio did not improve.
+- Post path (WebSocket), profile after it (py-spy, 4 closed-loop posters, 349 posts/s; shares of
+  the event-loop thread): the two MongoDB operations about 36%, pika about 28% (delivering the
+  message back: socket reads and frame decoding about 14%; publishing: its deferred socket
+  writes about 10%, `basic_publish` about 4%), the hub's fan-out and `send_frame` about 7%. pika
+  alone is about as much as the 30% the target allows on top of the MongoDB operations; reaching
+  1.3x needs a cheaper AMQP client path than pika's pure-Python framing, which is the next thing to
+  try.
 - Connecting a socket: `authorise` is a third (the token lookup 20%, the membership check 10%),
   the WebSocket handshake 17%.
 """
