@@ -149,18 +149,14 @@ class Hub:
         seq_hint = room.last_seq if room is not None and room.started.done() else None
         doc, created = await self.store.post_message(uri, user, text, client_id, seq_hint)
         message = public_message(doc)
+        # After the insert: a lost publish is repaired from MongoDB, never a lost
+        # message. A repeated client_id is published again as well, since its first
+        # poster may have died in between; receivers drop the repeat by seq.
+        self.broker.publish(uri, message_payload(message))
+        self.metrics.published.inc()
         if created:
             self.metrics.posted.inc()
-            # After the insert: a lost publish is repaired from MongoDB, never a lost
-            # message. Before the room's update, which the delivery need not wait for.
-            self.broker.publish(uri, message_payload(message))
-            self.metrics.published.inc()
-            await self.store.touch_room(doc)
-        else:
-            # A retry: its first poster may have died between insert and publish.
-            # Receivers drop a repeat by seq, so publishing again costs nothing.
-            self.broker.publish(uri, message_payload(message))
-            self.metrics.published.inc()
+            await self.store.touch_room(doc)  # after the publish: delivery need not wait
         return message
 
     # Joining and leaving -----------------------------------------------
