@@ -257,6 +257,16 @@ class Listener:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
+def catch_up(api: Api, uri: str, seconds: float = 30) -> Listener:
+    """Open a socket with since=0, read until its ready frame, close it."""
+    async def scenario() -> Listener:
+        listener = Listener(api, uri).start(since=0)
+        await wait_for(lambda: listener.ready.is_set(), seconds, "the catch-up")
+        await listener.stop()
+        return listener
+    return asyncio.run(scenario())
+
+
 async def wait_for(predicate, seconds: float, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + seconds
     while not predicate():

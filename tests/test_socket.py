@@ -10,7 +10,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.helpers import Api, Listener, metric, wait_for
+from tests.helpers import Api, Listener, catch_up, metric, wait_for
 
 
 @pytest.fixture
@@ -139,14 +139,7 @@ def test_a_long_catch_up_is_complete_and_in_order(room):
     for i in range(1, 1201):
         alice.post(uri, f"m{i}")
 
-    async def scenario():
-        listener = Listener(bob, uri).start(since=0)
-        await wait_for(lambda: listener.ready.is_set(), 20, "ready")
-        await listener.stop()
-        return listener
-
-    listener = asyncio.run(scenario())
-    assert listener.seqs == list(range(1, 1201))
+    assert catch_up(bob, uri).seqs == list(range(1, 1201))
 
 
 def test_messages_racing_a_catch_up_are_kept_once(room):
@@ -348,12 +341,6 @@ def test_a_catch_up_larger_than_the_send_buffer_completes(start_server):
     for i in range(600):
         alice.post(uri, f"{i:04d}" + "z" * 1990)  # 1.2 MB of history
 
-    async def scenario():
-        listener = Listener(bob, uri).start(since=0)
-        await wait_for(lambda: listener.ready.is_set(), 30, "catch-up")
-        await listener.stop()
-        return listener
-
-    listener = asyncio.run(scenario())
+    listener = catch_up(bob, uri)
     assert listener.seqs == list(range(1, 601))
     assert 4008 not in listener.closes  # one connection, never closed as slow
