@@ -220,8 +220,11 @@ class AmqpBroker:
             return
         finally:
             self.restoring = False
-        while self.unsent and self.channel is not None:
-            self.publish(*self.unsent.popleft())
+        # One pass over what was queued: publish() queues again whatever still
+        # cannot go, so looping until the queue is empty could spin forever.
+        unsent, self.unsent = list(self.unsent), collections.deque(maxlen=UNSENT_LIMIT)
+        for uri, body in unsent:
+            self.publish(uri, body)
         if first:
             self.opened.set_result(None)
         else:
