@@ -128,6 +128,24 @@ class Authenticating:
         return user
 
 
+def api_error(error: BaseException | None) -> ApiError | None:
+    """The answer for an error of the core (chat/), or None when it is not one."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, store_errors.Unavailable):
+        return detail(503, "The database is unavailable; try again shortly.",
+                      {"Retry-After": RETRY_AFTER_UNAVAILABLE})
+    if isinstance(error, store_errors.NotFound):
+        return detail(404, "Not found.")
+    if isinstance(error, store_errors.NotMember):
+        return detail(403, "You are not a member of this chat.")
+    if isinstance(error, InvalidMessage):
+        return field_error("message", str(error))
+    if isinstance(error, RateLimited):
+        return detail(429, str(error), {"Retry-After": str(max(1, round(error.retry_after)))})
+    return None
+
+
 def count_request(handler: tornado.web.RequestHandler, started: float) -> None:
     """The request counter and latency histogram, labelled by handler class."""
     name = type(handler).__name__
@@ -222,21 +240,10 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(error, store_errors.Unavailable):
-            error = detail(503, "The database is unavailable; try again shortly.",
-                           {"Retry-After": RETRY_AFTER_UNAVAILABLE})
-        elif isinstance(error, store_errors.NotFound):
-            error = detail(404, "Not found.")
-        elif isinstance(error, store_errors.NotMember):
-            error = detail(403, "You are not a member of this chat.")
-        elif isinstance(error, InvalidMessage):
-            error = field_error("message", str(error))
-        elif isinstance(error, RateLimited):
-            error = detail(429, str(error), {"Retry-After": str(max(1, round(error.retry_after)))})
-        elif isinstance(error, tornado.web.HTTPError):
+        if isinstance(error, tornado.web.HTTPError):
             error = detail(status_code, error.log_message or self._reason)
-        elif not isinstance(error, ApiError):
-            error = detail(500, "Server error.")
+        else:
+            error = api_error(error) or detail(500, "Server error.")
         body = error.body if isinstance(error.body, dict) else {}
         self.refusal = str(body.get("detail") or "; ".join(
             f"{field}: {messages[0] if isinstance(messages, list) else messages}"

@@ -10,7 +10,7 @@ from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from chat.hub import CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
 from chat.store import NotFound, NotMember, Unavailable
-from handlers.base import CHALLENGE, MAX_INT, ApiError, Authenticating, Services
+from handlers.base import MAX_INT, ApiError, Authenticating, Services, api_error, detail, unauthorized
 
 log = logging.getLogger("chat.socket")
 
@@ -44,36 +44,27 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         """Authorise before the upgrade: refused handshakes answer with a status."""
         try:
             await self.authorise(uri)
-        except ApiError as error:
+        except (ApiError, NotFound, NotMember, Unavailable) as failure:
+            error = api_error(failure)
             self.refuse(error.status, error.body.get("detail", "Refused."), error.headers)
             return
         await super().get(uri)
 
     async def authorise(self, uri: str) -> None:
-        try:
-            user = await self.authenticate()
-            if user is None:
-                raise ApiError(401, {"detail": "Authentication credentials were not provided."},
-                               {"WWW-Authenticate": CHALLENGE})
-            since = self.get_query_argument("since", None)
-            if since is not None:
-                # ASCII digits only ("²".isdigit() is true), and within MongoDB's
-                # 8-byte integers: a bigger one fails the catch-up query.
-                if not (since.isascii() and since.isdigit()) or len(since) > 19 \
-                        or int(since) > MAX_INT:
-                    raise ApiError(400, {"detail": "since must be a whole number >= 0."})
-                self.since = int(since)
-            await self.services.store.check_member(uri, user["id"])
-        except NotFound:
-            raise ApiError(404, {"detail": "Not found."}) from None
-        except NotMember:
-            raise ApiError(403, {"detail": "You are not a member of this chat."}) from None
-        except Unavailable:
-            raise ApiError(503, {"detail": "The database is unavailable; try again shortly."},
-                           {"Retry-After": "5"}) from None
+        user = await self.authenticate()
+        if user is None:
+            raise unauthorized()
+        since = self.get_query_argument("since", None)
+        if since is not None:
+            # ASCII digits only ("²".isdigit() is true), and within MongoDB's
+            # 8-byte integers: a bigger one fails the catch-up query.
+            if not (since.isascii() and since.isdigit()) or len(since) > 19 \
+                    or int(since) > MAX_INT:
+                raise detail(400, "since must be a whole number >= 0.")
+            self.since = int(since)
+        await self.services.store.check_member(uri, user["id"])
         if self.services.hub.count_user_sockets(user["id"]) >= self.services.config.max_sockets_per_user:
-            raise ApiError(429, {"detail": "Too many open sockets for this user."},
-                           {"Retry-After": "10"})
+            raise detail(429, "Too many open sockets for this user.", {"Retry-After": "10"})
         self.user = user
         self.uri = uri
 
