@@ -25,16 +25,29 @@ log = logging.getLogger("chat.embedded")
 MONGO_START_SECONDS = 20
 
 
+def stored_secret(data_dir: Path) -> str:
+    """The secret kept in data_dir/secret (0600), made on first use."""
+    secret_file = data_dir / "secret"
+    if not secret_file.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        secret_file.write_text(secrets.token_hex(32))
+        secret_file.chmod(0o600)
+    return secret_file.read_text().strip()
+
+
+def wire_server_command(port: int, folder: Path) -> list[str]:
+    """nx-27017 on loopback:port, keeping its data, log (nx.log) and pid in folder."""
+    program = shutil.which("nx-27017", path=os.path.dirname(sys.executable)) or shutil.which("nx-27017")
+    if program is None:
+        raise FileNotFoundError("nx-27017 is not installed: run `make run`, or `pip install nx-27017`")
+    return [program, "--host", "127.0.0.1", "-p", str(port), "--data-dir", str(folder),
+            "--log-file", str(folder / "nx.log"), "--pid-file", str(folder / "nx.pid")]
+
+
 def prepare(config: Config) -> Config:
     data = Path(config.data_dir).resolve()
     (data / "mongo").mkdir(parents=True, exist_ok=True)
-    secret = config.secret
-    if not secret:
-        secret_file = data / "secret"
-        if not secret_file.exists():
-            secret_file.write_text(secrets.token_hex(32))
-            secret_file.chmod(0o600)
-        secret = secret_file.read_text().strip()
+    secret = config.secret or stored_secret(data)
     return dataclasses.replace(config, secret=secret, broker_url="memory://", data_dir=str(data))
 
 
@@ -58,20 +71,18 @@ async def start_mongo(config: Config) -> asyncio.subprocess.Process | None:
     host, port = where.hostname or "127.0.0.1", where.port or 27017
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"no MongoDB answers at {config.mongo_url}; start it or fix mongo_url")
-    program = shutil.which("nx-27017", path=os.path.dirname(sys.executable)) or shutil.which("nx-27017")
-    if program is None:
-        raise SystemExit("nx-27017 is not installed: run `make run`, or `pip install nx-27017`")
-    data = Path(config.data_dir)  # made absolute, with mongo/ inside, by prepare()
-    log.info("starting the MongoDB wire server nx-27017 on %s:%d (data in %s)", host, port,
-             data / "mongo")
+    folder = Path(config.data_dir) / "mongo"  # made by prepare()
+    try:
+        command = wire_server_command(port, folder)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
+    log.info("starting the MongoDB wire server nx-27017 on %s:%d (data in %s)", host, port, folder)
     process = await asyncio.create_subprocess_exec(
-        program, "--host", "127.0.0.1", "-p", str(port), "--data-dir", str(data / "mongo"),
-        "--log-file", str(data / "nx-27017.log"), "--pid-file", str(data / "nx-27017.pid"),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     deadline = asyncio.get_running_loop().time() + MONGO_START_SECONDS
     while not await mongo_answers(config, 500):
         if process.returncode is not None or asyncio.get_running_loop().time() > deadline:
-            raise SystemExit(f"nx-27017 did not start; see {data / 'nx-27017.log'}")
+            raise SystemExit(f"nx-27017 did not start; see {folder / 'nx.log'}")
         await asyncio.sleep(0.2)
     return process
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from chat.embedded import stored_secret, wire_server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / "nginx.conf"
@@ -133,25 +134,15 @@ http {{
 
 
 def secret() -> str:
-    if os.environ.get("CHAT_SECRET"):
-        return os.environ["CHAT_SECRET"]
-    path = ROOT / "data" / "secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return os.environ.get("CHAT_SECRET") or stored_secret(ROOT / "data")
 
 
 def start_mongo(port: int) -> subprocess.Popen:
-    data = ROOT / "data" / "cluster-mongo"
-    data.mkdir(parents=True, exist_ok=True)
-    program = shutil.which("nx-27017", path=os.path.dirname(sys.executable)) or "nx-27017"
-    process = subprocess.Popen(
-        [program, "--host", "127.0.0.1", "-p", str(port), "--data-dir", str(data),
-         "--log-file", str(data / "nx.log"), "--pid-file", str(data / "nx.pid")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, process, "nx-27017", data / "nx.log")
+    folder = ROOT / "data" / "cluster-mongo"
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(wire_server_command(port, folder), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process, "nx-27017", folder / "nx.log")
     return process
 
 

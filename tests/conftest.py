@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from chat.embedded import wire_server_command
 from tests.helpers import ServerProcess, free_port, stop_process, wait_until
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -38,13 +37,9 @@ class MongoServer:
         return f"mongodb://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        program = shutil.which("nx-27017", path=os.path.dirname(sys.executable))
-        assert program, "nx-27017 is not installed (make test installs it)"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [program, "--host", "127.0.0.1", "-p", str(self.port), "--data-dir", str(self.data_dir),
-             "--log-file", str(self.data_dir / "nx.log"), "--pid-file", str(self.data_dir / "nx.pid")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(wire_server_command(self.port, self.data_dir),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: port_open("127.0.0.1", self.port), 20, "nx-27017 to listen")
 
     def stop(self) -> None:
