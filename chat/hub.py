@@ -331,9 +331,9 @@ class Hub:
 
     # Control notices (across processes) ---------------------------------
 
-    def revoke_token(self, token_id: str) -> None:
+    def revoke_token(self, user_id: str, token_id: str) -> None:
         """Close this token's sockets in every process."""
-        notice = encode({"type": "logout", "token_id": token_id})
+        notice = encode({"type": "logout", "user_id": user_id, "token_id": token_id})
         self.on_control(notice)  # here at once, even while RabbitMQ is down
         self.broker.publish_control(notice)
 
@@ -343,10 +343,9 @@ class Hub:
         except ValueError:
             return
         if notice.get("type") == "logout":
-            for sockets in list(self.sockets_by_user.values()):
-                for sock in list(sockets):
-                    if sock.token_id == notice.get("token_id"):
-                        sock.close_with(CLOSE_POLICY, "logged out")
+            for sock in list(self.sockets_by_user.get(notice.get("user_id"), ())):
+                if sock.token_id == notice.get("token_id"):
+                    sock.close_with(CLOSE_POLICY, "logged out")
 
     # Lifecycle ---------------------------------------------------------
 

@@ -96,9 +96,9 @@ class RefreshHandler(LoginHandler):
 
 class LogoutHandler(ApiHandler):
     async def post(self) -> None:
-        self.require_user()
+        user = self.require_user()
         await self.services.tokens.revoke(self.token_id)
-        self.services.hub.revoke_token(self.token_id)
+        self.services.hub.revoke_token(user["id"], self.token_id)
         self.clear_cookie(TOKEN_COOKIE)
         self.set_status(204)
         self.finish()

@@ -210,7 +210,7 @@ def test_logout_notice_closes_only_that_tokens_sockets(hub_and_store):
         a, b = FakeSocket("a"), FakeSocket("b", "u2")
         await hub.join(a, "room", None)
         await hub.join(b, "room", None)
-        hub.revoke_token(a.token_id)
+        hub.revoke_token(a.user["id"], a.token_id)
         await settle()
         return a, b
 
