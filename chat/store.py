@@ -6,20 +6,24 @@ time, so the edge can answer 503 without knowing about pymongo.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime
 import functools
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
     NetworkTimeout,
+    OperationFailure,
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
@@ -32,6 +36,8 @@ LOGIN_FAILURE_TTL = 24 * 3600
 KNOWN_MEMBERS = 100_000
 # How many times a post retries after losing the race for a seq to another post.
 SEQ_ATTEMPTS = 100
+# The most writes one group commit sends in one command.
+GROUP_COMMIT_MAX = 500
 
 
 class Unavailable(Exception):
@@ -101,6 +107,55 @@ def new_room_uri() -> str:
     return secrets.token_hex(8)[:15]
 
 
+class GroupCommit:
+    """Writes that arrive while one is in flight go out together, as one command.
+
+    Alone, a write is sent at once; under load, the writes of many posts share
+    one round trip, and pymongo's and the server's cost per command is paid
+    once for all of them. `send` gets the items and returns one result per
+    item, an exception instance for an item that failed on its own; an
+    exception it raises fails the whole batch.
+    """
+
+    def __init__(self, send: Callable[[list], Awaitable[list]]):
+        self.send = send
+        self.queue: list[tuple[Any, asyncio.Future]] = []
+        self.flushing: asyncio.Task | None = None
+
+    async def submit(self, item: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((item, future))
+        if self.flushing is None:
+            self.flushing = asyncio.create_task(self.flush())
+        return await future
+
+    async def flush(self) -> None:
+        batch: list[tuple[Any, asyncio.Future]] = []
+        try:
+            while self.queue:
+                batch = self.queue[:GROUP_COMMIT_MAX]
+                del self.queue[:GROUP_COMMIT_MAX]
+                try:
+                    results = await self.send([item for item, _ in batch])
+                except Exception as error:
+                    # What waited meanwhile fails too, rather than wait out
+                    # another timeout of a server that did not answer.
+                    batch += self.queue
+                    self.queue.clear()
+                    results = [error] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self.flushing = None
+            for _, future in batch:  # cancelled mid-command: the loop is stopping
+                future.cancel()
+
+
 class Store:
     def __init__(self, url: str, database: str, timeout_ms: int = 2500):
         self.client = AsyncMongoClient(
@@ -120,6 +175,8 @@ class Store:
         # (room, user) pairs known to be members. Nobody ever leaves a room, so
         # a yes stays true; the oldest are forgotten past KNOWN_MEMBERS.
         self.known_members: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self.message_inserts = GroupCommit(self.insert_messages)
+        self.room_touches = GroupCommit(self.touch_rooms)
 
     def remember_member(self, uri: str, user_id: str) -> None:
         self.known_members[(uri, user_id)] = None
@@ -285,7 +342,7 @@ class Store:
             if client_id:
                 doc["client_id"] = client_id
             try:
-                await self.messages.insert_one(doc)
+                await self.message_inserts.submit(doc)
                 break
             except DuplicateKeyError:
                 if client_id:
@@ -298,12 +355,38 @@ class Store:
             raise Unavailable(f"room {uri} is too busy: no free seq after {SEQ_ATTEMPTS} tries")
         return doc, True
 
+    async def insert_messages(self, docs: list[dict]) -> list[Exception | None]:
+        """One insert command for posts to any rooms; unordered, so a post that
+        loses its seq (or repeats its client_id) fails alone."""
+        try:
+            await self.messages.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            results: list[Exception | None] = [None] * len(docs)
+            for failure in error.details.get("writeErrors", []):
+                kind = DuplicateKeyError if failure.get("code") == 11000 else OperationFailure
+                results[failure["index"]] = kind(failure.get("errmsg", ""), failure.get("code"),
+                                                 failure)
+            return results
+        return [None] * len(docs)
+
     @guarded
     async def touch_room(self, message: dict) -> None:
         """Record a new message on its room: the latest seq, and activity for sorting."""
-        await self.rooms.update_one({"uri": message["room"]},
-                                    {"$max": {"seq": message["seq"]},
-                                     "$set": {"updated": message["created"].timestamp()}})
+        await self.room_touches.submit(
+            (message["room"], message["seq"], message["created"].timestamp()))
+
+    async def touch_rooms(self, touches: list[tuple[str, int, float]]) -> list[None]:
+        """One update per room for the touches of a batch: the room's highest seq
+        and latest activity."""
+        latest: dict[str, tuple[int, float]] = {}
+        for uri, seq, updated in touches:
+            known = latest.get(uri)
+            latest[uri] = (seq, updated) if known is None else (max(seq, known[0]),
+                                                                max(updated, known[1]))
+        await self.rooms.bulk_write(
+            [UpdateOne({"uri": uri}, {"$max": {"seq": seq}, "$set": {"updated": updated}})
+             for uri, (seq, updated) in latest.items()], ordered=False)
+        return [None] * len(touches)
 
     @guarded
     async def last_seq(self, uri: str) -> int:

@@ -1,0 +1,177 @@
+"""The store's group commit: its logic with a fake command, then posts through
+the real Store on the test MongoDB."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chat.store import GroupCommit, Store, Unavailable
+
+
+class FakeCommand:
+    """Records each batch; waits for `release` before answering, so a test
+    decides what queues up behind a command in flight."""
+
+    def __init__(self, fail_item=None, fail_batch: Exception | None = None):
+        self.batches: list[list] = []
+        self.release = asyncio.Event()
+        self.fail_item = fail_item
+        self.fail_batch = fail_batch
+
+    async def __call__(self, items: list) -> list:
+        self.batches.append(list(items))
+        await self.release.wait()
+        if self.fail_batch is not None:
+            raise self.fail_batch
+        return [ValueError(item) if item == self.fail_item else item * 10 for item in items]
+
+
+async def started(*coroutines) -> list[asyncio.Task]:
+    tasks = [asyncio.create_task(c) for c in coroutines]
+    await asyncio.sleep(0)
+    return tasks
+
+
+def test_writes_arriving_while_one_is_in_flight_go_out_together():
+    async def scenario():
+        command = FakeCommand()
+        commit = GroupCommit(command)
+        first = await started(commit.submit(1))
+        rest = await started(*(commit.submit(i) for i in range(2, 6)))
+        command.release.set()
+        return command.batches, await asyncio.gather(*first, *rest)
+
+    batches, results = asyncio.run(scenario())
+    assert batches == [[1], [2, 3, 4, 5]]
+    assert results == [10, 20, 30, 40, 50]
+
+
+def test_an_item_that_fails_fails_alone():
+    async def scenario():
+        command = FakeCommand(fail_item=2)
+        commit = GroupCommit(command)
+        command.release.set()
+        return await asyncio.gather(*(commit.submit(i) for i in (1, 2, 3)),
+                                    return_exceptions=True)
+
+    one, two, three = asyncio.run(scenario())
+    assert (one, three) == (10, 30)
+    assert isinstance(two, ValueError) and two.args == (2,)
+
+
+def test_a_failed_command_fails_what_waited_behind_it_at_once():
+    async def scenario():
+        command = FakeCommand(fail_batch=ConnectionError("down"))
+        commit = GroupCommit(command)
+        tasks = await started(commit.submit(1))
+        tasks += await started(commit.submit(2), commit.submit(3))
+        command.release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return command.batches, results, commit
+
+    batches, results, commit = asyncio.run(scenario())
+    assert batches == [[1]]  # 2 and 3 were not sent to a server that did not answer
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert commit.flushing is None and not commit.queue
+
+
+def test_it_works_again_after_a_failed_command():
+    async def scenario():
+        command = FakeCommand(fail_batch=ConnectionError("down"))
+        commit = GroupCommit(command)
+        command.release.set()
+        with pytest.raises(ConnectionError):
+            await commit.submit(1)
+        command.fail_batch = None
+        return await commit.submit(2)
+
+    assert asyncio.run(scenario()) == 20
+
+
+def test_cancelling_the_flush_mid_command_cancels_its_waiters():
+    async def scenario():
+        command = FakeCommand()
+        commit = GroupCommit(command)
+        tasks = await started(commit.submit(1), commit.submit(2))
+        await asyncio.sleep(0)  # the flush has sent [1, 2] and waits for the answer
+        commit.flushing.cancel()
+        return command.batches, await asyncio.gather(*tasks, return_exceptions=True), commit
+
+    batches, results, commit = asyncio.run(scenario())
+    assert batches == [[1, 2]]
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert commit.flushing is None
+
+
+USER = {"id": "u1", "username": "ann", "email": "", "first_name": "", "last_name": ""}
+
+
+def run_store(url: str, scenario):
+    async def main():
+        store = Store(url, url.rsplit("/", 1)[1].split("?")[0])
+        try:
+            await store.ensure_indexes()
+            return await scenario(store)
+        finally:
+            await store.close()
+    return asyncio.run(main())
+
+
+def test_concurrent_posts_to_many_rooms_are_stored_gap_free(fresh_db):
+    """Posts to 20 rooms at once, 10 each, all racing for the same seqs:
+    every room ends with seqs 1..10, each text once, and its room's seq at 10."""
+
+    async def scenario(store):
+        uris = [(await store.create_room(USER["id"]))["uri"] for _ in range(20)]
+
+        async def post(uri, i):
+            message, created = await store.post_message(uri, USER, f"{uri}-{i}", seq_hint=0)
+            await store.touch_room(message)
+            return created
+
+        created = await asyncio.gather(*(post(uri, i) for uri in uris for i in range(10)))
+        stored = {uri: await store.messages_after(uri, 0, 100) for uri in uris}
+        rooms = {uri: await store.room(uri) for uri in uris}
+        return created, stored, rooms
+
+    created, stored, rooms = run_store(fresh_db, scenario)
+    assert all(created)
+    for uri, docs in stored.items():
+        assert [d["seq"] for d in docs] == list(range(1, 11))
+        assert sorted(d["message"] for d in docs) == sorted(f"{uri}-{i}" for i in range(10))
+        assert rooms[uri]["seq"] == 10
+
+
+def test_a_client_id_repeated_within_one_batch_is_stored_once(fresh_db):
+    async def scenario(store):
+        uri = (await store.create_room(USER["id"]))["uri"]
+        first, again, other = await asyncio.gather(
+            store.post_message(uri, USER, "hello", client_id="c1", seq_hint=0),
+            store.post_message(uri, USER, "hello", client_id="c1", seq_hint=0),
+            store.post_message(uri, USER, "other", client_id="c2", seq_hint=0))
+        return first, again, other, await store.messages_after(uri, 0, 100)
+
+    first, again, other, docs = run_store(fresh_db, scenario)
+    assert sorted([first[1], again[1]]) == [False, True]
+    assert first[0]["seq"] == again[0]["seq"]
+    assert other[1] is True
+    assert sorted(d["client_id"] for d in docs) == ["c1", "c2"]
+    assert [d["seq"] for d in docs] == [1, 2]
+
+
+def test_posts_fail_as_unavailable_when_mongodb_does_not_answer():
+    """Port 9 on loopback: nothing listens, the batch fails at once as 503 material."""
+
+    async def scenario():
+        store = Store("mongodb://127.0.0.1:9/chat", "chat", timeout_ms=300)
+        store.remember_member("r", USER["id"])
+        try:
+            return await asyncio.gather(
+                *(store.post_message("r", USER, f"m{i}", seq_hint=0) for i in range(3)),
+                return_exceptions=True)
+        finally:
+            await store.close()
+
+    assert all(isinstance(r, Unavailable) for r in asyncio.run(scenario()))
