@@ -34,6 +34,7 @@ UNREACHABLE = (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeou
 # Failed logins older than this are never counted (the window is at most a day).
 LOGIN_FAILURE_TTL = 24 * 3600
 KNOWN_MEMBERS = 100_000
+KNOWN_ROOMS = 100_000
 # How many times a post retries after losing the race for a seq to another post.
 SEQ_ATTEMPTS = 100
 # The most writes one group commit sends in one command.
@@ -156,6 +157,14 @@ class GroupCommit:
                 future.cancel()
 
 
+def remember(recent: collections.OrderedDict, key: Any, value: Any, limit: int) -> None:
+    """Keep key as the newest entry of recent, forgetting the oldest past limit."""
+    recent[key] = value
+    recent.move_to_end(key)
+    if len(recent) > limit:
+        recent.popitem(last=False)
+
+
 class Store:
     def __init__(self, url: str, database: str, timeout_ms: int = 2500):
         self.client = AsyncMongoClient(
@@ -175,14 +184,17 @@ class Store:
         # (room, user) pairs known to be members. Nobody ever leaves a room, so
         # a yes stays true; the oldest are forgotten past KNOWN_MEMBERS.
         self.known_members: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        # uri -> _id of rooms read lately. A room's update goes by _id when it is
+        # known: the cheapest lookup on any server, and some wire servers
+        # (nx-27017) scan the collection for an update by a secondary key.
+        self.room_ids: collections.OrderedDict[str, ObjectId] = collections.OrderedDict()
         self.message_inserts = GroupCommit(self.insert_messages)
         self.room_touches = GroupCommit(self.touch_rooms)
 
-    def remember_member(self, uri: str, user_id: str) -> None:
-        self.known_members[(uri, user_id)] = None
-        self.known_members.move_to_end((uri, user_id))
-        if len(self.known_members) > KNOWN_MEMBERS:
-            self.known_members.popitem(last=False)
+    def remember_member(self, uri: str, user_id: str, room_id: ObjectId | None = None) -> None:
+        remember(self.known_members, (uri, user_id), None, KNOWN_MEMBERS)
+        if room_id is not None:
+            remember(self.room_ids, uri, room_id, KNOWN_ROOMS)
 
     @guarded
     async def ensure_indexes(self) -> None:
@@ -280,6 +292,7 @@ class Store:
                    "created": moment, "updated": moment.timestamp()}
             try:
                 await self.rooms.insert_one(doc)
+                self.remember_member(doc["uri"], owner_id, doc["_id"])
                 return doc
             except DuplicateKeyError:
                 continue  # 60 random bits collided: draw again
@@ -303,9 +316,10 @@ class Store:
         """Raise NotFound or NotMember unless user_id may read and post in uri."""
         if (uri, user_id) in self.known_members:
             return
-        if await self.rooms.find_one({"uri": uri, "members": user_id}, {"_id": 1}) is None:
+        room = await self.rooms.find_one({"uri": uri, "members": user_id}, {"_id": 1})
+        if room is None:
             await self._raise_missing_or_forbidden(uri)
-        self.remember_member(uri, user_id)
+        self.remember_member(uri, user_id, room["_id"])
 
     async def _raise_missing_or_forbidden(self, uri: str) -> None:
         if await self.rooms.find_one({"uri": uri}, {"_id": 1}) is None:
@@ -333,7 +347,7 @@ class Store:
             room = await self.rooms.find_one({"uri": uri, "members": user["id"]}, {"seq": 1})
             if room is None:
                 await self._raise_missing_or_forbidden(uri)
-            self.remember_member(uri, user["id"])
+            self.remember_member(uri, user["id"], room["_id"])
             seq_hint = max(room["seq"], seq_hint or 0)
         seq = seq_hint + 1
         for _ in range(SEQ_ATTEMPTS):
@@ -384,7 +398,8 @@ class Store:
             latest[uri] = (seq, updated) if known is None else (max(seq, known[0]),
                                                                 max(updated, known[1]))
         await self.rooms.bulk_write(
-            [UpdateOne({"uri": uri}, {"$max": {"seq": seq}, "$set": {"updated": updated}})
+            [UpdateOne({"_id": self.room_ids[uri]} if uri in self.room_ids else {"uri": uri},
+                       {"$max": {"seq": seq}, "$set": {"updated": updated}})
              for uri, (seq, updated) in latest.items()], ordered=False)
         return [None] * len(touches)
 

@@ -175,3 +175,24 @@ def test_posts_fail_as_unavailable_when_mongodb_does_not_answer():
             await store.close()
 
     assert all(isinstance(r, Unavailable) for r in asyncio.run(scenario()))
+
+
+def test_a_room_this_process_never_read_is_touched_by_its_uri(fresh_db):
+    """Rooms are updated by _id when the process knows it, else by uri: both land."""
+
+
+    async def scenario(store):
+        uri = (await store.create_room(USER["id"]))["uri"]
+        other = Store(fresh_db, fresh_db.rsplit("/", 1)[1])  # another process: no ids known
+        try:
+            message, _ = await other.post_message(uri, USER, "hi")
+            other.room_ids.clear()
+            await other.touch_room(message)
+        finally:
+            await other.close()
+        by_uri = (await store.room(uri))["seq"]
+        message, _ = await store.post_message(uri, USER, "again", seq_hint=1)
+        await store.touch_room(message)
+        return by_uri, (await store.room(uri))["seq"], uri in store.room_ids
+
+    assert run_store(fresh_db, scenario) == (1, 2, True)
