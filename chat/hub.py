@@ -152,8 +152,16 @@ class Hub:
         # After the insert: a lost publish is repaired from MongoDB, never a lost
         # message. A repeated client_id is published again as well, since its first
         # poster may have died in between; receivers drop the repeat by seq.
-        self.broker.publish(uri, message_payload(message))
+        payload = message_payload(message)
+        self.broker.publish(uri, payload)
         self.metrics.published.inc()
+        # This process's own sockets need not wait for the broker's round trip:
+        # delivered now when it is next in order; the broker's copy is then a
+        # repeat and dropped. Out of order, the broker's copy takes the usual way.
+        room = self.rooms.get(uri)
+        if (room is not None and room.started.done() and not room.busy
+                and message["seq"] == room.last_seq + 1):
+            self.deliver(room, message["seq"], payload, message["created"])
         if created:
             self.metrics.posted.inc()
             await self.store.touch_room(doc)  # after the publish: delivery need not wait

@@ -247,3 +247,52 @@ def test_a_since_beyond_the_stored_seq_withholds_nothing(hub_and_store):
     sock, ready = asyncio.run(scenario())
     assert ready == 1
     assert sock.seqs == [2, 3]
+
+
+class HeldBroker(MemoryBroker):
+    """Keeps what is published until the test hands it over."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[tuple[str, bytes]] = []
+
+    def publish(self, uri: str, body: bytes) -> None:
+        self.held.append((uri, body))
+
+
+def test_a_post_reaches_this_process_sockets_before_the_brokers_copy():
+    store, broker = FakeStore(), HeldBroker()
+    hub = Hub(store, broker, Metrics())
+
+    async def scenario():
+        sock = FakeSocket()
+        await hub.join(sock, "room", None)
+        await hub.post(sock.user, "room", "hello")
+        before_broker = list(sock.seqs)
+        for uri, body in broker.held:  # the broker's copy is a repeat
+            hub.on_message(uri, body)
+        await settle()
+        return before_broker, sock.seqs
+
+    assert asyncio.run(scenario()) == ([1], [1])
+
+
+def test_a_post_ahead_of_an_undelivered_message_waits_for_it():
+    """Another process stored seq 1, its delivery is still on the way: our seq 2
+    must not overtake it, so it goes the broker's way and arrives after 1."""
+    store, broker = FakeStore(), HeldBroker()
+    hub = Hub(store, broker, Metrics())
+
+    async def scenario():
+        sock = FakeSocket()
+        await hub.join(sock, "room", None)
+        elsewhere = store.add("room", "from another process")
+        await hub.post(sock.user, "room", "mine")
+        before_broker = list(sock.seqs)
+        hub.on_message("room", payload(elsewhere))
+        for uri, body in broker.held:
+            hub.on_message(uri, body)
+        await settle()
+        return before_broker, sock.seqs
+
+    assert asyncio.run(scenario()) == ([], [1, 2])
