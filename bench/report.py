@@ -131,6 +131,13 @@ def rows(results: dict) -> list[tuple]:
             sys_base = base["cpu_ms_per_post"] + base["mongo_server_cpu_ms_per_post"]
             out.append(("4 post path", f"{name}: the same with the MongoDB server's CPU in both",
                         fmt(sys_ours, 3), fmt(sys_base, 3), fmt2(ratio(sys_ours, sys_base)), "", ""))
+            ref = post.get(f"ref_{via}")
+            if ref:
+                beyond = ours["server_cpu_ms_per_post"] - base["cpu_ms_per_post"]
+                out.append(("4 post path", f"{name}: server CPU ms per post beyond the MongoDB ops; "
+                            "the reference's whole post (Tornado's own share)",
+                            fmt(beyond, 3), fmt(ref["server_cpu_ms_per_post"], 3),
+                            fmt2(ratio(beyond, ref["server_cpu_ms_per_post"])), "", ""))
     return out
 
 

@@ -175,15 +175,18 @@ class Bench:
         return self.ramp(1, 1000, 8, 10, servers=2)
 
     def post(self) -> dict:
-        """Ours and the MongoDB operations alone, alternated; the cheapest round of each counts.
+        """Ours, the MongoDB operations alone and the reference, alternated; the cheapest
+        round of each counts.
 
         CPU per post is inflated by whatever else the machine runs at that moment, so
-        the least of a few alternated rounds is the steadiest figure for both sides.
+        the least of a few alternated rounds is the steadiest figure for every side.
+        The reference's CPU per post is Tornado's own share of a post: the request or
+        frame in, the JSON, the broadcast, with no storage and no broker.
         """
         out: dict = {}
         seconds = self.params["post_seconds"]
         for via in ("http", "ws"):
-            rounds: dict[str, list[dict]] = {"ours": [], "base": []}
+            rounds: dict[str, list[dict]] = {"ours": [], "base": [], "ref": []}
             for _ in range(self.params["post_rounds"]):
                 spec = {"scenario": "post", "via": via, "concurrency": 4, "seconds": seconds,
                         "mongo_pids": [self.mongo.process.pid]}
@@ -198,6 +201,13 @@ class Bench:
                     "scenario": "mongo_ops", "via": via, "concurrency": 4, "seconds": seconds,
                     "mongo_url": url, "mongo_db": url.rsplit("/", 1)[1],
                     "mongo_pids": [self.mongo.process.pid]}))
+                ref = Reference(self.work).start()
+                try:
+                    rounds["ref"].append(loadgen({**spec, "mongo_pids": [], "target": {
+                        "kind": "ref", "ports": [ref.port], "pids": [ref.process.pid]}}))
+                finally:
+                    ref.stop()
+            out[f"ref_{via}"] = min(rounds["ref"], key=lambda r: r["server_cpu_ms_per_post"])
             out[f"ours_{via}"] = min(rounds["ours"], key=lambda r: r["server_cpu_ms_per_post"])
             out[f"mongo_ops_{via}"] = min(rounds["base"], key=lambda r: r["cpu_ms_per_post"])
             out[f"rounds_{via}"] = rounds
