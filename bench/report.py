@@ -194,14 +194,16 @@ How to read it:
   delivers under 90% of the offered rate. Server CPU per delivery (from /proc) is the steadier
   measure on a busy machine: its ratio is how many more deliveries one CPU-second buys.
 - Latency is from the send timestamp in the message text to its arrival, on every 10th socket
-  (every socket in many rooms). Ours includes storing the message in MongoDB and the hop
-  through RabbitMQ; the reference has neither.
+  (every socket in many rooms). Ours includes storing the message in MongoDB, and for sockets
+  on another process (5) the hop through RabbitMQ; the reference has neither.
 - Post path: 4 closed-loop posters, each in its own room with a socket counting deliveries; the
   base is the same MongoDB operations (`Store.token_user` for HTTP, `Store.post_message`) run
   alone by one process on asyncio's own loop, like the server. Ours and the base alternate for
-  a few rounds and the cheapest round of each counts. The MongoDB server here is `nx-27017`, a
-  Python wire server on SQLite sharing the same two cores, so posts/s are bounded by it: its
-  own CPU per post is in the JSON (`mongo_server_cpu_ms_per_post`).
+  a few rounds and the cheapest round of each counts. The reference takes the same posts (a
+  frame, or a POST it answers with JSON), which gives Tornado's own share of a post.
+  The MongoDB server here is `nx-27017`, a Python wire server on SQLite sharing the same
+  two cores, so posts/s are bounded by it: its own CPU per post is in the JSON
+  (`mongo_server_cpu_ms_per_post`).
 - Many rooms: "stored-to-delivery" is from the message's `created` time (taken just before
   MongoDB's insert) to its arrival, so it leaves out the wait for the database before that.
 - RSS per socket is (server RSS with N sockets - RSS before any) / N, read from /proc.
@@ -233,10 +235,35 @@ PROFILE = """\
 - Post path (WebSocket), profile after it (py-spy, 4 closed-loop posters, 349 posts/s; shares of
   the event-loop thread): the two MongoDB operations about 36%, pika about 28% (delivering the
   message back: socket reads and frame decoding about 14%; publishing: its deferred socket
-  writes about 10%, `basic_publish` about 4%), the hub's fan-out and `send_frame` about 7%. pika
-  alone is about as much as the 30% the target allows on top of the MongoDB operations; reaching
-  1.3x needs a cheaper AMQP client path than pika's pure-Python framing, which is the next thing to
-  try.
+  writes about 10%, `basic_publish` about 4%), the hub's fan-out and `send_frame` about 7%.
+- Group commit (`chat.store.GroupCommit`): message inserts and room updates that arrive while one
+  is in flight go out together as one unordered `insert_many` / `bulk_write`; alone, a write
+  goes at once. Measured on nx-27017 beforehand, per document: pymongo's CPU 0.57 ms for
+  `insert_one`, 0.18 ms in batches of 4, 0.09 ms in batches of 16; the wire server's 0.63, 0.32
+  and 0.29 ms. Many rooms (quick, 200 x 10) at 500 posts/s offered: 282 -> 492 posts/s stored,
+  p99 1,719 -> 43.5 ms; WebSocket post path 1.72 -> 1.04 ms server CPU per post.
+- Room updates by `_id`: the update after each post filtered rooms by `uri`, and nx-27017 scans
+  the collection for an update by a secondary key (1.2 ms of its CPU per update with 1,000
+  rooms, 1.5 ms with 5,000, against 0.66 ms by `_id` at any count); it was most of the
+  database's CPU per post. The process now remembers the `_id` of rooms it has read. Many rooms
+  (full, 1,000 x 10) at 500 posts/s offered: 406 -> 498 posts/s stored, p99 1,841 -> 21 ms, and
+  1,000 posts/s is now carried (it saturated at about 535 before).
+- Local delivery: a post is written to this process's sockets of the room as soon as it is
+  stored (when it is next in order), without waiting for RabbitMQ's round trip; the broker's
+  copy is dropped as a repeat. It saves a hop of latency, not CPU.
+- Post path (WebSocket), profile after these (441 posts/s): what is left is mostly system calls
+  -- pika's `send()` of each publish about 12% of the loop thread, pymongo's writes about 11%,
+  the frame to the socket about 5% -- then Tornado's frame reading about 9%. The reference
+  now takes the same posts: Tornado's own share of a post (frame or request in, JSON, the
+  broadcast) is in the table, next to our CPU beyond the MongoDB operations.
+- HTTP: Tornado's request cycle, our authentication (the JWT and the token's lookup, which the
+  base has too), the access log line and the JSON reply are spread evenly; no one part stands
+  out.
+- Many rooms at 500 posts/s runs the two cores near full: per second the server takes about
+  0.75 of a core, nx-27017 about 0.45, RabbitMQ and the load generator the rest, so the p99
+  swings between about 20 and 100 ms from run to run with the machine's other load.
+- Connecting 10,000 sockets: CPython's full (generation 2) garbage collections while the heap
+  grows took up to 0.7 s each (13 of them, 15 to 708 ms), which is most of the connect p99.
 - Connecting a socket: `authorise` is a third (the token lookup 20%, the membership check 10%),
   the WebSocket handshake 17%.
 """
