@@ -4,7 +4,8 @@
 
 Starts a MongoDB wire server (nx-27017) on a free loopback port with a
 temporary data folder, a fresh server process per scenario (RabbitMQ at
-CHAT_BENCH_AMQP_URL, default 127.0.0.1:5672), the reference, and the load
+CHAT_BENCH_AMQP_URL, default 127.0.0.1:5672, on a vhost of its own that is deleted
+afterwards), the reference, and the load
 generator in its own process; then writes bench/results/<date>.json, the
 Markdown table and the PNG plot, and docs/benchmarks.md.
 """
@@ -28,7 +29,7 @@ import tornado
 
 from bench import report
 from tests.conftest import MongoServer, database_url, port_open
-from tests.helpers import ServerProcess, free_port, stop_process, wait_until
+from tests.helpers import ServerProcess, free_port, scratch_vhost, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -108,15 +109,16 @@ class Reference:
 
 
 class Bench:
-    def __init__(self, mode: str, work: Path):
+    def __init__(self, mode: str, work: Path, amqp_url: str):
         self.mode = mode
+        self.amqp_url = amqp_url
         self.params = MODES[mode]
         self.work = work
         self.mongo = MongoServer(work / "mongo")
 
     def ours(self, count: int = 1) -> list[ServerProcess]:
         url = database_url(self.mongo.url)
-        return [ServerProcess(url, AMQP_URL, log_dir=self.work, **SERVER_SETTINGS).start()
+        return [ServerProcess(url, self.amqp_url, log_dir=self.work, **SERVER_SETTINGS).start()
                 for _ in range(count)]
 
     def idle(self) -> dict:
@@ -232,20 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = datetime.datetime.now(datetime.UTC)
     work = Path(tempfile.mkdtemp(prefix="chat-bench-"))
-    bench = Bench(args.mode, work)
-    results = {"date": started.isoformat(timespec="seconds"), "mode": args.mode,
-               "command": f"make bench MODE={args.mode}", "machine": machine(),
-               "params": bench.params, "fd_limit": fd_limit, "scenarios": {}}
-    try:
-        bench.mongo.start()
-        for name in args.only.split(","):
-            print(f"== {name}", file=sys.stderr, flush=True)
-            began = time.monotonic()
-            results["scenarios"][name] = getattr(bench, name)()
-            results["scenarios"][name]["scenario_seconds"] = round(time.monotonic() - began, 1)
-    finally:
-        bench.mongo.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    with scratch_vhost(AMQP_URL, "chat-bench") as amqp_url:
+        bench = Bench(args.mode, work, amqp_url)
+        results = {"date": started.isoformat(timespec="seconds"), "mode": args.mode,
+                   "command": f"make bench MODE={args.mode}", "machine": machine(),
+                   "params": bench.params, "fd_limit": fd_limit, "scenarios": {}}
+        try:
+            bench.mongo.start()
+            for name in args.only.split(","):
+                print(f"== {name}", file=sys.stderr, flush=True)
+                began = time.monotonic()
+                results["scenarios"][name] = getattr(bench, name)()
+                results["scenarios"][name]["scenario_seconds"] = round(time.monotonic() - began, 1)
+        finally:
+            bench.mongo.stop()
+            shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = round((datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = started.strftime("%Y-%m-%dT%H%M%SZ")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chat.embedded import wire_server_command
-from tests.helpers import ServerProcess, free_port, stop_process, wait_until
+from tests.helpers import ServerProcess, free_port, scratch_vhost, stop_process, wait_until
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -64,12 +64,14 @@ def mongo_base(mongo_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def amqp_url() -> str:
+def amqp_url():
+    """The test broker; on the local one, a vhost of the session's own."""
     url = os.environ.get("CHAT_TEST_AMQP_URL", AMQP_URL)
     if "127.0.0.1:5672" in url:
         assert port_open("127.0.0.1", 5672), \
             "RabbitMQ is not running on 127.0.0.1:5672: `make test` starts it (rabbitmq-server -detached)"
-    return url
+    with scratch_vhost(url, "chat-test") as session_url:
+        yield session_url
 
 
 def database_url(base: str) -> str:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -281,3 +285,30 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+@contextlib.contextmanager
+def scratch_vhost(url: str, prefix: str) -> Iterator[str]:
+    """url on a RabbitMQ vhost of its own, deleted afterwards with everything in it.
+
+    Rooms' exchanges are durable and never deleted by the server (rooms are
+    forever), so the thousands of rooms that tests and benchmarks make would
+    otherwise pile up in the broker's default vhost. Only for the local broker,
+    where rabbitmqctl can make one; any other url is used as it is.
+    """
+    ctl = shutil.which("rabbitmqctl")
+    parts = urllib.parse.urlsplit(url)
+    if ctl is None or parts.hostname != "127.0.0.1" or parts.path not in ("", "/", "/%2F"):
+        yield url
+        return
+    vhost = f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    def rabbitmqctl(*args: str) -> None:
+        subprocess.run([ctl, "-q", *args], check=True, timeout=120, capture_output=True)
+
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*")
+        yield urllib.parse.urlunsplit(parts._replace(path="/" + vhost))
+    finally:
+        rabbitmqctl("delete_vhost", vhost)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 
 import httpx
 import pytest
@@ -107,7 +108,7 @@ def test_two_processes_deliver_every_message_to_every_socket(two_servers):
 
 @local_rabbit
 @pytest.mark.parametrize("fault", ["close_all_connections", "stop_app"])
-def test_a_broker_outage_mid_stream_loses_and_doubles_nothing(two_servers, fault):
+def test_a_broker_outage_mid_stream_loses_and_doubles_nothing(two_servers, amqp_url, fault):
     first, second = two_servers
     on_first, on_second, uris = make_rooms(first, second, 2)
 
@@ -120,7 +121,9 @@ def test_a_broker_outage_mid_stream_loses_and_doubles_nothing(two_servers, fault
         await wait_for(lambda: min(len(lst.seqs) for lst in listeners) >= 50, 20, "the stream")
         try:
             if fault == "close_all_connections":
-                await asyncio.to_thread(rabbitmqctl, "close_all_connections", "fault test")
+                vhost = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).path[1:]) or "/"
+                await asyncio.to_thread(rabbitmqctl, "close_all_connections", "--vhost", vhost,
+                                        "fault test")
             else:
                 await asyncio.to_thread(rabbitmqctl, "stop_app")
                 await asyncio.sleep(2)
