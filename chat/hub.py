@@ -302,10 +302,14 @@ class Hub:
         """
         while self.rooms.get(room.uri) is room:
             room.pending.sort(key=lambda item: item[0])
-            while room.pending and room.pending[0][0] <= room.last_seq + 1:
-                seq, body, created = room.pending.pop(0)
+            done = 0  # delivered or repeats; one slice off the front, not a pop(0) each
+            for seq, body, created in room.pending:
+                if seq > room.last_seq + 1:
+                    break
                 if seq == room.last_seq + 1:
                     self.deliver(room, seq, body, created)
+                done += 1
+            del room.pending[:done]
             if not room.pending and not room.stale:
                 break
             room.stale = False

@@ -314,17 +314,18 @@ class Store:
     @guarded
     async def check_member(self, uri: str, user_id: str) -> None:
         """Raise NotFound or NotMember unless user_id may read and post in uri."""
-        if (uri, user_id) in self.known_members:
-            return
-        room = await self.rooms.find_one({"uri": uri, "members": user_id}, {"_id": 1})
-        if room is None:
-            await self._raise_missing_or_forbidden(uri)
-        self.remember_member(uri, user_id, room["_id"])
+        if (uri, user_id) not in self.known_members:
+            await self.member_room(uri, user_id, {"_id": 1})
 
-    async def _raise_missing_or_forbidden(self, uri: str) -> None:
-        if await self.rooms.find_one({"uri": uri}, {"_id": 1}) is None:
-            raise NotFound(uri)
-        raise NotMember(uri)
+    async def member_room(self, uri: str, user_id: str, fields: dict[str, int]) -> dict:
+        """The room (its _id and `fields`) if user_id is a member; else NotFound or NotMember."""
+        room = await self.rooms.find_one({"uri": uri, "members": user_id}, fields)
+        if room is None:
+            if await self.rooms.find_one({"uri": uri}, {"_id": 1}) is None:
+                raise NotFound(uri)
+            raise NotMember(uri)
+        self.remember_member(uri, user_id, room["_id"])
+        return room
 
     # Messages ----------------------------------------------------------
 
@@ -344,10 +345,7 @@ class Store:
         known member post with no read before the insert.
         """
         if seq_hint is None or (uri, user["id"]) not in self.known_members:
-            room = await self.rooms.find_one({"uri": uri, "members": user["id"]}, {"seq": 1})
-            if room is None:
-                await self._raise_missing_or_forbidden(uri)
-            self.remember_member(uri, user["id"], room["_id"])
+            room = await self.member_room(uri, user["id"], {"seq": 1})
             seq_hint = max(room["seq"], seq_hint or 0)
         seq = seq_hint + 1
         for _ in range(SEQ_ATTEMPTS):

@@ -46,7 +46,7 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             await self.authorise(uri)
         except (ApiError, NotFound, NotMember, Unavailable) as failure:
             error = api_error(failure)
-            self.refuse(error.status, error.body.get("detail", "Refused."), error.headers)
+            self.refuse(uri, error.status, error.body.get("detail", "Refused."), error.headers)
             return
         await super().get(uri)
 
@@ -68,9 +68,9 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         self.user = user
         self.uri = uri
 
-    def refuse(self, status: int, message: str, headers: dict[str, str]) -> None:
+    def refuse(self, uri: str, status: int, message: str, headers: dict[str, str]) -> None:
         self.refusal = message
-        log.info("websocket refused: %s %s (room %s)", status, message, uri_of(self.request.path))
+        log.info("websocket refused: %s %s (room %s)", status, message, uri)
         self.set_status(status)
         for name, value in headers.items():
             self.set_header(name, value)
@@ -183,7 +183,3 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         return {"request_id": self.request_id, "user": self.user.get("username", ""),
                 "room": self.uri}
 
-
-def uri_of(path: str) -> str:
-    parts = [p for p in path.split("/") if p]
-    return parts[2] if len(parts) > 2 else ""
