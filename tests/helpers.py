@@ -280,11 +280,12 @@ async def wait_for(predicate, seconds: float, what: str) -> None:
 
 
 def metric(text: str, name: str) -> float:
-    """A sample's value from the Prometheus text format (0 when absent)."""
+    """A sample's value from the Prometheus text format. A missing one is an
+    error, not 0: a renamed metric must fail the tests that read it."""
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    raise LookupError(f"no {name} in the metrics")
 
 
 @contextlib.contextmanager

@@ -269,6 +269,7 @@ def test_a_post_reaches_this_process_sockets_before_the_brokers_copy():
         await hub.join(sock, "room", None)
         await hub.post(sock.user, "room", "hello")
         before_broker = list(sock.seqs)
+        assert len(broker.held) == 1
         for uri, body in broker.held:  # the broker's copy is a repeat
             hub.on_message(uri, body)
         await settle()

@@ -23,7 +23,8 @@ def scrape(url: str, **headers) -> dict[tuple, float]:
 
 
 def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, *sorted(labels.items())), 0.0)
+    """A sample's value; a missing one is a KeyError, so a renamed metric cannot read as 0."""
+    return samples[(name, *sorted(labels.items()))]
 
 
 def test_counters_follow_a_conversation(start_server):

@@ -343,4 +343,4 @@ def test_a_catch_up_larger_than_the_send_buffer_completes(start_server):
 
     listener = catch_up(bob, uri)
     assert listener.seqs == list(range(1, 601))
-    assert 4008 not in listener.closes  # one connection, never closed as slow
+    assert listener.closes == [None]  # one connection, closed by us, never as slow
