@@ -196,10 +196,38 @@ class Api:
                 return seqs
             after = seqs[-1]
 
-    def ws_url(self, uri: str, since: int | None = None) -> str:
-        base = self.base_url.replace("http://", "ws://")
+    def ws_url(self, uri: str, since: int | None = None, base_url: str | None = None) -> str:
+        """The room's socket URL, on this user's server unless base_url names another."""
+        base = (base_url or self.base_url).replace("http://", "ws://")
         url = f"{base}/ws/chats/{uri}/?token={self.token}"
         return url if since is None else f"{url}&since={since}"
+
+
+async def next_frame(ws, kind: str | None = None, wait: float = 5) -> dict:
+    """The socket's next frame (of `kind`, when given), within `wait` seconds."""
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), wait))
+        if kind is None or frame["type"] == kind:
+            return frame
+
+
+async def refused_status(url: str, **kwargs) -> int:
+    """The HTTP status of a refused WebSocket handshake; an accepted one fails."""
+    try:
+        async with websockets.connect(url, open_timeout=5, **kwargs):
+            pass
+    except websockets.InvalidStatus as refused:
+        return refused.response.status_code
+    raise AssertionError(f"the handshake to {url} was accepted")
+
+
+def two_members(base_url: str, bob_url: str | None = None) -> tuple[Api, Api, str]:
+    """(alice, bob, uri): two new users, members of alice's new chat; bob may
+    talk to another server of the same database."""
+    alice, bob = Api(base_url).signup(), Api(bob_url or base_url).signup()
+    uri = alice.new_chat()
+    bob.join(uri)
+    return alice, bob, uri
 
 
 class Listener:
@@ -220,13 +248,9 @@ class Listener:
     def last(self) -> int:
         return self.seqs[-1] if self.seqs else 0
 
-    def url(self, since: int | None) -> str:
-        base = self.base_url.replace("http://", "ws://")
-        url = f"{base}/ws/chats/{self.uri}/?token={self.api.token}"
-        return url if since is None else f"{url}&since={since}"
-
     async def run_once(self, since: int | None) -> None:
-        async with websockets.connect(self.url(since), max_queue=None, open_timeout=5) as ws:
+        url = self.api.ws_url(self.uri, since, self.base_url)
+        async with websockets.connect(url, max_queue=None, open_timeout=5) as ws:
             try:
                 async for raw in ws:
                     frame = json.loads(raw)

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ROOT, Api
+from tests.helpers import ROOT, Api, two_members
 
 pytestmark = pytest.mark.browser
 
@@ -227,10 +227,7 @@ def test_two_users_share_a_link_and_talk(server, tabs):
 def test_messages_sent_while_the_server_restarts_appear_once(start_server, tabs):
     first = start_server()
     second = start_server(mongo_url=first.mongo_url)
-    alice = Api(first.url).signup()
-    bob = Api(second.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(first.url, second.url)
     alice.post(uri, "before the restart")
 
     page = tabs(first.url).sign_in(alice).open_chat(uri)
@@ -265,10 +262,7 @@ def test_messages_sent_while_the_server_restarts_appear_once(start_server, tabs)
 
 
 def test_scrolling_up_loads_older_history(server, tabs):
-    alice = Api(server.url).signup()
-    bob = Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     total = 130
     for i in range(1, total + 1):
         alice.post(uri, f"message number {i}")
@@ -298,10 +292,7 @@ def test_scrolling_up_loads_older_history(server, tabs):
 
 
 def test_a_message_arriving_while_history_loads_is_kept(server, tabs):
-    alice = Api(server.url).signup()
-    bob = Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     for i in range(3):
         alice.post(uri, f"old {i}")
     page = tabs(server.url).sign_in(alice)
@@ -327,10 +318,7 @@ def test_a_wrong_link_says_so_in_words(server, tabs):
 
 
 def test_markup_in_a_message_is_shown_as_text(server, tabs):
-    alice = Api(server.url).signup()
-    bob = Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     page = tabs(server.url).sign_in(alice).open_chat(uri)
     attack = "<img src=x onerror=alert(1)>"
     page.send(attack)
@@ -385,10 +373,7 @@ def test_failed_send_stays_visible_and_retries(server, tabs):
 
 def test_a_silent_socket_is_replaced_and_resumed(server, tabs):
     """A connection that stops answering (a network that died without a word)."""
-    alice = Api(server.url).signup()
-    bob = Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     page = tabs(server.url).sign_in(alice)
     connections = []
 
@@ -418,10 +403,7 @@ def test_a_silent_socket_is_replaced_and_resumed(server, tabs):
 
 
 def test_unread_count_in_title_while_away(server, tabs):
-    alice = Api(server.url).signup()
-    bob = Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     page = tabs(server.url).sign_in(alice).open_chat(uri)
     title = page.page.title()
     page.page.evaluate("document.hasFocus = () => false")

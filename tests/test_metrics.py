@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Api, Listener, wait_for
+from tests.helpers import Listener, two_members, wait_for
 
 
 def scrape(url: str, **headers) -> dict[tuple, float]:
@@ -29,9 +29,7 @@ def value(samples: dict, name: str, **labels) -> float:
 
 def test_counters_follow_a_conversation(start_server):
     server = start_server()
-    alice, bob = Api(server.url).signup(), Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     posts = 5
     before = scrape(server.url)
     assert value(before, "chat_open_sockets") == 0

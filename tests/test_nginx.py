@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from chat.config import Config
 from deploy.cluster import SITE, Nginx
-from tests.helpers import Api, Listener, free_port, metric, wait_for
+from tests.helpers import Api, Listener, free_port, metric, two_members, wait_for
 
 
 @pytest.fixture
@@ -70,9 +70,7 @@ def post_until_stored(api: Api, uri: str, text: str, client_id: str, seconds: fl
 @pytest.mark.slow
 def test_sockets_through_nginx_on_both_processes_get_every_message(cluster):
     nginx, servers = cluster
-    alice, bob = Api(nginx.url).signup(), Api(nginx.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(nginx.url)
     posts = 40
 
     async def scenario():
@@ -126,9 +124,7 @@ def test_nginx_forwards_host_client_address_and_limits(cluster):
 @pytest.mark.slow
 def test_clients_of_a_killed_process_reconnect_through_nginx_and_miss_nothing(cluster):
     nginx, servers = cluster
-    alice, bob = Api(nginx.url).signup(), Api(nginx.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(nginx.url)
     posts, kill_at = 60, 20
     run = uuid.uuid4().hex[:6]
 

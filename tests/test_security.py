@@ -14,7 +14,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from chat import logs
-from tests.helpers import Api
+from tests.helpers import Api, next_frame, refused_status, two_members
 
 XSRF = "2|abcd1234|" + "0" * 40 + "|" + str(int(time.time()))
 
@@ -27,15 +27,8 @@ def cookie_login(api: Api) -> tuple[httpx.Client, str]:
     return client, client.cookies["chat_token"]
 
 
-async def refused_status(url: str, **kwargs) -> int:
-    with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(url, open_timeout=5, **kwargs):
-            pass
-    return refused.value.response.status_code
 
 
-async def first_frame(ws) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), 5))
 
 
 @pytest.fixture
@@ -58,7 +51,7 @@ def test_a_foreign_origin_with_a_valid_cookie_cannot_open_a_socket(server, room)
         # The page's own origin (the Host it was served from) with the same cookie works.
         async with websockets.connect(url, origin=server.url, additional_headers=jar,
                                       open_timeout=5) as ws:
-            assert (await first_frame(ws))["type"] == "ready"
+            assert (await next_frame(ws))["type"] == "ready"
 
     asyncio.run(scenario())
 
@@ -143,20 +136,18 @@ def test_request_ids_are_echoed_when_sane_and_made_up_otherwise(server):
 
 def test_a_user_has_at_most_max_sockets_per_user(start_server):
     server = start_server(max_sockets_per_user=3)
-    alice, bob = Api(server.url).signup(), Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
 
     async def scenario():
         sockets = [await websockets.connect(alice.ws_url(uri), open_timeout=5) for _ in range(3)]
         for ws in sockets:
-            assert (await first_frame(ws))["type"] == "ready"
+            assert (await next_frame(ws))["type"] == "ready"
         with pytest.raises(InvalidStatus) as refused:
             await websockets.connect(alice.ws_url(uri), open_timeout=5)
         assert refused.value.response.status_code == 429
         assert int(refused.value.response.headers["Retry-After"]) > 0
         async with websockets.connect(bob.ws_url(uri), open_timeout=5) as other:  # per user
-            assert (await first_frame(other))["type"] == "ready"
+            assert (await next_frame(other))["type"] == "ready"
         await sockets.pop().close()
         deadline = time.monotonic() + 5
         while True:  # the server notices the close a moment later
@@ -221,7 +212,7 @@ def test_logout_closes_that_tokens_sockets_within_a_second_on_every_process(star
         on_b = await websockets.connect(url_b, open_timeout=5)
         kept = await websockets.connect(url_b.replace(alice.token, other_token), open_timeout=5)
         for ws in (on_a, on_b, kept):
-            assert (await first_frame(ws))["type"] == "ready"
+            assert (await next_frame(ws))["type"] == "ready"
         started = time.monotonic()
         reply = await asyncio.to_thread(alice.request, "POST", "/auth/logout/")
         assert reply.status_code == 204
@@ -231,7 +222,7 @@ def test_logout_closes_that_tokens_sockets_within_a_second_on_every_process(star
         assert time.monotonic() - started < 1.5
         # The other login of the same user is untouched.
         await asyncio.to_thread(Api(a.url, alice.username).login().post, uri, "still here")
-        frame = await first_frame(kept)
+        frame = await next_frame(kept)
         assert frame["message"] == "still here"
         await kept.close()
 
@@ -258,7 +249,7 @@ def test_logs_carry_ids_and_reasons_but_no_secrets(start_server):
             await asyncio.to_thread(alice.post, uri, texts[2])
             seen = []
             while len(seen) < 3:
-                frame = await first_frame(ws)
+                frame = await next_frame(ws)
                 if frame["type"] == "message":
                     seen.append(frame["message"])
         # refused: a bad token in the URL, and a foreign origin

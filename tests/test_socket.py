@@ -8,32 +8,20 @@ import socket
 
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import Api, Listener, catch_up, metric, wait_for
+from tests.helpers import Api, Listener, catch_up, metric, next_frame, refused_status, two_members, wait_for
 
 
 @pytest.fixture
 def room(server):
     """(alice, bob, uri): two members of a new chat."""
-    alice, bob = Api(server.url).signup(), Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     return alice, bob, uri
 
 
-async def next_frame(ws, kind: str | None = None, wait: float = 5) -> dict:
-    while True:
-        frame = json.loads(await asyncio.wait_for(ws.recv(), wait))
-        if kind is None or frame["type"] == kind:
-            return frame
 
 
-async def refused_status(url: str, **kwargs) -> int:
-    with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(url, open_timeout=5, **kwargs):
-            pass
-    return refused.value.response.status_code
 
 
 def test_two_members_see_each_others_messages_in_order_exactly_once(room):
@@ -291,9 +279,7 @@ def small_buffer_socket(port: int) -> socket.socket:
 
 def test_a_client_that_stops_reading_is_closed_with_4008_others_keep_going(start_server):
     server = start_server(ws_send_buffer_bytes=262144, max_message_chars=60000)
-    alice, bob = Api(server.url).signup(), Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     text = "y" * 60000
     count = 150  # 9 MB: more than the kernel's socket buffers and the server's 256 KiB
 
@@ -335,9 +321,7 @@ def test_a_client_that_stops_reading_is_closed_with_4008_others_keep_going(start
 def test_a_catch_up_larger_than_the_send_buffer_completes(start_server):
     """History is sent a page at a time as the client reads it, not all at once."""
     server = start_server(ws_send_buffer_bytes=262144)
-    alice, bob = Api(server.url).signup(), Api(server.url).signup()
-    uri = alice.new_chat()
-    bob.join(uri)
+    alice, bob, uri = two_members(server.url)
     for i in range(600):
         alice.post(uri, f"{i:04d}" + "z" * 1990)  # 1.2 MB of history
 
