@@ -58,13 +58,15 @@ def ms(value: float | None) -> float | None:
     return None if value is None else round(1000 * value, 2)
 
 
-def raise_fd_limit() -> None:
-    """As high as allowed: 65,536, or the hard limit where it cannot be raised."""
+def raise_fd_limit() -> int:
+    """As high as allowed, for this process and its children: 65,536, or the hard
+    limit where it cannot be raised (no CAP_SYS_RESOURCE). Returns the limit in force."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (65536, max(65536, hard)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 # A small keep-alive HTTP/1.1 client ------------------------------------------

@@ -26,10 +26,10 @@ def fmt2(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def ratio(ours, ref, digits: int = 3) -> float | None:
+def ratio(ours, ref) -> float | None:
     if ours is None or ref is None or not ref:
         return None
-    return round(ours / ref, digits)
+    return round(ours / ref, 3)
 
 
 def step_at(steps: list[dict], offered: float, key: str = "offered_deliveries_per_s") -> dict | None:

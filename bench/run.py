@@ -28,13 +28,14 @@ from pathlib import Path
 import tornado
 
 from bench import report
-from tests.conftest import MongoServer, database_url, port_open
-from tests.helpers import ServerProcess, free_port, scratch_vhost, stop_process, wait_until
+from bench.loadgen import raise_fd_limit
+from deploy.cluster import port_open, wait_for_port
+from tests.conftest import MongoServer, database_url
+from tests.helpers import ServerProcess, free_port, scratch_vhost, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 AMQP_URL = os.environ.get("CHAT_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-FD_LIMIT = 65536
 FD_RESERVE = 300
 
 MODES = {
@@ -63,20 +64,6 @@ SCENARIOS = ("idle", "broadcast", "rooms", "post", "two")
 SERVER_SETTINGS = {"max_sockets_per_user": 100000, "user_messages_per_minute": 10_000_000}
 
 
-def raise_fd_limit() -> int:
-    """Children inherit it: the servers need 20,000+ sockets. Returns the limit in force.
-
-    Without CAP_SYS_RESOURCE the hard limit cannot be raised: then the soft
-    limit goes up to it and the largest idle level is cut to fit below it.
-    """
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(FD_LIMIT, hard)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def loadgen(spec: dict, timeout: float = 900) -> dict:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "bench.loadgen", json.dumps(spec)], cwd=ROOT,
@@ -101,7 +88,7 @@ class Reference:
             self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "reference.py"),
                                              "--port", str(self.port)], cwd=ROOT,
                                             stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: port_open("127.0.0.1", self.port), 20, "the reference to listen")
+        wait_for_port(self.port, self.process, "the reference", self.log_path)
         return self
 
     def stop(self) -> None:
@@ -229,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     fd_limit = raise_fd_limit()
-    if not port_open("127.0.0.1", 5672) and "127.0.0.1:5672" in AMQP_URL:
+    if not port_open(5672) and "127.0.0.1:5672" in AMQP_URL:
         print("RabbitMQ is not running on 127.0.0.1:5672 (make rabbitmq starts it)", file=sys.stderr)
         return 2
     started = datetime.datetime.now(datetime.UTC)

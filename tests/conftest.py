@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -11,17 +10,10 @@ from pathlib import Path
 import pytest
 
 from chat.embedded import wire_server_command
-from tests.helpers import ServerProcess, free_port, scratch_vhost, stop_process, wait_until
+from deploy.cluster import port_open, wait_for_port
+from tests.helpers import ServerProcess, free_port, scratch_vhost, stop_process
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class MongoServer:
@@ -40,7 +32,7 @@ class MongoServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(wire_server_command(self.port, self.data_dir),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: port_open("127.0.0.1", self.port), 20, "nx-27017 to listen")
+        wait_for_port(self.port, self.process, "nx-27017")
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -68,7 +60,7 @@ def amqp_url():
     """The test broker; on the local one, a vhost of the session's own."""
     url = os.environ.get("CHAT_TEST_AMQP_URL", AMQP_URL)
     if "127.0.0.1:5672" in url:
-        assert port_open("127.0.0.1", 5672), \
+        assert port_open(5672), \
             "RabbitMQ is not running on 127.0.0.1:5672: `make test` starts it (rabbitmq-server -detached)"
     with scratch_vhost(url, "chat-test") as session_url:
         yield session_url
