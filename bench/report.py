@@ -259,9 +259,10 @@ PROFILE = """\
 - HTTP: Tornado's request cycle, our authentication (the JWT and the token's lookup, which the
   base has too), the access log line and the JSON reply are spread evenly; no one part stands
   out.
-- Many rooms at 500 posts/s runs the two cores near full: per second the server takes about
-  0.75 of a core, nx-27017 about 0.45, RabbitMQ and the load generator the rest, so the p99
-  swings between about 20 and 100 ms from run to run with the machine's other load.
+- Many rooms at 500 posts/s runs the two cores near full: per second (sampled each second over
+  20 s holds) the server takes 0.74 of a core, nx-27017 0.48, RabbitMQ 0.15 and the load
+  generator about 0.18, so the p99 swings between about 20 and 150 ms from run to run with the
+  machine's other load.
 - Connecting 10,000 sockets: CPython's full (generation 2) garbage collections while the heap
   grows took up to 0.7 s each (13 of them, 15 to 708 ms), which is most of the connect p99.
 - Connecting a socket: `authorise` is a third (the token lookup 20%, the membership check 10%),
