@@ -7,8 +7,12 @@ dropped. Since a message is stored before it is published, and seq N is
 stored only after N - 1 (see Store.post_message), MongoDB always has
 everything a delivery implies.
 
-Each message is JSON-encoded once where it is posted, and framed once per
+Each event is JSON-encoded once where it is posted, and framed once per
 process; every socket of the room gets the same bytes.
+
+Two streams (DESIGN.md, "WebSocket protocol"): a socket that joined with
+`since` is on the full stream and gets every room event and the room's
+ephemeral signals; a plain socket (no `since`) gets `message` events only.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Protocol
 from chat.broker import AmqpBroker, MemoryBroker
 from chat.limits import RateLimiter
 from chat.metrics import Metrics
-from chat.store import Store, Unavailable, now, public_message
+from chat.store import Store, Unavailable, iso, now, public_message
 
 log = logging.getLogger("chat.hub")
 
@@ -50,12 +54,18 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
+MESSAGE = "message"  # the one event type a plain socket gets
+
+
 class Socket(Protocol):
     user: dict
     token_id: str
 
     def send_frame(self, frame: bytes) -> bool:
         """Write a ready-made frame; False when the socket is closed or was closed for it."""
+
+    def backlogged(self) -> bool:
+        """True while earlier frames still wait to be written: signals skip it."""
 
     async def drain(self) -> bool:
         """Wait until what was written has reached the kernel; False when closed."""
@@ -80,11 +90,28 @@ def encode(frame: dict[str, Any]) -> bytes:
 
 
 def message_payload(message: dict[str, Any]) -> bytes:
-    return encode({"type": "message", **message})
+    return encode({"type": MESSAGE, **message})
+
+
+def stored_event(doc: dict[str, Any]) -> tuple[str, bytes]:
+    """A stored event's type and wire JSON, for catch-up and gap repair."""
+    event_type = doc.get("type", MESSAGE)
+    if event_type == MESSAGE:
+        return MESSAGE, message_payload(public_message(doc))
+    return event_type, encode(public_event(doc))
+
+
+def public_event(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored event other than a message, as sent: its fields, `id` and `uri` named as in messages."""
+    event = {key: iso(value) if isinstance(value, datetime.datetime) else value
+             for key, value in doc.items() if key not in ("_id", "room")}
+    event["id"] = str(doc["_id"])
+    event["uri"] = doc["room"]
+    return event
 
 
 class CatchUp:
-    """A socket reading history: live frames wait in `buffer` until it is done."""
+    """A full-stream socket reading history: live frames wait in `buffer` until it is done."""
 
     __slots__ = ("buffer", "sent")
 
@@ -96,17 +123,20 @@ class CatchUp:
 class Room:
     def __init__(self, uri: str):
         self.uri = uri
-        self.live: dict[Socket, None] = {}  # insertion-ordered set
-        self.catching: dict[Socket, CatchUp] = {}
+        # Live sockets by stream, insertion-ordered sets.
+        self.plain: dict[Socket, None] = {}  # message events only
+        self.full: dict[Socket, None] = {}  # every room event and signals
+        self.catching: dict[Socket, CatchUp] = {}  # full stream, reading history
         self.last_seq = 0
-        # Deliveries that arrive while the room starts or repairs a gap.
-        self.pending: list[tuple[int, bytes, str]] = []
+        # Deliveries that arrive while the room starts or repairs a gap:
+        # (seq, body, created, event type).
+        self.pending: list[tuple[int, bytes, str | None, str]] = []
         self.busy = True  # starting or repairing: deliveries wait in pending
         self.stale = False  # messages may be missing (after a broker outage)
         self.started: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def __len__(self) -> int:
-        return len(self.live) + len(self.catching)
+        return len(self.plain) + len(self.full) + len(self.catching)
 
 
 class Hub:
@@ -185,7 +215,7 @@ class Hub:
         if since is None:
             await asyncio.shield(room.started)
             if self.rooms.get(uri) is room:
-                room.live[sock] = None
+                room.plain[sock] = None
             return room.last_seq
         catch_up = room.catching[sock] = CatchUp(since)
         await asyncio.shield(room.started)
@@ -196,7 +226,7 @@ class Hub:
         while True:
             docs = await self.store.messages_after(uri, catch_up.sent, CATCH_UP_PAGE)
             for doc in docs:
-                if not sock.send_frame(text_frame(message_payload(public_message(doc)))):
+                if not sock.send_frame(text_frame(stored_event(doc)[1])):
                     return catch_up.sent
                 catch_up.sent = doc["seq"]
             self.metrics.backfilled.inc(len(docs))
@@ -214,7 +244,7 @@ class Hub:
                 catch_up.sent = seq
         if catch_up.sent <= room.last_seq:
             del room.catching[sock]
-            room.live[sock] = None
+            room.full[sock] = None
         return max(catch_up.sent, room.last_seq)
 
     def leave(self, sock: Socket, uri: str) -> None:
@@ -229,7 +259,8 @@ class Hub:
         room = self.rooms.get(uri)
         if room is None:
             return
-        room.live.pop(sock, None)
+        room.plain.pop(sock, None)
+        room.full.pop(sock, None)
         room.catching.pop(sock, None)
         if not room:
             del self.rooms[uri]
@@ -255,24 +286,34 @@ class Hub:
         if room is None:
             return
         try:
-            message = json.loads(body)
-            seq = message["seq"]
-        except (ValueError, KeyError, TypeError):
+            event = json.loads(body)
+            seq = event["seq"]
+            event_type = event.get("type", MESSAGE)
+            created = event.get("created")
+            if not isinstance(created, str):
+                created = None
+            if type(seq) is not int or not isinstance(event_type, str):
+                raise TypeError("seq must be an integer, type a string")
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("dropping a malformed delivery for room %s", uri)
             return
         if room.busy:
-            room.pending.append((seq, body, message["created"]))
+            room.pending.append((seq, body, created, event_type))
         elif seq == room.last_seq + 1:
-            self.deliver(room, seq, body, message["created"])
+            self.deliver(room, seq, body, created, event_type)
         elif seq > room.last_seq:
             self.metrics.gaps.inc()
-            room.pending.append((seq, body, message["created"]))
+            room.pending.append((seq, body, created, event_type))
             self.start_repair(room)
 
-    def deliver(self, room: Room, seq: int, body: bytes, created: str | None) -> None:
+    def deliver(self, room: Room, seq: int, body: bytes, created: str | None,
+                event_type: str = MESSAGE) -> None:
+        """Write the room's next event: messages to every socket, other events to the full stream."""
         room.last_seq = seq
         frame = text_frame(body)
-        sent = sum(sock.send_frame(frame) for sock in list(room.live))
+        sent = sum(sock.send_frame(frame) for sock in list(room.full))
+        if event_type == MESSAGE:
+            sent += sum(sock.send_frame(frame) for sock in list(room.plain))
         for sock, catch_up in list(room.catching.items()):
             if catch_up.buffer is not None:
                 if len(catch_up.buffer) >= CATCH_UP_BUFFER:
@@ -283,11 +324,37 @@ class Hub:
                 sent += 1
                 catch_up.sent = seq
                 del room.catching[sock]
-                room.live[sock] = None
+                room.full[sock] = None
         self.metrics.delivered.inc(sent)
         if created:
-            stored = datetime.datetime.fromisoformat(created)
-            self.metrics.delivery_latency.observe(max(0.0, (now() - stored).total_seconds()))
+            try:
+                stored = datetime.datetime.fromisoformat(created)
+                self.metrics.delivery_latency.observe(max(0.0, (now() - stored).total_seconds()))
+            except (ValueError, TypeError):  # not a time, or one without a zone
+                log.warning("room %s: seq %d has a malformed created time", room.uri, seq)
+
+    def signal(self, uri: str, payload: bytes, *, exclude_user: str | None = None,
+               only_user: str | None = None) -> int:
+        """Send an ephemeral signal (no seq, never stored or replayed) to the room's
+        full-stream sockets, optionally all but one user's or only one user's.
+
+        A socket with frames still waiting to be written is spared: signals are
+        the first thing a slow socket goes without. Returns the sockets sent to.
+        """
+        room = self.rooms.get(uri)
+        if room is None:
+            return 0
+        frame = text_frame(payload)
+        sent = 0
+        targets = list(room.full)
+        targets += [sock for sock, catch_up in room.catching.items() if catch_up.buffer is None]
+        for sock in targets:
+            user_id = sock.user["id"]
+            if user_id == exclude_user or (only_user is not None and user_id != only_user):
+                continue
+            if not sock.backlogged() and sock.send_frame(frame):
+                sent += 1
+        return sent
 
     def start_repair(self, room: Room) -> None:
         if not room.busy:
@@ -303,11 +370,11 @@ class Hub:
         while self.rooms.get(room.uri) is room:
             room.pending.sort(key=lambda item: item[0])
             done = 0  # delivered or repeats; one slice off the front, not a pop(0) each
-            for seq, body, created in room.pending:
+            for seq, body, created, event_type in room.pending:
                 if seq > room.last_seq + 1:
                     break
                 if seq == room.last_seq + 1:
-                    self.deliver(room, seq, body, created)
+                    self.deliver(room, seq, body, created, event_type)
                 done += 1
             del room.pending[:done]
             if not room.pending and not room.stale:
@@ -322,12 +389,13 @@ class Hub:
         room.busy = False
 
     async def backfill(self, room: Room) -> None:
-        """Deliver every stored message after the room's last seq."""
+        """Deliver every stored event after the room's last seq."""
         while True:
             docs = await self.store.messages_after(room.uri, room.last_seq, BACKFILL_PAGE)
             for doc in docs:
                 if doc["seq"] == room.last_seq + 1:
-                    self.deliver(room, doc["seq"], message_payload(public_message(doc)), None)
+                    event_type, body = stored_event(doc)
+                    self.deliver(room, doc["seq"], body, None, event_type)
             self.metrics.backfilled.inc(len(docs))
             if len(docs) < BACKFILL_PAGE:
                 return

@@ -157,6 +157,9 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return False
         return True
 
+    def backlogged(self) -> bool:
+        return self.ws_connection is not None and self.ws_connection.stream.writing()
+
     async def drain(self) -> bool:
         if self.closing or self.ws_connection is None:
             return False

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from chat.broker import MemoryBroker
-from chat.hub import Hub, message_payload
+from chat.hub import Hub, stored_event
 from chat.metrics import Metrics
-from chat.store import NotMember, public_message
+from chat.store import NotMember
 
 
 class FakeStore:
@@ -25,6 +25,13 @@ class FakeStore:
         doc = {"_id": f"id{len(self.messages)}", "room": uri, "seq": self.next_seq(uri),
                "user": {"id": "u1", "username": "alice"}, "message": text,
                "created": datetime.datetime.now(datetime.UTC)}
+        self.messages.append(doc)
+        return doc
+
+    def add_event(self, uri: str, event_type: str, **fields) -> dict:
+        """A stored room event other than a message (an edit, a reaction, ...)."""
+        doc = {"_id": f"id{len(self.messages)}", "room": uri, "seq": self.next_seq(uri),
+               "type": event_type, **fields}
         self.messages.append(doc)
         return doc
 
@@ -53,11 +60,14 @@ class FakeSocket:
         self.user = {"id": user_id, "username": name}
         self.token_id = f"t-{name}"
         self.frames: list[dict] = []
+        self.raw: list[bytes] = []
         self.closed: tuple[int, str] | None = None
+        self.backlog = False  # frames still waiting in its outgoing buffer
 
     def send_frame(self, frame: bytes) -> bool:
         if self.closed:
             return False
+        self.raw.append(frame)
         length = frame[1] & 0x7F
         offset = 2 if length < 126 else 4 if length == 126 else 10
         self.frames.append(json.loads(frame[offset:]))
@@ -66,6 +76,9 @@ class FakeSocket:
     async def drain(self) -> bool:
         return not self.closed
 
+    def backlogged(self) -> bool:
+        return self.backlog
+
     def close_with(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
@@ -73,9 +86,13 @@ class FakeSocket:
     def seqs(self) -> list[int]:
         return [f["seq"] for f in self.frames if f["type"] == "message"]
 
+    @property
+    def events(self) -> list[tuple[str, int]]:
+        return [(f["type"], f["seq"]) for f in self.frames if "seq" in f]
+
 
 def payload(doc: dict) -> bytes:
-    return message_payload(public_message(doc))
+    return stored_event(doc)[1]
 
 
 @pytest.fixture
@@ -297,3 +314,79 @@ def test_a_post_ahead_of_an_undelivered_message_waits_for_it():
         return before_broker, sock.seqs
 
     assert asyncio.run(scenario()) == ([], [1, 2])
+
+
+# The two streams: full (joined with since) and plain (no since) -------------
+
+def test_a_plain_socket_gets_messages_only_and_a_full_one_every_event(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        plain, full = FakeSocket("plain"), FakeSocket("full", "u2")
+        await hub.join(plain, "room", None)
+        await hub.join(full, "room", 0)
+        docs = [store.add("room", "hi"), store.add_event("room", "edit", target_seq=1, message="hey"),
+                store.add_event("room", "reaction", target_seq=1, emoji="x", op="add"),
+                store.add("room", "there"), store.add_event("room", "delete", target_seq=4)]
+        for doc in docs:
+            hub.on_message("room", payload(doc))
+        await settle()
+        return plain, full
+
+    plain, full = asyncio.run(scenario())
+    assert plain.events == [("message", 1), ("message", 4)]
+    assert full.events == [("message", 1), ("edit", 2), ("reaction", 3), ("message", 4),
+                           ("delete", 5)]
+    # one encoding and one frame per event, the same bytes for every socket
+    assert plain.raw[0] is full.raw[0] and plain.raw[1] is full.raw[3]
+
+
+def test_catch_up_replays_every_event_type_and_gap_repair_keeps_the_streams(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        store.add("room", "before")
+        store.add_event("room", "member", op="join", user={"id": "u2", "username": "bob"})
+        plain, full = FakeSocket("plain"), FakeSocket("full", "u2")
+        await hub.join(plain, "room", None)
+        ready = await hub.join(full, "room", 0)
+        # a lost delivery of an edit: repaired from the store, to the full stream only
+        store.add_event("room", "edit", target_seq=1, message="changed")
+        hub.on_message("room", payload(store.add("room", "after")))
+        await settle()
+        return plain, full, ready
+
+    plain, full, ready = asyncio.run(scenario())
+    assert ready == 2
+    assert full.events == [("message", 1), ("member", 2), ("edit", 3), ("message", 4)]
+    assert full.frames[1]["user"]["username"] == "bob" and full.frames[1]["uri"] == "room"
+    assert plain.events == [("message", 4)]
+
+
+def test_signals_reach_the_full_stream_only_and_spare_a_backlogged_socket(hub_and_store):
+    hub, store, _ = hub_and_store
+    signal = json.dumps({"type": "typing", "users": ["alice"]}).encode()
+
+    async def scenario():
+        plain = FakeSocket("plain", "u1")
+        alice, bob, slow = FakeSocket("alice", "u1"), FakeSocket("bob", "u2"), FakeSocket("carol", "u3")
+        await hub.join(plain, "room", None)
+        for sock in (alice, bob, slow):
+            await hub.join(sock, "room", 0)
+        slow.backlog = True
+        counts = [hub.signal("room", signal), hub.signal("room", signal, exclude_user="u1"),
+                  hub.signal("room", signal, only_user="u1"), hub.signal("elsewhere", signal)]
+        # a signal has no seq: the room's order is untouched and nothing replays it
+        hub.on_message("room", payload(store.add("room", "next")))
+        late = FakeSocket("late", "u4")
+        await hub.join(late, "room", 0)
+        await settle()
+        return counts, plain, alice, bob, slow, late
+
+    counts, plain, alice, bob, slow, late = asyncio.run(scenario())
+    assert counts == [2, 1, 1, 0]
+    assert [f["type"] for f in alice.frames] == ["typing", "typing", "message"]
+    assert [f["type"] for f in bob.frames] == ["typing", "typing", "message"]
+    assert [f["type"] for f in slow.frames] == ["message"]
+    assert [f["type"] for f in plain.frames] == ["message"]
+    assert late.events == [("message", 1)] and len(late.frames) == 1
