@@ -21,13 +21,14 @@ import asyncio
 import datetime
 import json
 import logging
+import random
 import struct
 from typing import Any, Protocol
 
 from chat.broker import AmqpBroker, MemoryBroker
 from chat.limits import RateLimiter
 from chat.metrics import Metrics
-from chat.store import Store, Unavailable, iso, now, public_message
+from chat.store import Store, iso, now, public_message
 
 log = logging.getLogger("chat.hub")
 
@@ -37,7 +38,13 @@ BACKFILL_PAGE = 500
 CATCH_UP_PAGE = 100
 # Live frames a catching-up socket may queue while its history is read.
 CATCH_UP_BUFFER = 10_000
-REPAIR_RETRY_SECONDS = 1.0
+# A room's start or repair that fails is retried after a pause that doubles,
+# with jitter, up to the maximum: rooms that failed together spread out.
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 5.0
+# Reads in a row that do not reach a waiting delivery before gap repair gives
+# up on it (about 20 s with the pauses above).
+REPAIR_ATTEMPTS = 8
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -152,6 +159,9 @@ class Hub:
         self.tasks: set[asyncio.Task] = set()
         self.no_sockets = asyncio.Event()
         self.no_sockets.set()
+        self.retry_first = RETRY_FIRST_SECONDS
+        self.retry_max = RETRY_MAX_SECONDS
+        self.repair_attempts = REPAIR_ATTEMPTS
         broker.on_message = self.on_message
         broker.on_recovered = self.on_recovered
         broker.on_control = self.on_control
@@ -213,12 +223,15 @@ class Hub:
             self.metrics.active_rooms.set(len(self.rooms))
             self.spawn(self.start_room(room))
         if since is None:
+            # In the room at once, so that it is never left empty (and dropped)
+            # while this socket waits; deliveries wait in pending until it starts.
+            room.plain[sock] = None
             await asyncio.shield(room.started)
-            if self.rooms.get(uri) is room:
-                room.plain[sock] = None
             return room.last_seq
         catch_up = room.catching[sock] = CatchUp(since)
         await asyncio.shield(room.started)
+        if room.catching.get(sock) is not catch_up:
+            return since  # left (or was closed) while the room started
         if since > room.last_seq:
             # Nobody has seen past what is stored: a bigger since would withhold
             # the next messages from this socket.
@@ -268,16 +281,29 @@ class Hub:
             self.spawn(self.broker.unsubscribe(uri))
 
     async def start_room(self, room: Room) -> None:
-        """Bind first, then read where the room is: nothing falls between the two."""
-        await self.broker.subscribe(room.uri)
+        """Bind first, then read where the room is: nothing falls between the two.
+
+        Any failure (a closing channel, MongoDB trouble, anything) is retried
+        while the room has sockets, so no join waits on a start that gave up.
+        """
+        failures = 0
         while self.rooms.get(room.uri) is room:
             try:
+                await self.broker.subscribe(room.uri)
                 room.last_seq = await self.store.last_seq(room.uri)
                 break
-            except Unavailable:
-                await asyncio.sleep(REPAIR_RETRY_SECONDS)
+            except Exception as error:
+                failures += 1
+                self.metrics.room_failures.labels("start").inc()
+                log.warning("room %s: start failed (%s: %s); retrying", room.uri,
+                            type(error).__name__, error)
+                await asyncio.sleep(self.retry_delay(failures))
         room.started.set_result(None)
         await self.repair(room)
+
+    def retry_delay(self, failures: int) -> float:
+        ceiling = min(self.retry_max, self.retry_first * 2 ** (failures - 1))
+        return random.uniform(ceiling / 2, ceiling)
 
     # Delivery ----------------------------------------------------------
 
@@ -365,8 +391,14 @@ class Hub:
         """The room's one worker: deliver what waited, reading what is missing from MongoDB.
 
         While it runs (room.busy) live deliveries wait in room.pending; it
-        stops only when nothing waits and nothing is known to be missing.
+        stops only when nothing waits and nothing is known to be missing. A
+        read that fails is retried with backoff for as long as the room has
+        sockets; a delivery whose seq MongoDB, the truth, still lacks after
+        `repair_attempts` reads (a rolled-back write, a stray publish) is
+        dropped rather than stall the room.
         """
+        failures = 0  # reads in a row that raised
+        misses = 0  # reads in a row that did not reach a waiting delivery
         while self.rooms.get(room.uri) is room:
             room.pending.sort(key=lambda item: item[0])
             done = 0  # delivered or repeats; one slice off the front, not a pop(0) each
@@ -382,10 +414,28 @@ class Hub:
             room.stale = False
             try:
                 await self.backfill(room)
-            except Unavailable:
+            except Exception as error:
                 room.stale = True
-                log.warning("room %s: MongoDB unavailable for gap repair; retrying", room.uri)
-                await asyncio.sleep(REPAIR_RETRY_SECONDS)
+                failures += 1
+                self.metrics.room_failures.labels("repair").inc()
+                log.warning("room %s: gap repair failed (%s: %s); retrying", room.uri,
+                            type(error).__name__, error)
+                await asyncio.sleep(self.retry_delay(failures))
+                continue
+            failures = 0
+            if not room.pending or min(item[0] for item in room.pending) <= room.last_seq + 1:
+                misses = 0  # the gap is closed: deliver what waited
+                continue
+            misses += 1
+            if misses < self.repair_attempts:
+                await asyncio.sleep(self.retry_delay(misses))
+                continue
+            log.warning("room %s: dropping %d deliveries from seq %d: MongoDB has nothing "
+                        "after seq %d", room.uri, len(room.pending), room.pending[0][0],
+                        room.last_seq)
+            self.metrics.repair_dropped.inc(len(room.pending))
+            room.pending.clear()
+            misses = 0
         room.busy = False
 
     async def backfill(self, room: Room) -> None:

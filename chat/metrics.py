@@ -28,6 +28,12 @@ class Metrics:
                                   registry=r)
         self.gaps = Counter("chat_gaps_detected", "Live deliveries that skipped a seq",
                             registry=r)
+        self.room_failures = Counter(
+            "chat_room_failures", "Room starts and gap repairs that failed and are retried",
+            ["step"], registry=r)
+        self.repair_dropped = Counter(
+            "chat_repair_dropped",
+            "Deliveries dropped by gap repair because MongoDB never had their seq", registry=r)
         self.slow_closes = Counter("chat_slow_consumer_closes",
                                    "Sockets closed with 4008 for not reading", registry=r)
         self.broker_reconnects = Counter("chat_broker_reconnects",

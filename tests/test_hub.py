@@ -390,3 +390,186 @@ def test_signals_reach_the_full_stream_only_and_spare_a_backlogged_socket(hub_an
     assert [f["type"] for f in slow.frames] == ["message"]
     assert [f["type"] for f in plain.frames] == ["message"]
     assert late.events == [("message", 1)] and len(late.frames) == 1
+
+
+# Rooms that cannot start or repair, and joins that must not wait forever ----
+
+class ChannelWrongStateError(Exception):
+    """What pika raises for an operation on a closing channel."""
+
+
+class FailingBroker(MemoryBroker):
+    """subscribe raises, as pika does on a closing channel, `failures` times (-1: always)."""
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+
+    async def subscribe(self, uri: str) -> None:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ChannelWrongStateError("Channel is closed.")
+        await super().subscribe(uri)
+
+
+class FailingStore(FakeStore):
+    """Reads raise (not Unavailable: anything) while `failing` counts down; counts reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.last_seq_failures = 0
+        self.read_failures = 0
+        self.reads = 0
+
+    async def last_seq(self, uri: str) -> int:
+        if self.last_seq_failures:
+            self.last_seq_failures -= 1
+            raise RuntimeError("operation failed")
+        return await super().last_seq(uri)
+
+    async def messages_after(self, uri: str, after: int, limit: int) -> list[dict]:
+        self.reads += 1
+        if self.read_failures:
+            self.read_failures -= 1
+            raise RuntimeError("cursor killed")
+        return await super().messages_after(uri, after, limit)
+
+
+def quick_retries(hub: Hub) -> Hub:
+    hub.retry_first = 0.01
+    hub.retry_max = 0.05
+    return hub
+
+
+async def within(awaitable, seconds: float = 5):
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+@pytest.mark.parametrize("since", [None, 0])
+def test_a_room_whose_subscribe_raises_starts_on_a_retry(since):
+    store, broker = FakeStore(), FailingBroker(failures=2)
+    hub = quick_retries(Hub(store, broker, Metrics()))
+
+    async def scenario():
+        sock = FakeSocket()
+        await within(hub.join(sock, "room", since))
+        later = FakeSocket("later", "u2")
+        await within(hub.join(later, "room", since))
+        hub.on_message("room", payload(store.add("room", "hello")))
+        await settle()
+        return sock, later
+
+    sock, later = asyncio.run(scenario())
+    assert broker.calls == 3 and broker.rooms == {"room"}
+    assert sock.seqs == [1] and later.seqs == [1]
+    assert hub.metrics.room_failures.labels("start")._value.get() == 2
+
+
+def test_a_room_whose_store_raises_on_start_starts_on_a_retry():
+    store = FailingStore()
+    store.add("room", "stored before")
+    store.last_seq_failures = 2
+    hub = quick_retries(Hub(store, MemoryBroker(), Metrics()))
+
+    async def scenario():
+        sock = FakeSocket()
+        ready = await within(hub.join(sock, "room", None))
+        hub.on_message("room", payload(store.add("room", "after")))
+        await settle()
+        return sock, ready
+
+    sock, ready = asyncio.run(scenario())
+    assert ready == 1 and sock.seqs == [2]
+
+
+def test_a_room_that_never_starts_stops_trying_when_its_sockets_leave():
+    broker = FailingBroker(failures=-1)
+    hub = quick_retries(Hub(FakeStore(), broker, Metrics()))
+
+    async def scenario():
+        sock = FakeSocket()
+        joining = asyncio.ensure_future(hub.join(sock, "room", 0))
+        await settle()
+        assert not joining.done() and broker.calls > 1
+        hub.leave(sock, "room")  # the socket's ready timeout closed it
+        await within(joining)
+        await settle()
+        calls = broker.calls
+        await settle()
+        return calls
+
+    calls = asyncio.run(scenario())
+    assert broker.calls == calls and hub.rooms == {} and not hub.tasks
+
+
+def test_a_repair_whose_read_raises_is_retried():
+    store = FailingStore()
+    hub = quick_retries(Hub(store, MemoryBroker(), Metrics()))
+
+    async def scenario():
+        sock = FakeSocket()
+        await within(hub.join(sock, "room", None))
+        store.read_failures = 2
+        store.add("room", "lost on the way")
+        hub.on_message("room", payload(store.add("room", "arrives first")))  # a gap: repair
+        await settle()
+        hub.on_message("room", payload(store.add("room", "later")))
+        await settle()
+        return sock
+
+    sock = asyncio.run(scenario())
+    assert sock.seqs == [1, 2, 3]
+    assert hub.metrics.room_failures.labels("repair")._value.get() == 2
+
+
+def test_a_plain_join_while_the_room_starts_survives_the_other_socket_leaving():
+    store, broker = FakeStore(), FailingBroker(failures=1)
+    hub = quick_retries(Hub(store, broker, Metrics()))
+
+    async def scenario():
+        catching, plain = FakeSocket("catching"), FakeSocket("plain", "u2")
+        first = asyncio.ensure_future(hub.join(catching, "room", 0))
+        second = asyncio.ensure_future(hub.join(plain, "room", None))
+        await asyncio.sleep(0)
+        hub.leave(catching, "room")  # the only other socket leaves while the room starts
+        await within(asyncio.gather(first, second))
+        hub.on_message("room", payload(store.add("room", "hello")))
+        await settle()
+        return plain
+
+    plain = asyncio.run(scenario())
+    assert plain.seqs == [1]
+    assert set(hub.rooms) == {"room"} and broker.rooms == {"room"}
+
+
+def test_repair_backs_off_and_drops_a_delivery_mongodb_never_has():
+    store = FailingStore()
+    hub = quick_retries(Hub(store, MemoryBroker(), Metrics()))
+    hub.repair_attempts = 4
+
+    async def scenario():
+        sock = FakeSocket()
+        await within(hub.join(sock, "room", None))
+        store.add("room", "1")
+        phantom = {**store.add("room", "2"), "seq": 5}  # seq 5 (and 3, 4) never stored
+        store.messages.pop()
+        reads_before = store.reads
+        hub.on_message("room", payload(phantom))
+        deadline = asyncio.get_running_loop().time() + 5
+        await asyncio.sleep(0)
+        while hub.rooms["room"].busy:
+            assert asyncio.get_running_loop().time() < deadline, \
+                f"the repair never gave up ({store.reads - reads_before} reads)"
+            await asyncio.sleep(0.01)
+        reads = store.reads - reads_before
+        hub.on_message("room", payload(store.add("room", "real 2")))  # the room moves on
+        await settle()
+        return sock, reads
+
+    sock, reads = asyncio.run(scenario())
+    assert reads == 4  # one read per attempt, with a pause between: no spinning
+    assert sock.seqs == [1, 2]
+    assert [f["message"] for f in sock.frames] == ["1", "real 2"]
+    assert hub.metrics.repair_dropped._value.get() == 1
