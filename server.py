@@ -99,7 +99,7 @@ class ChatServer:
     def __init__(self, config: chat_config.Config):
         self.config = config
         self.store = Store(config.mongo_url, config.mongo_db, config.mongo_timeout_ms)
-        if config.broker_url.startswith("memory://"):
+        if config.broker_in_memory:
             self.broker = MemoryBroker()
         else:
             self.broker = AmqpBroker(config.broker_url, config.broker_heartbeat,

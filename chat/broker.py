@@ -2,13 +2,15 @@
 
 Two implementations share one interface:
 
-- `AmqpBroker`: RabbitMQ through pika's TornadoConnection. One durable fanout
-  exchange per room; one exclusive, server-named queue per (process, room)
-  with local sockets. pika has no automatic recovery, so losing the
-  connection (or the channel) schedules a reconnect with capped exponential
-  backoff and jitter on the IOLoop, then restores every binding, re-sends
-  what could not be published, and reports the rooms so the hub backfills
-  them from MongoDB.
+- `AmqpBroker`: RabbitMQ through pika's TornadoConnection, on one node of a
+  cluster. One durable fanout exchange per room (cluster-wide); one
+  exclusive, server-named queue per (process, room) with local sockets (on
+  the node it is connected to, gone with that node). pika has no automatic
+  recovery, so losing the connection (or the channel, or a consumer) moves
+  on at once to the next node, each node tried once per cycle, with capped
+  exponential backoff and jitter on the IOLoop only after a whole cycle
+  failed; then it restores every binding, re-sends what could not be
+  published, and reports the rooms so the hub backfills them from MongoDB.
 - `MemoryBroker`: the same interface inside one process (embedded mode).
 
 The owner sets `on_message(uri, body)` (a delivery), `on_recovered(uris)`
@@ -22,7 +24,7 @@ import asyncio
 import collections
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pika
 from pika.adapters.tornado_connection import TornadoConnection
@@ -84,13 +86,14 @@ class MemoryBroker:
 
 
 class AmqpBroker:
-    def __init__(self, url: str, heartbeat: int = 15, backoff_min: float = 0.5,
-                 backoff_max: float = 10.0):
-        self.parameters = pika.URLParameters(url)
-        self.parameters.heartbeat = heartbeat
-        self.parameters.connection_attempts = 1
-        self.parameters.socket_timeout = 5
-        self.parameters.blocked_connection_timeout = 30
+    def __init__(self, urls: Sequence[str] | str, heartbeat: int = 15,
+                 backoff_min: float = 0.1, backoff_max: float = 1.0):
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        self.nodes = [node_parameters(url, heartbeat) for url in urls]
+        random.shuffle(self.nodes)  # processes spread over the cluster's nodes
+        self.next_node = 0  # where the next cycle over the nodes starts
+        self.workflow = None  # pika's connection workflow while a cycle runs
+        self.restored = False  # this connection's topology is back (see restore)
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.on_message: Callable[[str, bytes], None] = ignore
@@ -133,21 +136,34 @@ class AmqpBroker:
             log.warning("RabbitMQ is not reachable yet; retrying in the background")
 
     def connect(self) -> None:
-        self.reconnect_timer = None
-        log.info("connecting to RabbitMQ at %s:%s", self.parameters.host, self.parameters.port)
-        self.connection = TornadoConnection(
-            self.parameters,
-            on_open_callback=self.on_connection_open,
-            on_open_error_callback=self.on_connection_open_error,
-            on_close_callback=self.on_connection_closed,
-        )
+        """One cycle: try each node once, starting after the one last used."""
+        if self.reconnect_timer is not None:
+            self.reconnect_timer.cancel()
+            self.reconnect_timer = None
+        if self.workflow is not None:
+            return  # a cycle is already under way
+        order = self.nodes[self.next_node:] + self.nodes[:self.next_node]
+        log.info("connecting to RabbitMQ (%s)", ", ".join(node_name(node) for node in order))
+        self.workflow = TornadoConnection.create_connection(order, self.on_connect_done)
 
-    def on_connection_open(self, connection) -> None:
-        connection.channel(on_open_callback=self.on_channel_open)
-
-    def on_connection_open_error(self, _connection, error) -> None:
-        log.warning("cannot connect to RabbitMQ: %s", error or "connection refused")
-        self.schedule_reconnect()
+    def on_connect_done(self, result) -> None:
+        self.workflow = None
+        if isinstance(result, BaseException):  # every node failed, or close() aborted
+            if not self.closing:
+                log.warning("cannot connect to any RabbitMQ node: %r", result)
+                self.schedule_reconnect()
+            return
+        if self.closing:
+            result.close()
+            return
+        self.connection = result
+        self.restored = False
+        # The next cycle starts at the node after this one: a node that just
+        # died is tried last.
+        self.next_node = (self.nodes.index(result.params) + 1) % len(self.nodes)
+        log.info("connected to RabbitMQ at %s", node_name(result.params))
+        result.add_on_close_callback(self.on_connection_closed)
+        result.channel(on_open_callback=self.on_channel_open)
 
     def on_connection_closed(self, _connection, reason) -> None:
         self.forget_channel()
@@ -156,13 +172,24 @@ class AmqpBroker:
                 self.closed.set_result(None)
             return
         log.warning("RabbitMQ connection lost: %s", reason)
-        self.schedule_reconnect()
+        if self.restored:
+            self.connect()  # the other nodes at once; no waiting for a dead one
+        else:
+            self.schedule_reconnect()  # lost again before it was restored: back off
 
     def on_channel_open(self, channel) -> None:
         channel.add_on_close_callback(self.on_channel_closed)
+        channel.add_on_cancel_callback(self.on_consumer_cancelled)
         self.channel = channel
-        self.attempt = 0
         self.spawn(self.restore())
+
+    def on_consumer_cancelled(self, frame) -> None:
+        """The broker cancelled a consumer (its queue was deleted, its node left):
+        that room would silently stop. Recover as from a lost channel."""
+        log.warning("RabbitMQ cancelled consumer %s; reconnecting",
+                    frame.method.consumer_tag)
+        if self.channel is not None and self.channel.is_open:
+            self.channel.close()
 
     def on_channel_closed(self, channel, reason) -> None:
         if channel is not self.channel:
@@ -175,8 +202,7 @@ class AmqpBroker:
         log.warning("RabbitMQ channel closed: %s", reason)
         if self.connection is not None and self.connection.is_open:
             self.connection.close()
-        else:
-            self.schedule_reconnect()
+        # else the connection is closing too: on_connection_closed reconnects
 
     def forget_channel(self) -> None:
         self.channel = None
@@ -191,12 +217,15 @@ class AmqpBroker:
         self.replies.clear()
 
     def schedule_reconnect(self) -> None:
+        """The next cycle after a pause: doubling from backoff_min, capped at
+        backoff_max (small, so a node's return is not missed by long), with
+        jitter so processes do not all come back at the same instant."""
         if self.closing or self.reconnect_timer is not None:
             return
         delay = min(self.backoff_max, self.backoff_min * 2 ** self.attempt)
         delay *= random.uniform(0.5, 1.0)
         self.attempt += 1
-        log.info("reconnecting to RabbitMQ in %.1f s", delay)
+        log.info("reconnecting to RabbitMQ in %.2f s", delay)
         self.reconnect_timer = asyncio.get_running_loop().call_later(delay, self.connect)
 
     async def restore(self) -> None:
@@ -220,6 +249,8 @@ class AmqpBroker:
             return
         finally:
             self.restoring = False
+        self.restored = True  # the next loss moves on at once again
+        self.attempt = 0
         # One pass over what was queued: publish() queues again whatever still
         # cannot go, so looping until the queue is empty could spin forever.
         unsent, self.unsent = list(self.unsent), collections.deque(maxlen=UNSENT_LIMIT)
@@ -254,6 +285,8 @@ class AmqpBroker:
         self.closing = True
         if self.reconnect_timer is not None:
             self.reconnect_timer.cancel()
+        if self.workflow is not None:
+            self.workflow.abort()
         if self.connection is None or self.connection.is_closed:
             return
         self.closed = asyncio.get_running_loop().create_future()
@@ -301,7 +334,7 @@ class AmqpBroker:
                 queue = frame.method.queue
                 await self.reply(channel.queue_bind, queue=queue, exchange=exchange_name(uri))
                 tag = channel.basic_consume(
-                    queue, lambda _ch, _method, _props, body: self.on_message(uri, body),
+                    queue, lambda _ch, _method, _props, body: self.deliver(uri, body),
                     auto_ack=True)
                 self.bound[uri] = (queue, tag)
             elif uri not in self.wanted and uri in self.bound:
@@ -360,5 +393,32 @@ class AmqpBroker:
         except AMQPError as error:
             log.warning("control notice not sent: %s", error)
 
+    def deliver(self, uri: str, body: bytes) -> None:
+        # An exception escaping a pika callback breaks the whole connection
+        # (every room's consumer): one bad delivery costs only itself.
+        try:
+            self.on_message(uri, body)
+        except Exception:
+            log.exception("dropped a delivery for room %s that could not be handled", uri)
+
     def on_control_delivery(self, _channel, _method, _properties, body: bytes) -> None:
-        self.on_control(body)
+        try:
+            self.on_control(body)
+        except Exception:
+            log.exception("dropped a control notice that could not be handled")
+
+
+def node_parameters(url: str, heartbeat: int) -> pika.URLParameters:
+    parameters = pika.URLParameters(url)
+    parameters.heartbeat = heartbeat
+    # One try per node per cycle; the broker's own backoff paces the cycles.
+    parameters.connection_attempts = 1
+    parameters.retry_delay = 0
+    parameters.socket_timeout = 3
+    parameters.stack_timeout = 5
+    parameters.blocked_connection_timeout = 30
+    return parameters
+
+
+def node_name(parameters: pika.ConnectionParameters) -> str:
+    return f"{parameters.host}:{parameters.port}"

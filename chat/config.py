@@ -21,10 +21,11 @@ class Config:
     behind_proxy: bool = False
     mongo_url: str = "mongodb://127.0.0.1:27017/chat"
     mongo_timeout_ms: int = 2500
-    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    # One URL per RabbitMQ node of a cluster (a comma-separated list in CHAT_BROKER_URL).
+    broker_url: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/%2F",)
     broker_heartbeat: int = 15
-    broker_reconnect_min: float = 0.5
-    broker_reconnect_max: float = 10.0
+    broker_reconnect_min: float = 0.1
+    broker_reconnect_max: float = 1.0
     secret: str = ""
     secure_cookies: bool = False
     data_dir: str = "./data"
@@ -60,10 +61,23 @@ class Config:
             raise ConfigError("log.format must be 'text' or 'json'")
         if not 4 <= self.bcrypt_rounds <= 31:
             raise ConfigError("bcrypt_rounds must be between 4 and 31")
+        if not self.broker_url:
+            raise ConfigError("broker_url: give at least one amqp:// URL (or memory://)")
+        for url in self.broker_url:
+            if not url.startswith(("amqp://", "amqps://", "memory://")):
+                raise ConfigError(f"broker_url: {url!r} is not an amqp://, amqps:// or "
+                                  "memory:// URL")
+        if self.broker_in_memory and len(self.broker_url) > 1:
+            raise ConfigError("broker_url: memory:// keeps messages in one process; "
+                              "it cannot be combined with other URLs")
         for name in ("port", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         return self
+
+    @property
+    def broker_in_memory(self) -> bool:
+        return any(url.startswith("memory://") for url in self.broker_url)
 
     @property
     def mongo_db(self) -> str:

@@ -48,7 +48,7 @@ def prepare(config: Config) -> Config:
     data = Path(config.data_dir).resolve()
     (data / "mongo").mkdir(parents=True, exist_ok=True)
     secret = config.secret or stored_secret(data)
-    return dataclasses.replace(config, secret=secret, broker_url="memory://", data_dir=str(data))
+    return dataclasses.replace(config, secret=secret, broker_url=("memory://",), data_dir=str(data))
 
 
 async def mongo_answers(config: Config, timeout_ms: int) -> bool:

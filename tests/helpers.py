@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import websockets
+
+from deploy.rabbit import free_port
+
+__all__ = ["free_port"]  # tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -84,7 +82,6 @@ class ServerProcess:
             "CHAT_LOGIN_PER_IP_PER_MINUTE": "100000",
             "CHAT_USER_MESSAGES_PER_MINUTE": "100000",
             "CHAT_MONGO_TIMEOUT_MS": "2000",
-            "CHAT_BROKER_RECONNECT_MAX": "3",
             "PYTHONUNBUFFERED": "1",
         })
         env.update({f"CHAT_{k.upper()}": str(v) for k, v in self.settings.items()})
@@ -310,6 +307,22 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise LookupError(f"no {name} in the metrics")
+
+
+RABBITMQCTL = shutil.which("rabbitmqctl")
+local_rabbit = pytest.mark.skipif(
+    RABBITMQCTL is None or "127.0.0.1" not in os.environ.get("CHAT_TEST_AMQP_URL", "127.0.0.1"),
+    reason="needs the local RabbitMQ and rabbitmqctl to inject broker faults")
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    """rabbitmqctl on the local node; only ever with -p <a test's own vhost> for faults."""
+    return subprocess.run([RABBITMQCTL, "-q", *args], check=True, timeout=timeout,
+                          capture_output=True, text=True).stdout
+
+
+def vhost_of(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).path[1:]) or "/"
 
 
 @contextlib.contextmanager

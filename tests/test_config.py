@@ -32,6 +32,27 @@ def test_environment_overrides_the_file():
     assert config.secure_cookies is True
 
 
+def test_broker_url_takes_a_list_in_the_file_and_commas_in_the_environment(tmp_path):
+    urls = ["amqp://guest:guest@10.0.0.1:5672/%2F", "amqp://guest:guest@10.0.0.2:5672/%2F"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"broker_url": urls}))
+    assert load(path, env={}).broker_url == tuple(urls)
+    assert load(ROOT / "config.yaml", env={"CHAT_BROKER_URL": " , ".join(urls)}).broker_url \
+        == tuple(urls)
+    assert load(ROOT / "config.yaml", env={"CHAT_BROKER_URL": urls[0]}).broker_url == (urls[0],)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "at least one"),
+    ("amqp://a/%2F,memory://", "cannot be combined"),
+    ("rabbit-1:5672", "not an amqp://"),
+])
+def test_a_broker_url_list_the_server_cannot_use_is_refused(value, message):
+    config = load(ROOT / "config.yaml", env={"CHAT_BROKER_URL": value, "CHAT_SECRET": "s" * 32})
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
+
+
 def test_flags_override_the_environment():
     assert load(ROOT / "config.yaml", env={"CHAT_PORT": "9100"}, port=9200).port == 9200
 
