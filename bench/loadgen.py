@@ -453,9 +453,13 @@ async def mongo_ops(spec: dict) -> dict:
     and what Hub.post asks of the store (the insert, with the room's seq known
     as it is to a server with the room open, then the room update), closed-loop.
     """
-    from chat.store import Store, now  # the server's own code; only this scenario needs pymongo
+    # The server's own code; only this scenario needs pymongo.
+    from chat.metrics import Metrics
+    from chat.sequencer import Sequencer
+    from chat.store import Store, now
 
     store = Store(spec["mongo_url"], spec["mongo_db"])
+    sequencer = Sequencer(store, Metrics())
     await store.ensure_indexes()
     doc = await store.create_user(f"ops{uuid.uuid4().hex[:10]}", "", b"x")
     user = {"id": str(doc["_id"]), "username": doc["username"], "email": "",
@@ -474,8 +478,9 @@ async def mongo_ops(spec: dict) -> dict:
         while time.perf_counter() < stop_at:
             if with_token:
                 await store.token_user(token_id)
-            message, _ = await store.post_message(rooms[i], user, f"t={time.time():.6f}",
-                                                  seq_hint=last_seq)
+            message, _ = await sequencer.append(
+                rooms[i], {"user_id": user["id"], "user": user,
+                           "message": f"t={time.time():.6f}"}, last_seq)
             await store.touch_room(message)
             last_seq = message["seq"]
             posted[i] += 1

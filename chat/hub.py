@@ -3,11 +3,11 @@
 Order and exactly-once come from the per-room seq: a room remembers the last
 seq it delivered and only ever writes last + 1. A delivery that skips ahead
 makes the room read the missing range from MongoDB first; a repeat is
-dropped. Since a message is stored before it is published, and seq N is
-stored only after N - 1 (see Store.post_message), MongoDB always has
+dropped. Since an event is stored before it is published, and seq N is
+stored only after N - 1 (see chat/sequencer.py), MongoDB always has
 everything a delivery implies.
 
-Each event is JSON-encoded once where it is posted, and framed once per
+Each event is JSON-encoded once where it is stored, and framed once per
 process; every socket of the room gets the same bytes.
 
 Two streams (DESIGN.md, "WebSocket protocol"): a socket that joined with
@@ -28,7 +28,8 @@ from typing import Any, Protocol
 from chat.broker import AmqpBroker, MemoryBroker
 from chat.limits import RateLimiter
 from chat.metrics import Metrics
-from chat.store import Store, iso, now, public_message
+from chat.sequencer import Sequencer
+from chat.store import Store, now, public_event
 
 log = logging.getLogger("chat.hub")
 
@@ -96,25 +97,9 @@ def encode(frame: dict[str, Any]) -> bytes:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def message_payload(message: dict[str, Any]) -> bytes:
-    return encode({"type": MESSAGE, **message})
-
-
 def stored_event(doc: dict[str, Any]) -> tuple[str, bytes]:
-    """A stored event's type and wire JSON, for catch-up and gap repair."""
-    event_type = doc.get("type", MESSAGE)
-    if event_type == MESSAGE:
-        return MESSAGE, message_payload(public_message(doc))
-    return event_type, encode(public_event(doc))
-
-
-def public_event(doc: dict[str, Any]) -> dict[str, Any]:
-    """A stored event other than a message, as sent: its fields, `id` and `uri` named as in messages."""
-    event = {key: iso(value) if isinstance(value, datetime.datetime) else value
-             for key, value in doc.items() if key not in ("_id", "room")}
-    event["id"] = str(doc["_id"])
-    event["uri"] = doc["room"]
-    return event
+    """A stored event's type and wire JSON (store.public_event, encoded once)."""
+    return doc.get("type", MESSAGE), encode(public_event(doc))
 
 
 class CatchUp:
@@ -154,6 +139,7 @@ class Hub:
         self.metrics = metrics
         self.max_message_chars = max_message_chars
         self.user_limit = RateLimiter(user_messages_per_minute, 60.0)
+        self.sequencer = Sequencer(store, metrics)
         self.rooms: dict[str, Room] = {}
         self.sockets_by_user: dict[str, set[Socket]] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -185,14 +171,40 @@ class Hub:
         retry_after = self.user_limit.hit(user["id"])
         if retry_after:
             raise RateLimited(retry_after)
+        deadline = self.store.deadline()
+        with self.store.budget(deadline):
+            recorded = await self.store.member_seq(uri, user["id"])
+        event = {"user_id": user["id"], "user": user, "message": text}
+        if client_id:
+            event["client_id"] = client_id
+        doc, created = await self.append_event(uri, event, recorded, deadline)
+        if created:
+            self.metrics.posted.inc()
+        return public_event(doc)
+
+    async def append_event(self, uri: str, event: dict[str, Any], seen: int | None = None,
+                           deadline: float | None = None) -> tuple[dict[str, Any], bool]:
+        """Append a room event (any type; the caller has authorised it) to the
+        room's log: stored at the next seq, published, delivered to this
+        process's sockets, recorded on the room. The one way events enter a room.
+
+        `event` holds the fields of its type (a `type` other than "message",
+        `user_id`, `client_id` when the client gave one, ...); room, seq and
+        created are added here. Returns (stored document, True when new); a
+        repeated client_id returns the document stored under it and False.
+        `seen` is a seq the caller knows is stored (saves a read when current).
+        Raises Unavailable when MongoDB does not store it by `deadline` (loop
+        time; the store's timeout from now by default).
+        """
         room = self.rooms.get(uri)
-        seq_hint = room.last_seq if room is not None and room.started.done() else None
-        doc, created = await self.store.post_message(uri, user, text, client_id, seq_hint)
-        message = public_message(doc)
+        if room is not None and room.started.done():
+            seen = max(seen or 0, room.last_seq)
+        doc, created = await self.sequencer.append(uri, event, seen, deadline)
         # After the insert: a lost publish is repaired from MongoDB, never a lost
-        # message. A repeated client_id is published again as well, since its first
+        # event. A repeated client_id is published again as well, since its first
         # poster may have died in between; receivers drop the repeat by seq.
-        payload = message_payload(message)
+        public = public_event(doc)
+        payload = encode(public)
         self.broker.publish(uri, payload)
         self.metrics.published.inc()
         # This process's own sockets need not wait for the broker's round trip:
@@ -200,12 +212,21 @@ class Hub:
         # repeat and dropped. Out of order, the broker's copy takes the usual way.
         room = self.rooms.get(uri)
         if (room is not None and room.started.done() and not room.busy
-                and message["seq"] == room.last_seq + 1):
-            self.deliver(room, message["seq"], payload, message["created"])
+                and doc["seq"] == room.last_seq + 1):
+            self.deliver(room, doc["seq"], payload, public["created"], public["type"])
         if created:
-            self.metrics.posted.inc()
-            await self.store.touch_room(doc)  # after the publish: delivery need not wait
-        return message
+            await self.record_on_room(doc, deadline)
+        return doc, created
+
+    async def record_on_room(self, doc: dict[str, Any], deadline: float | None) -> None:
+        """Note the room's seq and activity: best effort, since the event is
+        stored and published already and failing now would make clients store it again."""
+        try:
+            await self.store.touch_room(doc, deadline)
+        except Exception:
+            self.metrics.room_update_failures.inc()
+            log.warning("room %s: recording seq %d failed; the event is stored",
+                        doc["room"], doc["seq"], exc_info=True)
 
     # Joining and leaving -----------------------------------------------
 

@@ -18,6 +18,15 @@ class Metrics:
         self.active_rooms = Gauge("chat_active_rooms", "Rooms with local subscribers", registry=r)
         self.posted = Counter("chat_messages_posted", "Messages stored by this process",
                               registry=r)
+        self.event_inserts = Counter(
+            "chat_event_inserts", "Room events whose insert MongoDB attempted (stored or refused)",
+            registry=r)
+        self.seq_renumbered = Counter(
+            "chat_seq_renumbered", "Batches that lost a seq to another process and were renumbered",
+            registry=r)
+        self.room_update_failures = Counter(
+            "chat_room_update_failures",
+            "Stored events whose room seq/activity update failed (best effort)", registry=r)
         self.published = Counter("chat_messages_published", "Messages handed to the broker",
                                  registry=r)
         self.delivered = Counter("chat_messages_delivered",

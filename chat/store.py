@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import datetime
 import functools
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pymongo
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
 from pymongo.errors import (
@@ -24,6 +26,7 @@ from pymongo.errors import (
     ExecutionTimeout,
     NetworkTimeout,
     OperationFailure,
+    PyMongoError,
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
@@ -35,8 +38,6 @@ UNREACHABLE = (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeou
 LOGIN_FAILURE_TTL = 24 * 3600
 KNOWN_MEMBERS = 100_000
 KNOWN_ROOMS = 100_000
-# How many times a post retries after losing the race for a seq to another post.
-SEQ_ATTEMPTS = 100
 # The most writes one group commit sends in one command.
 GROUP_COMMIT_MAX = 500
 
@@ -57,6 +58,18 @@ class NotMember(Exception):
     pass
 
 
+class SeqTaken(Exception):
+    """Another writer stored an event at this seq first."""
+
+
+class ClientIdTaken(Exception):
+    """The user already stored an event with this client_id in the room."""
+
+
+class NotAttempted(Exception):
+    """An ordered insert stopped at an earlier event; this one was not tried."""
+
+
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -66,8 +79,12 @@ def guarded(method):
     async def call(*args, **kwargs):
         try:
             return await method(*args, **kwargs)
-        except UNREACHABLE as exc:
-            raise Unavailable(str(exc)) from exc
+        except PyMongoError as exc:
+            # `timeout` covers every way the client-side operation timeout
+            # (timeoutMS, pymongo.timeout) ends an operation.
+            if isinstance(exc, UNREACHABLE) or exc.timeout:
+                raise Unavailable(str(exc)) from exc
+            raise
     return call
 
 
@@ -104,6 +121,28 @@ def public_message(doc: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def public_other_event(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored event other than a message, as sent: its fields, `id` and `uri` named as in messages."""
+    event = {key: iso(value) if isinstance(value, datetime.datetime) else value
+             for key, value in doc.items() if key not in ("_id", "room", "type")}
+    event["id"] = str(doc["_id"])
+    event["uri"] = doc["room"]
+    return event
+
+
+# How a type of stored room event is shown to clients, where it differs from
+# public_other_event; a document without `type` is a message.
+EVENT_RENDERERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "message": public_message,
+}
+
+
+def public_event(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored room event as clients see it, with its `type` first."""
+    kind = doc.get("type", "message")
+    return {"type": kind, **EVENT_RENDERERS.get(kind, public_other_event)(doc)}
+
+
 def new_room_uri() -> str:
     return secrets.token_hex(8)[:15]
 
@@ -116,35 +155,53 @@ class GroupCommit:
     once for all of them. `send` gets the items and returns one result per
     item, an exception instance for an item that failed on its own; an
     exception it raises fails the whole batch.
+
+    Each write has a deadline (event loop time) that counts its time in the
+    queue: a write whose deadline passed while it waited is failed unsent, and
+    a command gets only as much time as its most pressed write has left.
     """
 
-    def __init__(self, send: Callable[[list], Awaitable[list]]):
+    def __init__(self, send: Callable[[list], Awaitable[list]], timeout: float):
         self.send = send
-        self.queue: list[tuple[Any, asyncio.Future]] = []
+        self.timeout = timeout
+        self.queue: list[tuple[Any, float, asyncio.Future]] = []
         self.flushing: asyncio.Task | None = None
 
-    async def submit(self, item: Any) -> Any:
-        future = asyncio.get_running_loop().create_future()
-        self.queue.append((item, future))
+    async def submit(self, item: Any, deadline: float | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.queue.append((item, loop.time() + self.timeout if deadline is None else deadline,
+                           future))
         if self.flushing is None:
-            self.flushing = asyncio.create_task(self.flush())
+            # A context of its own: the flush serves later submitters too and
+            # must not inherit this one's pymongo.timeout.
+            self.flushing = asyncio.create_task(self.flush(), context=contextvars.Context())
         return await future
 
     async def flush(self) -> None:
-        batch: list[tuple[Any, asyncio.Future]] = []
+        loop = asyncio.get_running_loop()
+        batch: list[tuple[Any, float, asyncio.Future]] = []
         try:
             while self.queue:
+                moment = loop.time()
+                for entry in self.queue:
+                    if entry[1] <= moment and not entry[2].done():
+                        entry[2].set_exception(Unavailable("no time left for the write"))
+                self.queue[:] = [entry for entry in self.queue if not entry[2].done()]
                 batch = self.queue[:GROUP_COMMIT_MAX]
                 del self.queue[:GROUP_COMMIT_MAX]
+                if not batch:
+                    continue
                 try:
-                    results = await self.send([item for item, _ in batch])
+                    with pymongo.timeout(min(deadline for _, deadline, _ in batch) - moment):
+                        results = await self.send([item for item, _, _ in batch])
                 except Exception as error:
                     # What waited meanwhile fails too, rather than wait out
                     # another timeout of a server that did not answer.
                     batch += self.queue
                     self.queue.clear()
                     results = [error] * len(batch)
-                for (_, future), result in zip(batch, results, strict=True):
+                for (_, _, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, BaseException):
@@ -153,8 +210,20 @@ class GroupCommit:
                         future.set_result(result)
         finally:
             self.flushing = None
-            for _, future in batch:  # cancelled mid-command: the loop is stopping
+            for _, _, future in batch:  # cancelled mid-command: the loop is stopping
                 future.cancel()
+
+
+def write_error(doc: dict, failure: dict) -> Exception:
+    """The exception for one failed insert of an insert command."""
+    if failure.get("code") != 11000:
+        return OperationFailure(failure.get("errmsg", ""), failure.get("code"), failure)
+    # Which unique index refused it: MongoDB names it in keyPattern and errmsg,
+    # some wire servers (nx-27017) only in errmsg.
+    names = f"{failure.get('keyPattern', '')} {failure.get('errmsg', '')}"
+    if doc.get("client_id") and "client_id" in names:
+        return ClientIdTaken(doc["client_id"])
+    return SeqTaken(doc["seq"])
 
 
 def remember(recent: collections.OrderedDict, key: Any, value: Any, limit: int) -> None:
@@ -167,12 +236,14 @@ def remember(recent: collections.OrderedDict, key: Any, value: Any, limit: int) 
 
 class Store:
     def __init__(self, url: str, database: str, timeout_ms: int = 2500):
+        self.timeout = timeout_ms / 1000
+        # timeoutMS bounds each operation as a whole (server selection, pool
+        # checkout, the round trip and its retry), so a server that hangs
+        # rather than refuses still gives Unavailable in time.
         self.client = AsyncMongoClient(
             url,
             tz_aware=True,
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
-            socketTimeoutMS=timeout_ms,
+            timeoutMS=timeout_ms,
             appname="chat-server",
         )
         db = self.client[database]
@@ -188,8 +259,16 @@ class Store:
         # known: the cheapest lookup on any server, and some wire servers
         # (nx-27017) scan the collection for an update by a secondary key.
         self.room_ids: collections.OrderedDict[str, ObjectId] = collections.OrderedDict()
-        self.message_inserts = GroupCommit(self.insert_messages)
-        self.room_touches = GroupCommit(self.touch_rooms)
+        self.event_inserts = GroupCommit(self.insert_batches, self.timeout)
+        self.room_touches = GroupCommit(self.touch_rooms, self.timeout)
+
+    def deadline(self) -> float:
+        """When an operation begun now must have ended (event loop time)."""
+        return asyncio.get_running_loop().time() + self.timeout
+
+    def budget(self, deadline: float) -> pymongo.timeout:
+        """Bound every MongoDB operation in the block by deadline, all together."""
+        return pymongo.timeout(max(0.001, deadline - asyncio.get_running_loop().time()))
 
     def remember_member(self, uri: str, user_id: str, room_id: ObjectId | None = None) -> None:
         remember(self.known_members, (uri, user_id), None, KNOWN_MEMBERS)
@@ -327,65 +406,82 @@ class Store:
         self.remember_member(uri, user_id, room["_id"])
         return room
 
-    # Messages ----------------------------------------------------------
+    # Room events -----------------------------------------------------
 
     @guarded
-    async def post_message(self, uri: str, user: dict, text: str, client_id: str | None = None,
-                           seq_hint: int | None = None) -> tuple[dict, bool]:
-        """Store a message at the room's next seq: (message, True when new).
-        The caller then publishes it and calls touch_room.
+    async def member_seq(self, uri: str, user_id: str) -> int | None:
+        """Raise NotFound or NotMember unless user_id may post in uri. Returns
+        the room's recorded seq when it had to be read, None for a known member."""
+        if (uri, user_id) in self.known_members:
+            return None
+        room = await self.member_room(uri, user_id, {"seq": 1})
+        return room.get("seq", 0)
 
-        The message is inserted at last seq + 1 and the unique (room, seq)
-        index decides races, so a seq exists only once every smaller one
-        does: gap-free even when a process dies mid-post, and a reader that
-        sees seq N in MongoDB also sees every seq below it. A repeated
-        client_id hits its unique index and returns the stored message.
+    @guarded
+    async def insert_events(self, docs: list[dict], deadline: float | None = None) -> list:
+        """Insert one room's consecutive events in order: a result per event,
+        None when stored, else SeqTaken, ClientIdTaken, NotAttempted (an earlier
+        one failed) or another exception. What is stored is always a prefix."""
+        return await self.event_inserts.submit(docs, deadline)
 
-        `seq_hint` (the last seq this process delivered in the room) lets a
-        known member post with no read before the insert.
+    async def insert_batches(self, batches: list[list[dict]]) -> list[list]:
+        """One ordered insert command for the batches of several rooms.
+
+        Ordered, so a room's events are stored as a prefix and never with a
+        hole. When one event fails the command stops there: the rest of its
+        room is reported NotAttempted (its sequencer renumbers them) and the
+        rest of the other rooms is sent again at once.
         """
-        if seq_hint is None or (uri, user["id"]) not in self.known_members:
-            room = await self.member_room(uri, user["id"], {"seq": 1})
-            seq_hint = max(room["seq"], seq_hint or 0)
-        seq = seq_hint + 1
-        for _ in range(SEQ_ATTEMPTS):
-            doc = {"room": uri, "seq": seq, "user_id": user["id"], "user": user,
-                   "message": text, "created": now()}
-            if client_id:
-                doc["client_id"] = client_id
+        results: list[list] = [[NotAttempted()] * len(batch) for batch in batches]
+        todo = [(b, i) for b, batch in enumerate(batches) for i in range(len(batch))]
+        first = True
+        while todo:
             try:
-                await self.message_inserts.submit(doc)
+                failure = await self.insert_ordered([batches[b][i] for b, i in todo])
+            except Exception as error:
+                if first:
+                    raise  # nothing is stored
+                for b, i in todo:  # what an earlier command stored stays reported stored
+                    results[b][i] = error
                 break
-            except DuplicateKeyError:
-                if client_id:
-                    stored = await self.messages.find_one(
-                        {"room": uri, "user_id": user["id"], "client_id": client_id})
-                    if stored is not None:
-                        return stored, False
-                seq = await self.last_seq(uri) + 1
-        else:
-            raise Unavailable(f"room {uri} is too busy: no free seq after {SEQ_ATTEMPTS} tries")
-        return doc, True
+            first = False
+            failed = len(todo) if failure is None else failure["index"]
+            for b, i in todo[:failed]:
+                results[b][i] = None
+            if failure is None:
+                break
+            b, i = todo[failed]
+            results[b][i] = write_error(batches[b][i], failure)
+            room = batches[b][0]["room"]
+            todo = [(b, i) for b, i in todo[failed + 1:] if batches[b][0]["room"] != room]
+        return results
 
-    async def insert_messages(self, docs: list[dict]) -> list[Exception | None]:
-        """One insert command for posts to any rooms; unordered, so a post that
-        loses its seq (or repeats its client_id) fails alone."""
+    async def insert_ordered(self, docs: list[dict]) -> dict | None:
+        """Insert docs in order, stopping at the first failure; returns its writeError."""
         try:
-            await self.messages.insert_many(docs, ordered=False)
+            await self.messages.insert_many(docs, ordered=True)
         except BulkWriteError as error:
-            results: list[Exception | None] = [None] * len(docs)
-            for failure in error.details.get("writeErrors", []):
-                kind = DuplicateKeyError if failure.get("code") == 11000 else OperationFailure
-                results[failure["index"]] = kind(failure.get("errmsg", ""), failure.get("code"),
-                                                 failure)
-            return results
-        return [None] * len(docs)
+            if error.details.get("writeConcernErrors"):
+                # Not acknowledged as configured: it may vanish in a failover,
+                # and its seq be given again. Not stored, as far as anyone knows.
+                raise Unavailable(f"write concern not satisfied: "
+                                  f"{error.details['writeConcernErrors']}") from error
+            failures = error.details.get("writeErrors")
+            if not failures:
+                raise
+            return failures[0]
+        return None
 
     @guarded
-    async def touch_room(self, message: dict) -> None:
-        """Record a new message on its room: the latest seq, and activity for sorting."""
+    async def event_by_client_id(self, uri: str, user_id: str, client_id: str) -> dict | None:
+        return await self.messages.find_one({"room": uri, "user_id": user_id,
+                                             "client_id": client_id})
+
+    @guarded
+    async def touch_room(self, event: dict, deadline: float | None = None) -> None:
+        """Record a new event on its room: the latest seq, and activity for sorting."""
         await self.room_touches.submit(
-            (message["room"], message["seq"], message["created"].timestamp()))
+            (event["room"], event["seq"], event["created"].timestamp()), deadline)
 
     async def touch_rooms(self, touches: list[tuple[str, int, float]]) -> list[None]:
         """One update per room for the touches of a batch: the room's highest seq

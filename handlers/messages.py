@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat.store import public_message
+from chat.store import public_event
 from handlers.base import ApiHandler, field_error
 
 DEFAULT_PAGE = 50
@@ -38,5 +38,5 @@ class MessagesHandler(ApiHandler):
             docs = await store.messages_before(uri, before, limit + 1)
             has_more = len(docs) > limit
             docs = docs[-limit:] if has_more else docs
-        self.reply({"uri": uri, "messages": [public_message(d) for d in docs],
+        self.reply({"uri": uri, "messages": [public_event(d) for d in docs],
                     "has_more": has_more})

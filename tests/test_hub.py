@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 
@@ -11,15 +12,20 @@ import pytest
 from chat.broker import MemoryBroker
 from chat.hub import Hub, stored_event
 from chat.metrics import Metrics
-from chat.store import NotMember
+from chat.store import NotAttempted, NotMember, SeqTaken, Unavailable
 
 
 class FakeStore:
-    """The store's message methods over a list; `delay` slows reads down."""
+    """The store's room-event methods over a list; `delay` slows reads down.
+    Inserts are ordered and refuse a taken seq like MongoDB's unique index;
+    `insert_gate` (an Event) holds them until set, `insert_error` fails them."""
 
     def __init__(self):
         self.messages: list[dict] = []
         self.delay = 0.0
+        self.insert_gate: asyncio.Event | None = None
+        self.insert_error: Exception | None = None
+        self.touch_error: Exception | None = None
 
     def add(self, uri: str, text: str) -> dict:
         doc = {"_id": f"id{len(self.messages)}", "room": uri, "seq": self.next_seq(uri),
@@ -46,13 +52,40 @@ class FakeStore:
         await asyncio.sleep(self.delay)  # the answer is as of when the read began
         return sorted(found, key=lambda m: m["seq"])[:limit]
 
-    async def post_message(self, uri, user, text, client_id=None, seq_hint=None):
-        if user["id"] == "stranger":
-            raise NotMember(uri)
-        return self.add(uri, text), True
+    def deadline(self) -> float:
+        return asyncio.get_running_loop().time() + 5
 
-    async def touch_room(self, message):
-        pass
+    def budget(self, deadline: float):
+        return contextlib.nullcontext()
+
+    async def member_seq(self, uri: str, user_id: str) -> int | None:
+        if user_id == "stranger":
+            raise NotMember(uri)
+        return None
+
+    async def insert_events(self, docs: list[dict], deadline: float | None = None) -> list:
+        if self.insert_gate is not None:
+            await self.insert_gate.wait()
+        if self.insert_error is not None:
+            raise self.insert_error
+        results: list = []
+        for doc in docs:
+            if results and results[-1] is not None:
+                results.append(NotAttempted())
+            elif doc["seq"] != self.next_seq(doc["room"]):
+                results.append(SeqTaken(doc["seq"]))
+            else:
+                self.messages.append({**doc, "_id": f"id{len(self.messages)}"})
+                doc["_id"] = self.messages[-1]["_id"]
+                results.append(None)
+        return results
+
+    async def event_by_client_id(self, uri: str, user_id: str, client_id: str) -> dict | None:
+        return None
+
+    async def touch_room(self, event: dict, deadline: float | None = None) -> None:
+        if self.touch_error is not None:
+            raise self.touch_error
 
 
 class FakeSocket:
@@ -573,3 +606,51 @@ def test_repair_backs_off_and_drops_a_delivery_mongodb_never_has():
     assert sock.seqs == [1, 2]
     assert [f["message"] for f in sock.frames] == ["1", "real 2"]
     assert hub.metrics.repair_dropped._value.get() == 1
+
+
+def test_a_post_is_answered_and_published_only_once_stored():
+    store, broker = FakeStore(), HeldBroker()
+    hub = Hub(store, broker, Metrics())
+    user = {"id": "u1", "username": "alice"}
+
+    async def scenario():
+        store.insert_gate = asyncio.Event()
+        post = asyncio.create_task(hub.post(user, "room", "hello"))
+        await settle()
+        waiting = (post.done(), list(broker.held), list(store.messages))
+        store.insert_gate.set()
+        return waiting, await post
+
+    (done, published, stored), message = asyncio.run(scenario())
+    assert (done, published, stored) == (False, [], [])
+    assert message["seq"] == 1 and message["type"] == "message"
+    assert [doc["message"] for doc in store.messages] == ["hello"]
+
+
+def test_a_post_that_is_not_stored_fails_and_publishes_nothing():
+    store, broker = FakeStore(), HeldBroker()
+    hub = Hub(store, broker, Metrics())
+    store.insert_error = Unavailable("down")
+
+    async def scenario():
+        with pytest.raises(Unavailable):
+            await hub.post({"id": "u1", "username": "alice"}, "room", "hello")
+
+    asyncio.run(scenario())
+    assert broker.held == []
+
+
+def test_a_failed_room_update_after_a_stored_post_does_not_fail_it():
+    """The post is stored and published: failing it now would make a client
+    without client_id store it twice."""
+    store, broker = FakeStore(), HeldBroker()
+    metrics = Metrics()
+    hub = Hub(store, broker, metrics)
+    store.touch_error = Unavailable("MongoDB went away after the insert")
+
+    async def scenario():
+        return await hub.post({"id": "u1", "username": "alice"}, "room", "hello")
+
+    message = asyncio.run(scenario())
+    assert message["seq"] == 1 and len(broker.held) == 1
+    assert metrics.registry.get_sample_value("chat_room_update_failures_total") == 1

@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 
+from chat.metrics import Metrics
+from chat.sequencer import Sequencer
 from chat.store import GroupCommit, Store, Unavailable
 
 
@@ -37,7 +39,7 @@ async def started(*coroutines) -> list[asyncio.Task]:
 def test_writes_arriving_while_one_is_in_flight_go_out_together():
     async def scenario():
         command = FakeCommand()
-        commit = GroupCommit(command)
+        commit = GroupCommit(command, 5.0)
         first = await started(commit.submit(1))
         rest = await started(*(commit.submit(i) for i in range(2, 6)))
         command.release.set()
@@ -51,7 +53,7 @@ def test_writes_arriving_while_one_is_in_flight_go_out_together():
 def test_an_item_that_fails_fails_alone():
     async def scenario():
         command = FakeCommand(fail_item=2)
-        commit = GroupCommit(command)
+        commit = GroupCommit(command, 5.0)
         command.release.set()
         return await asyncio.gather(*(commit.submit(i) for i in (1, 2, 3)),
                                     return_exceptions=True)
@@ -64,7 +66,7 @@ def test_an_item_that_fails_fails_alone():
 def test_a_failed_command_fails_what_waited_behind_it_at_once():
     async def scenario():
         command = FakeCommand(fail_batch=ConnectionError("down"))
-        commit = GroupCommit(command)
+        commit = GroupCommit(command, 5.0)
         tasks = await started(commit.submit(1))
         tasks += await started(commit.submit(2), commit.submit(3))
         command.release.set()
@@ -80,7 +82,7 @@ def test_a_failed_command_fails_what_waited_behind_it_at_once():
 def test_it_works_again_after_a_failed_command():
     async def scenario():
         command = FakeCommand(fail_batch=ConnectionError("down"))
-        commit = GroupCommit(command)
+        commit = GroupCommit(command, 5.0)
         command.release.set()
         with pytest.raises(ConnectionError):
             await commit.submit(1)
@@ -93,7 +95,7 @@ def test_it_works_again_after_a_failed_command():
 def test_cancelling_the_flush_mid_command_cancels_its_waiters():
     async def scenario():
         command = FakeCommand()
-        commit = GroupCommit(command)
+        commit = GroupCommit(command, 5.0)
         tasks = await started(commit.submit(1), commit.submit(2))
         await asyncio.sleep(0)  # the flush has sent [1, 2] and waits for the answer
         commit.flushing.cancel()
@@ -119,19 +121,29 @@ def run_store(url: str, scenario):
     return asyncio.run(main())
 
 
+def post(sequencer: Sequencer, uri: str, text: str, client_id: str | None = None,
+         seen: int | None = None, user: dict = USER):
+    """What Hub.post asks of the sequencer: (stored document, created)."""
+    event = {"user_id": user["id"], "user": user, "message": text}
+    if client_id:
+        event["client_id"] = client_id
+    return sequencer.append(uri, event, seen)
+
+
 def test_concurrent_posts_to_many_rooms_are_stored_gap_free(fresh_db):
-    """Posts to 20 rooms at once, 10 each, all racing for the same seqs:
-    every room ends with seqs 1..10, each text once, and its room's seq at 10."""
+    """Posts to 20 rooms at once, 10 each: every room ends with seqs 1..10,
+    each text once, and its room's seq at 10."""
 
     async def scenario(store):
+        sequencer = Sequencer(store, Metrics())
         uris = [(await store.create_room(USER["id"]))["uri"] for _ in range(20)]
 
-        async def post(uri, i):
-            message, created = await store.post_message(uri, USER, f"{uri}-{i}", seq_hint=0)
+        async def post_and_touch(uri, i):
+            message, created = await post(sequencer, uri, f"{uri}-{i}")
             await store.touch_room(message)
             return created
 
-        created = await asyncio.gather(*(post(uri, i) for uri in uris for i in range(10)))
+        created = await asyncio.gather(*(post_and_touch(uri, i) for uri in uris for i in range(10)))
         stored = {uri: await store.messages_after(uri, 0, 100) for uri in uris}
         rooms = {uri: await store.room(uri) for uri in uris}
         return created, stored, rooms
@@ -146,16 +158,18 @@ def test_concurrent_posts_to_many_rooms_are_stored_gap_free(fresh_db):
 
 def test_a_client_id_repeated_within_one_batch_is_stored_once(fresh_db):
     async def scenario(store):
+        sequencer = Sequencer(store, Metrics())
         uri = (await store.create_room(USER["id"]))["uri"]
         first, again, other = await asyncio.gather(
-            store.post_message(uri, USER, "hello", client_id="c1", seq_hint=0),
-            store.post_message(uri, USER, "hello", client_id="c1", seq_hint=0),
-            store.post_message(uri, USER, "other", client_id="c2", seq_hint=0))
-        return first, again, other, await store.messages_after(uri, 0, 100)
+            post(sequencer, uri, "hello", client_id="c1"),
+            post(sequencer, uri, "hello", client_id="c1"),
+            post(sequencer, uri, "other", client_id="c2"))
+        later = await post(sequencer, uri, "hello", client_id="c1")
+        return first, again, other, later, await store.messages_after(uri, 0, 100)
 
-    first, again, other, docs = run_store(fresh_db, scenario)
+    first, again, other, later, docs = run_store(fresh_db, scenario)
     assert sorted([first[1], again[1]]) == [False, True]
-    assert first[0]["seq"] == again[0]["seq"]
+    assert first[0]["seq"] == again[0]["seq"] == later[0]["seq"] and later[1] is False
     assert other[1] is True
     assert sorted(d["client_id"] for d in docs) == ["c1", "c2"]
     assert [d["seq"] for d in docs] == [1, 2]
@@ -166,11 +180,10 @@ def test_posts_fail_as_unavailable_when_mongodb_does_not_answer():
 
     async def scenario():
         store = Store("mongodb://127.0.0.1:9/chat", "chat", timeout_ms=300)
-        store.remember_member("r", USER["id"])
+        sequencer = Sequencer(store, Metrics())
         try:
-            return await asyncio.gather(
-                *(store.post_message("r", USER, f"m{i}", seq_hint=0) for i in range(3)),
-                return_exceptions=True)
+            return await asyncio.gather(*(post(sequencer, "r", f"m{i}", seen=1) for i in range(3)),
+                                        return_exceptions=True)
         finally:
             await store.close()
 
@@ -180,18 +193,17 @@ def test_posts_fail_as_unavailable_when_mongodb_does_not_answer():
 def test_a_room_this_process_never_read_is_touched_by_its_uri(fresh_db):
     """Rooms are updated by _id when the process knows it, else by uri: both land."""
 
-
     async def scenario(store):
         uri = (await store.create_room(USER["id"]))["uri"]
         other = Store(fresh_db, fresh_db.rsplit("/", 1)[1])  # another process: no ids known
         try:
-            message, _ = await other.post_message(uri, USER, "hi")
+            message, _ = await post(Sequencer(other, Metrics()), uri, "hi")
             other.room_ids.clear()
             await other.touch_room(message)
         finally:
             await other.close()
         by_uri = (await store.room(uri))["seq"]
-        message, _ = await store.post_message(uri, USER, "again", seq_hint=1)
+        message, _ = await post(Sequencer(store, Metrics()), uri, "again", seen=1)
         await store.touch_room(message)
         return by_uri, (await store.room(uri))["seq"], uri in store.room_ids
 
