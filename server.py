@@ -23,6 +23,7 @@ from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import RateLimiter
 from chat.metrics import Metrics
 from chat.passwords import Passwords
+from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.tokens import Tokens
 from handlers import auth, chats, messages, ops, pages, socket
@@ -106,8 +107,14 @@ class ChatServer:
                                      config.broker_reconnect_min, config.broker_reconnect_max)
         self.metrics = Metrics()
         self.passwords = Passwords(config.bcrypt_rounds, config.bcrypt_threads)
+        self.signals = Signals(self.store, self.broker.publish_control,
+                               presence=config.presence_enabled,
+                               presence_grace=config.presence_grace_seconds,
+                               presence_ttl=config.presence_ttl_seconds,
+                               typing_ttl=config.typing_ttl_seconds,
+                               read_flush=config.read_flush_seconds)
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
-                       config.user_messages_per_minute)
+                       config.user_messages_per_minute, signals=self.signals)
         self.services = Services(config, self.store, Tokens(self.store, config.secret,
                                                             config.token_ttl_days),
                                  self.passwords, self.hub, self.metrics, Limits(config))
@@ -119,6 +126,7 @@ class ChatServer:
         except Unavailable:
             log.warning("MongoDB is not reachable; indexes will be created on the next start")
         await self.broker.start()
+        self.signals.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(make_app(self.services),
@@ -141,6 +149,7 @@ class ChatServer:
         except TimeoutError:
             log.warning("some sockets did not close in time")
         await self.hub.stop()
+        await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()
         if self.http is not None:
             await asyncio.wait_for(self.http.close_all_connections(), SHUTDOWN_GRACE)

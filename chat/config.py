@@ -44,6 +44,11 @@ class Config:
     ws_send_buffer_bytes: int = 1048576
     user_messages_per_minute: int = 100
     max_sockets_per_user: int = 10
+    presence_enabled: bool = True
+    presence_grace_seconds: float = 10.0
+    presence_ttl_seconds: float = 20.0
+    typing_ttl_seconds: float = 6.0
+    read_flush_seconds: float = 1.0
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_token: str = ""
@@ -70,9 +75,12 @@ class Config:
         if self.broker_in_memory and len(self.broker_url) > 1:
             raise ConfigError("broker_url: memory:// keeps messages in one process; "
                               "it cannot be combined with other URLs")
-        for name in ("port", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes"):
+        for name in ("port", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes",
+                     "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.presence_grace_seconds < 0:
+            raise ConfigError("presence.grace_seconds must be 0 or more")
         return self
 
     @property

@@ -29,6 +29,7 @@ from chat.broker import AmqpBroker, MemoryBroker
 from chat.limits import RateLimiter
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
+from chat.signals import NOTICE_PREFIX, Signals
 from chat.store import Store, now, public_event
 
 log = logging.getLogger("chat.hub")
@@ -133,10 +134,14 @@ class Room:
 
 class Hub:
     def __init__(self, store: Store, broker: AmqpBroker | MemoryBroker, metrics: Metrics,
-                 max_message_chars: int = 2000, user_messages_per_minute: int = 100):
+                 max_message_chars: int = 2000, user_messages_per_minute: int = 100,
+                 signals: Signals | None = None):
         self.store = store
         self.broker = broker
         self.metrics = metrics
+        # server.py passes the configured signals; without, presence stays quiet.
+        self.signals = signals or Signals(store, broker.publish_control, presence=False)
+        self.signals.send = self.signal
         self.max_message_chars = max_message_chars
         self.user_limit = RateLimiter(user_messages_per_minute, 60.0)
         self.sequencer = Sequencer(store, metrics)
@@ -180,6 +185,7 @@ class Hub:
         doc, created = await self.append_event(uri, event, recorded, deadline)
         if created:
             self.metrics.posted.inc()
+        self.signals.stop_typing(uri, user)
         return public_event(doc)
 
     async def append_event(self, uri: str, event: dict[str, Any], seen: int | None = None,
@@ -230,12 +236,27 @@ class Hub:
 
     # Joining and leaving -----------------------------------------------
 
+    def mark_read(self, user: dict, uri: str, seq: int, last_seq: int) -> None:
+        """user has read uri up to seq; `last_seq` is the room's, as the caller knows it."""
+        room = self.rooms.get(uri)
+        if room is not None and room.started.done():
+            last_seq = max(last_seq, room.last_seq)
+        if seq > last_seq:
+            raise InvalidMessage(f"seq: the room's last event is {last_seq}.")
+        self.signals.read(uri, user, seq)
+
+    def last_seq_here(self, uri: str) -> int | None:
+        """The last seq this process delivered in uri, when it has the room."""
+        room = self.rooms.get(uri)
+        return room.last_seq if room is not None and room.started.done() else None
+
     def count_user_sockets(self, user_id: str) -> int:
         return len(self.sockets_by_user.get(user_id, ()))
 
     async def join(self, sock: Socket, uri: str, since: int | None) -> int:
         """Subscribe sock to uri, send what it missed after `since`; returns its seq."""
         self.sockets_by_user.setdefault(sock.user["id"], set()).add(sock)
+        self.signals.joined(uri, sock.user)
         self.no_sockets.clear()
         self.metrics.open_sockets.inc()
         room = self.rooms.get(uri)
@@ -283,7 +304,8 @@ class Hub:
 
     def leave(self, sock: Socket, uri: str) -> None:
         user_sockets = self.sockets_by_user.get(sock.user["id"])
-        if user_sockets is not None and sock in user_sockets:
+        joined = user_sockets is not None and sock in user_sockets
+        if joined:
             user_sockets.discard(sock)
             self.metrics.open_sockets.dec()
             if not user_sockets:
@@ -291,15 +313,16 @@ class Hub:
                 if not self.sockets_by_user:
                     self.no_sockets.set()
         room = self.rooms.get(uri)
-        if room is None:
-            return
-        room.plain.pop(sock, None)
-        room.full.pop(sock, None)
-        room.catching.pop(sock, None)
-        if not room:
-            del self.rooms[uri]
-            self.metrics.active_rooms.set(len(self.rooms))
-            self.spawn(self.broker.unsubscribe(uri))
+        if room is not None:
+            room.plain.pop(sock, None)
+            room.full.pop(sock, None)
+            room.catching.pop(sock, None)
+            if not room:
+                del self.rooms[uri]
+                self.metrics.active_rooms.set(len(self.rooms))
+                self.spawn(self.broker.unsubscribe(uri))
+        if joined:
+            self.signals.left(uri, sock.user, uri not in self.rooms)
 
     async def start_room(self, room: Room) -> None:
         """Bind first, then read where the room is: nothing falls between the two.
@@ -381,12 +404,13 @@ class Hub:
                 log.warning("room %s: seq %d has a malformed created time", room.uri, seq)
 
     def signal(self, uri: str, payload: bytes, *, exclude_user: str | None = None,
-               only_user: str | None = None) -> int:
+               only_user: str | None = None, spare_slow: bool = True) -> int:
         """Send an ephemeral signal (no seq, never stored or replayed) to the room's
         full-stream sockets, optionally all but one user's or only one user's.
 
-        A socket with frames still waiting to be written is spared: signals are
-        the first thing a slow socket goes without. Returns the sockets sent to.
+        A socket with frames still waiting to be written is spared (unless
+        `spare_slow` is false): signals are the first thing a slow socket goes
+        without. Returns the sockets sent to.
         """
         room = self.rooms.get(uri)
         if room is None:
@@ -399,7 +423,7 @@ class Hub:
             user_id = sock.user["id"]
             if user_id == exclude_user or (only_user is not None and user_id != only_user):
                 continue
-            if not sock.backlogged() and sock.send_frame(frame):
+            if not (spare_slow and sock.backlogged()) and sock.send_frame(frame):
                 sent += 1
         return sent
 
@@ -493,7 +517,11 @@ class Hub:
             notice = json.loads(body)
         except ValueError:
             return
-        if notice.get("type") == "logout":
+        if not isinstance(notice, dict):
+            return
+        if str(notice.get("type")).startswith(NOTICE_PREFIX):
+            self.signals.on_notice(notice)
+        elif notice.get("type") == "logout":
             for sock in list(self.sockets_by_user.get(notice.get("user_id"), ())):
                 if sock.token_id == notice.get("token_id"):
                     sock.close_with(CLOSE_POLICY, "logged out")

@@ -40,6 +40,14 @@ KNOWN_MEMBERS = 100_000
 KNOWN_ROOMS = 100_000
 # The most writes one group commit sends in one command.
 GROUP_COMMIT_MAX = 500
+# Unread counts stop here (the page shows "999+"), and look at most this many
+# events after a read position.
+UNREAD_CAP = 999
+UNREAD_SCAN = 10 * UNREAD_CAP
+# How many of a room's last events the chat list looks through for its latest message.
+LATEST_SCAN = 50
+# A message that is shown: not another kind of room event, not deleted.
+VISIBLE_MESSAGE = {"type": {"$in": [None, "message"]}, "deleted": {"$ne": True}}
 
 
 class Unavailable(Exception):
@@ -518,3 +526,62 @@ class Store:
         docs.reverse()
         return docs
 
+
+    # Read positions and the chat list ---------------------------------
+
+    @guarded
+    async def read_positions(self, uri: str) -> dict[str, int]:
+        """{user id: last_read_seq} of the room's members who have read anything."""
+        room = await self.rooms.find_one({"uri": uri}, {"last_read": 1})
+        return dict(room.get("last_read") or {}) if room else {}
+
+    @guarded
+    async def save_read_positions(self, positions: dict[str, dict[str, int]]) -> None:
+        """Raise (never lower) read positions, {uri: {user id: seq}}: one command, one
+        update per room however many of its members read."""
+        await self.rooms.bulk_write(
+            [UpdateOne({"_id": self.room_ids[uri]} if uri in self.room_ids else {"uri": uri},
+                       {"$max": {f"last_read.{user_id}": seq for user_id, seq in users.items()}})
+             for uri, users in positions.items()], ordered=False)
+
+    @guarded
+    async def unread_counts(self, user_id: str, reads: dict[str, int]) -> dict[str, int]:
+        """{uri: messages by others after the read position, not deleted}, capped at
+        UNREAD_CAP, for many rooms in one command.
+
+        Only the UNREAD_SCAN events after a read position are looked at, so a
+        reader who is far behind costs a bounded scan; past the cap the count
+        is all anyone is shown anyway.
+        """
+        if not reads:
+            return {}
+        branches = [{"room": uri, "seq": {"$gt": read, "$lte": read + UNREAD_SCAN}}
+                    for uri, read in reads.items()]
+        cursor = await self.messages.aggregate([
+            {"$match": {"$or": branches, "user_id": {"$ne": user_id}, **VISIBLE_MESSAGE}},
+            {"$group": {"_id": "$room", "unread": {"$sum": 1}}},
+        ])
+        return {doc["_id"]: min(doc["unread"], UNREAD_CAP) async for doc in cursor}
+
+    @guarded
+    async def latest_messages(self, last_seqs: dict[str, int]) -> dict[str, dict]:
+        """{uri: the room's latest message that is not deleted}, given each room's
+        last seq: one command for the last LATEST_SCAN events of every room, then
+        one per room whose window holds no message (a run of other events)."""
+        if not last_seqs:
+            return {}
+        branches = [{"room": uri, "seq": {"$gt": last - LATEST_SCAN}}
+                    for uri, last in last_seqs.items()]
+        cursor = await self.messages.aggregate([
+            {"$match": {"$or": branches, **VISIBLE_MESSAGE}},
+            {"$sort": {"seq": DESCENDING}},
+            {"$group": {"_id": "$room", "latest": {"$first": "$$ROOT"}}},
+        ])
+        latest = {doc["_id"]: doc["latest"] async for doc in cursor}
+        for uri, last in last_seqs.items():
+            if uri not in latest and last > LATEST_SCAN:
+                found = await self.messages.find_one({"room": uri, **VISIBLE_MESSAGE},
+                                                     sort=[("seq", DESCENDING)])
+                if found is not None:
+                    latest[uri] = found
+        return latest

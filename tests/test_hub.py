@@ -55,6 +55,9 @@ class FakeStore:
     def deadline(self) -> float:
         return asyncio.get_running_loop().time() + 5
 
+    async def read_positions(self, uri: str) -> dict[str, int]:
+        return {}
+
     def budget(self, deadline: float):
         return contextlib.nullcontext()
 

@@ -1,0 +1,468 @@
+"""Ephemeral room signals across processes: presence, typing, read positions.
+
+None of these has a seq or is ever replayed (DESIGN.md, "Realtime path" 4).
+Each process tells the others what it knows through typed notices on the
+control exchange, and every notice a process keeps carries an expiry, so a
+lost "stop" or a process that died without a word corrects itself:
+
+- Presence: a process announces the members with a local socket in a room
+  whenever that set changes, and all of its rooms in one snapshot every
+  third of `presence_ttl`. Another process's entries expire `presence_ttl`
+  after its last snapshot, so a SIGKILLed process's members leave everyone's
+  view within ttl + ttl / 3. A member whose last local socket closes stays
+  listed for `presence_grace` (a reconnect within it announces nothing).
+- Typing: a room's set of typers, each entry expiring `typing_ttl` after its
+  last typing frame; frames are throttled per user and room.
+- Read positions are the exception: stored per (room, user), only raised,
+  and written to MongoDB at most once per `read_flush` for all of them.
+
+Sockets get frames through `send(uri, payload)`, which the hub sets: it
+writes to the room's full-stream sockets only and spares slow ones first.
+Nothing here costs a MongoDB write per typing frame or presence change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chat.store import Store, Unavailable
+
+log = logging.getLogger("chat.signals")
+
+# A user's typing frames closer together than this (per room) are dropped.
+TYPING_THROTTLE = 1.0
+NOTICE_PREFIX = "signal."
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def ignore(*_args, **_kwargs) -> None:
+    pass
+
+
+class LocalMember:
+    """A member with sockets to a room on this process (or within the grace)."""
+
+    __slots__ = ("leaving", "sockets", "username")
+
+    def __init__(self, username: str):
+        self.username = username
+        self.sockets = 0
+        self.leaving: asyncio.TimerHandle | None = None
+
+
+class Peer:
+    """What another process last said about its rooms, and until when it holds."""
+
+    __slots__ = ("expires", "rooms")
+
+    def __init__(self, expires: float):
+        self.expires = expires
+        self.rooms: dict[str, dict[str, str]] = {}  # uri -> {user id: username}
+
+
+class Typist:
+    __slots__ = ("accepted", "expires", "username")
+
+    def __init__(self, username: str):
+        self.username = username
+        self.expires = 0.0
+        self.accepted = 0.0  # when this process last took a frame of theirs
+
+
+class Signals:
+    def __init__(self, store: Store, publish: Callable[[bytes], None], *,
+                 presence: bool = True, presence_grace: float = 10.0,
+                 presence_ttl: float = 20.0, typing_ttl: float = 6.0,
+                 read_flush: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.publish = publish
+        # Set by the hub: (uri, payload, spare_slow=) to the room's full-stream sockets.
+        self.send: Callable[..., Any] = ignore
+        self.presence_enabled = presence
+        self.presence_grace = presence_grace
+        self.presence_ttl = presence_ttl
+        self.typing_ttl = typing_ttl
+        self.read_flush = read_flush
+        self.clock = clock
+        self.process = secrets.token_hex(8)
+        # Rooms with sockets here: the presence each was last shown, to send diffs.
+        self.shown: dict[str, dict[str, str]] = {}
+        self.local: dict[str, dict[str, LocalMember]] = {}
+        self.peers: dict[str, Peer] = {}
+        self.typing: dict[str, dict[str, Typist]] = {}
+        self.typing_timers: dict[str, asyncio.TimerHandle] = {}
+        # Read positions: the highest known per room with sockets here, and
+        # what waits for the next write.
+        self.reads: dict[str, dict[str, int]] = {}
+        self.unsaved: dict[str, dict[str, int]] = {}
+        self.flushing: asyncio.Task | None = None
+        self.snapshot_soon: asyncio.TimerHandle | None = None
+        self.ticker: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+    # Lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self.presence_enabled:
+            # Everyone answers with a snapshot, so this process's view is whole at once.
+            self.notify({"type": "signal.hello"})
+            self.ticker = asyncio.ensure_future(self.tick())
+
+    async def stop(self) -> None:
+        """Say goodbye (the others keep our members for a grace) and save reads."""
+        if self.ticker is not None:
+            self.ticker.cancel()
+        if self.presence_enabled:
+            self.notify({"type": "signal.bye", "grace": self.presence_grace})
+        for members in self.local.values():
+            for member in members.values():
+                if member.leaving is not None:
+                    member.leaving.cancel()
+        for timer in (*self.typing_timers.values(), self.snapshot_soon):
+            if timer is not None:
+                timer.cancel()
+        if self.flushing is not None:
+            await asyncio.gather(self.flushing, return_exceptions=True)
+        if self.unsaved:
+            await self.save_reads()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def tick(self) -> None:
+        """Re-announce this process's rooms and forget peers that went quiet."""
+        while True:
+            await asyncio.sleep(self.presence_ttl / 3)
+            self.send_snapshot()
+            now = self.clock()
+            for process, peer in list(self.peers.items()):
+                if peer.expires <= now:
+                    log.info("presence of process %s expired", process)
+                    del self.peers[process]
+                    for uri in peer.rooms:
+                        self.changed(uri)
+
+    def notify(self, notice: dict[str, Any]) -> None:
+        notice["process"] = self.process
+        self.publish(encode(notice))
+
+    def spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # Sockets -----------------------------------------------------------
+
+    def joined(self, uri: str, user: dict) -> None:
+        """A socket of user opened in uri (either stream: both make a member present)."""
+        if uri not in self.shown:
+            self.shown[uri] = self.online_ids(uri)
+            self.reads[uri] = {}
+            self.spawn(self.load_reads(uri))
+        members = self.local.setdefault(uri, {})
+        member = members.get(user["id"])
+        if member is None:
+            member = members[user["id"]] = LocalMember(user["username"])
+        member.sockets += 1
+        if member.leaving is not None:
+            member.leaving.cancel()  # back within the grace: nobody hears of it
+            member.leaving = None
+        elif member.sockets == 1:
+            self.local_changed(uri)
+
+    def left(self, uri: str, user: dict, room_empty: bool) -> None:
+        """A socket of user closed; `room_empty` when it was this process's last in uri."""
+        member = self.local.get(uri, {}).get(user["id"])
+        if member is not None:
+            member.sockets -= 1
+            if member.sockets <= 0:
+                self.stop_typing(uri, user)
+                member.leaving = asyncio.get_running_loop().call_later(
+                    self.presence_grace, self.grace_over, uri, user["id"])
+        if room_empty:
+            self.shown.pop(uri, None)
+            self.reads.pop(uri, None)
+            self.drop_typing(uri)
+
+    def grace_over(self, uri: str, user_id: str) -> None:
+        members = self.local.get(uri, {})
+        member = members.get(user_id)
+        if member is not None and member.sockets <= 0:
+            del members[user_id]
+            if not members:
+                del self.local[uri]
+            self.local_changed(uri)
+
+    def forget_member(self, uri: str, user: dict) -> None:
+        """user left the room (or was removed): gone at once, with no grace."""
+        self.stop_typing(uri, user)
+        members = self.local.get(uri, {})
+        member = members.pop(user["id"], None)
+        if member is not None:
+            if member.leaving is not None:
+                member.leaving.cancel()
+            if not members:
+                self.local.pop(uri, None)
+            self.local_changed(uri)
+        for peer in self.peers.values():
+            peer.rooms.get(uri, {}).pop(user["id"], None)
+        self.changed(uri)
+
+    def welcome(self, uri: str) -> list[bytes]:
+        """What a full-stream socket gets after ready: the room's presence, and
+        who is typing when anyone is."""
+        payloads = []
+        if self.presence_enabled:
+            online = self.online_ids(uri)
+            payloads.append(encode({"type": "presence", "users": [
+                {"id": user_id, "username": name} for user_id, name in online.items()]}))
+        if self.typing.get(uri):
+            payloads.append(self.typing_payload(uri))
+        return payloads
+
+    # Presence ----------------------------------------------------------
+
+    def online_ids(self, uri: str) -> dict[str, str]:
+        """{user id: username} of everyone with a socket to uri on any process."""
+        online = {user_id: member.username for user_id, member in self.local.get(uri, {}).items()}
+        for peer in self.peers.values():
+            online.update(peer.rooms.get(uri, ()))
+        return online
+
+    def online(self, uri: str) -> list[str]:
+        return sorted(self.online_ids(uri).values())
+
+    def local_changed(self, uri: str) -> None:
+        if not self.presence_enabled:
+            return
+        self.notify({"type": "signal.presence", "uri": uri, "ttl": self.presence_ttl,
+                     "users": self.local_users(uri)})
+        self.changed(uri)
+
+    def local_users(self, uri: str) -> list[list[str]]:
+        return [[user_id, member.username] for user_id, member in self.local.get(uri, {}).items()]
+
+    def changed(self, uri: str) -> None:
+        """Send the room's sockets here what changed since they were last told."""
+        shown = self.shown.get(uri)
+        if shown is None or not self.presence_enabled:
+            return
+        online = self.online_ids(uri)
+        joined = [{"id": i, "username": name} for i, name in online.items() if i not in shown]
+        left = [{"id": i, "username": name} for i, name in shown.items() if i not in online]
+        if joined or left:
+            self.shown[uri] = online
+            # Not spared on a slow socket: a missed diff would leave its page wrong
+            # until it reconnects. Typing frames carry the whole set and read
+            # positions only rise, so the next one corrects a missed one.
+            self.send(uri, encode({"type": "presence", "joined": joined, "left": left}),
+                      spare_slow=False)
+
+    def send_snapshot(self) -> None:
+        self.snapshot_soon = None
+        self.notify({"type": "signal.snapshot", "ttl": self.presence_ttl,
+                     "rooms": {uri: self.local_users(uri) for uri in self.local}})
+
+    def on_presence(self, notice: dict, peer: Peer) -> None:
+        uri = notice["uri"]
+        peer.rooms[uri] = dict(notice["users"])
+        if not peer.rooms[uri]:
+            del peer.rooms[uri]
+        self.changed(uri)
+
+    def on_snapshot(self, notice: dict, peer: Peer) -> None:
+        before = peer.rooms
+        peer.rooms = {uri: dict(users) for uri, users in notice["rooms"].items() if users}
+        for uri in before.keys() | peer.rooms.keys():
+            if before.get(uri) != peer.rooms.get(uri):
+                self.changed(uri)
+
+    def on_hello(self, _notice: dict, _peer: Peer) -> None:
+        # Several hellos at once (a restart of many processes) get one answer.
+        if self.presence_enabled and self.snapshot_soon is None:
+            self.snapshot_soon = asyncio.get_running_loop().call_later(0.05, self.send_snapshot)
+
+    def on_bye(self, notice: dict, peer: Peer) -> None:
+        # Its sockets are reconnecting elsewhere: keep its members for a grace.
+        peer.expires = min(peer.expires, self.clock() + float(notice.get("grace", 0)))
+
+    # Typing ------------------------------------------------------------
+
+    def typing_frame(self, uri: str, user: dict, stop: bool) -> None:
+        """A typing frame from one of user's sockets in uri."""
+        if stop:
+            self.stop_typing(uri, user)
+            return
+        now = self.clock()
+        typist = self.typing.get(uri, {}).get(user["id"])
+        if typist is not None and now - typist.accepted < TYPING_THROTTLE:
+            return
+        self.notify({"type": "signal.typing", "uri": uri, "user": [user["id"], user["username"]],
+                     "ttl": self.typing_ttl})
+        self.set_typing(uri, user["id"], user["username"], self.typing_ttl).accepted = now
+
+    def stop_typing(self, uri: str, user: dict) -> None:
+        """user stopped typing (said so, sent a message, left, closed the last socket)."""
+        typists = self.typing.get(uri)
+        if typists is None or user["id"] not in typists:
+            return
+        self.notify({"type": "signal.typing", "uri": uri, "user": [user["id"], user["username"]],
+                     "stop": True})
+        self.unset_typing(uri, user["id"])
+
+    def set_typing(self, uri: str, user_id: str, username: str, ttl: float) -> Typist | None:
+        if uri not in self.shown:
+            return Typist(username)  # nobody here to tell
+        typists = self.typing.setdefault(uri, {})
+        typist = typists.get(user_id)
+        if typist is None:
+            typist = typists[user_id] = Typist(username)
+            self.send(uri, self.typing_payload(uri))
+        typist.expires = self.clock() + ttl
+        if uri not in self.typing_timers:
+            self.typing_timers[uri] = asyncio.get_running_loop().call_later(
+                ttl, self.expire_typing, uri)
+        return typist
+
+    def unset_typing(self, uri: str, user_id: str) -> None:
+        typists = self.typing.get(uri)
+        if typists is not None and typists.pop(user_id, None) is not None:
+            self.send(uri, self.typing_payload(uri))
+            if not typists:
+                self.drop_typing(uri)
+
+    def expire_typing(self, uri: str) -> None:
+        """The room's earliest typing entry is due: drop what expired, wait for the next."""
+        self.typing_timers.pop(uri, None)
+        typists = self.typing.get(uri)
+        if not typists:
+            return
+        now = self.clock()
+        expired = [user_id for user_id, typist in typists.items() if typist.expires <= now]
+        for user_id in expired:
+            del typists[user_id]
+        if expired:
+            self.send(uri, self.typing_payload(uri))
+        if not typists:
+            self.drop_typing(uri)
+            return
+        due = min(typist.expires for typist in typists.values())
+        self.typing_timers[uri] = asyncio.get_running_loop().call_later(
+            max(0.0, due - now), self.expire_typing, uri)
+
+    def drop_typing(self, uri: str) -> None:
+        self.typing.pop(uri, None)
+        timer = self.typing_timers.pop(uri, None)
+        if timer is not None:
+            timer.cancel()
+
+    def typing_payload(self, uri: str) -> bytes:
+        return encode({"type": "typing", "users": [
+            typist.username for typist in self.typing.get(uri, {}).values()]})
+
+    def on_typing(self, notice: dict, _peer: Peer) -> None:
+        user_id, username = notice["user"]
+        if notice.get("stop"):
+            self.unset_typing(notice["uri"], user_id)
+        else:
+            self.set_typing(notice["uri"], user_id, username, float(notice["ttl"]))
+
+    # Read positions ----------------------------------------------------
+
+    def read(self, uri: str, user: dict, seq: int) -> None:
+        """user has read uri up to seq (checked by the caller): store and tell."""
+        known = self.reads.get(uri)
+        if known is not None and known.get(user["id"], 0) >= seq:
+            return  # never down, and no news
+        unsaved = self.unsaved.setdefault(uri, {})
+        unsaved[user["id"]] = max(seq, unsaved.get(user["id"], 0))
+        if self.flushing is None:
+            self.flushing = asyncio.ensure_future(self.flush_reads())
+        self.notify({"type": "signal.read", "uri": uri, "user": [user["id"], user["username"]],
+                     "seq": seq})
+        self.raise_read(uri, user["id"], user["username"], seq)
+
+    def raise_read(self, uri: str, user_id: str, username: str, seq: int) -> None:
+        known = self.reads.get(uri)
+        if known is None or known.get(user_id, 0) >= seq:
+            return
+        known[user_id] = seq
+        self.send(uri, encode({"type": "read", "user": username, "user_id": user_id,
+                               "seq": seq}))
+
+    def on_read(self, notice: dict, _peer: Peer) -> None:
+        user_id, username = notice["user"]
+        self.raise_read(notice["uri"], user_id, username, int(notice["seq"]))
+
+    def read_positions(self, uri: str) -> dict[str, int]:
+        """{user id: seq} this process knows and may not have written yet: laid over
+        what MongoDB says, so a reader sees their own read at once."""
+        return {**self.reads.get(uri, {}), **self.unsaved.get(uri, {})}
+
+    async def load_reads(self, uri: str) -> None:
+        try:
+            stored = await self.store.read_positions(uri)
+        except Unavailable:
+            return  # notices still raise them; the page takes the max of all it hears
+        known = self.reads.get(uri)
+        if known is not None:
+            for user_id, seq in stored.items():
+                known[user_id] = max(seq, known.get(user_id, 0))
+
+    async def flush_reads(self) -> None:
+        """Write what waits, then at most once per read_flush while more comes."""
+        try:
+            while self.unsaved:
+                await self.save_reads()
+                await asyncio.sleep(self.read_flush)
+        finally:
+            self.flushing = None
+
+    async def save_reads(self) -> None:
+        batch, self.unsaved = self.unsaved, {}
+        try:
+            await self.store.save_read_positions(batch)
+        except Unavailable:
+            log.warning("read positions of %d rooms not saved yet: MongoDB unavailable",
+                        len(batch))
+            for uri, users in batch.items():
+                waiting = self.unsaved.setdefault(uri, {})
+                for user_id, seq in users.items():
+                    waiting[user_id] = max(seq, waiting.get(user_id, 0))
+
+    # Notices from other processes --------------------------------------
+
+    def on_notice(self, notice: dict) -> None:
+        process = notice.get("process")
+        if process == self.process or not isinstance(process, str):
+            return  # our own, back from the exchange: already applied
+        handler = self.handlers.get(notice.get("type"))
+        if handler is None:
+            return
+        peer = self.peers.get(process)
+        if peer is None:
+            peer = self.peers[process] = Peer(self.clock() + self.presence_ttl)
+        if notice["type"] in ("signal.snapshot", "signal.presence"):
+            peer.expires = self.clock() + float(notice.get("ttl", self.presence_ttl))
+        try:
+            handler(self, notice, peer)
+        except (KeyError, TypeError, ValueError):
+            log.warning("dropping a malformed %s notice", notice.get("type"))
+
+    handlers = {
+        "signal.presence": on_presence,
+        "signal.snapshot": on_snapshot,
+        "signal.hello": on_hello,
+        "signal.bye": on_bye,
+        "signal.typing": on_typing,
+        "signal.read": on_read,
+    }

@@ -1,0 +1,277 @@
+"""Unit tests of chat/signals.py: several processes' Signals joined by a fake
+control exchange, with short expiries. The real thing (two server processes on
+RabbitMQ and nx-27017) is in tests/test_signals_live.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from chat.signals import Signals
+from chat.store import Unavailable
+from tests.helpers import wait_for
+
+ALICE = {"id": "a1", "username": "alice"}
+BOB = {"id": "b2", "username": "bob"}
+
+
+class Bus:
+    """The control exchange: every notice reaches every process (its sender too),
+    on a later turn of the loop; `cut` drops what a process publishes."""
+
+    def __init__(self):
+        self.processes: list[Signals] = []
+        self.published: list[dict] = []
+        self.cut: set[Signals] = set()
+
+    def publish_for(self, signals_ref: list):
+        def publish(body: bytes) -> None:
+            notice = json.loads(body)
+            self.published.append(notice)
+            if signals_ref[0] in self.cut:
+                return
+            for process in self.processes:
+                asyncio.get_running_loop().call_soon(process.on_notice, json.loads(body))
+        return publish
+
+
+class ReadStore:
+    """read_positions / save_read_positions over a dict; `down` makes them fail."""
+
+    def __init__(self):
+        self.saved: dict[str, dict[str, int]] = {}
+        self.writes: list[dict] = []
+        self.down = False
+
+    async def read_positions(self, uri: str) -> dict[str, int]:
+        if self.down:
+            raise Unavailable("down")
+        return dict(self.saved.get(uri, {}))
+
+    async def save_read_positions(self, positions: dict) -> None:
+        await asyncio.sleep(0.01)
+        if self.down:
+            raise Unavailable("down")
+        self.writes.append(positions)
+        for uri, users in positions.items():
+            room = self.saved.setdefault(uri, {})
+            for user_id, seq in users.items():
+                room[user_id] = max(seq, room.get(user_id, 0))
+
+
+class Process:
+    """One server process's Signals and the frames its room's sockets got."""
+
+    def __init__(self, bus: Bus, store: ReadStore, **settings):
+        ref: list = [None]
+        self.signals = Signals(store, bus.publish_for(ref), **{
+            "presence_grace": 0.3, "presence_ttl": 0.6, "typing_ttl": 0.4, "read_flush": 0.2,
+            **settings})
+        ref[0] = self.signals
+        bus.processes.append(self.signals)
+        self.frames: list[dict] = []
+        self.signals.send = lambda uri, payload, spare_slow=True: self.frames.append(
+            json.loads(payload))
+
+    def of(self, kind: str) -> list[dict]:
+        return [f for f in self.frames if f["type"] == kind]
+
+    def start(self) -> Process:
+        self.signals.start()
+        return self
+
+
+def online(process: Process, uri: str = "room") -> list[str]:
+    return process.signals.online(uri)
+
+
+@pytest.fixture
+def world():
+    bus, store = Bus(), ReadStore()
+    return bus, store, lambda **settings: Process(bus, store, **settings)
+
+
+def run(scenario):
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_presence_is_the_same_on_every_process_and_changes_come_as_diffs(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = process().start(), process().start()
+        a.signals.joined("room", ALICE)
+        b.signals.joined("room", BOB)
+        await wait_for(lambda: online(a) == online(b) == ["alice", "bob"], 5, "both online")
+        assert {u["username"] for f in a.of("presence") for u in f["joined"]} == {"alice", "bob"}
+        [welcome] = [json.loads(p) for p in b.signals.welcome("room")]
+        assert welcome == {"type": "presence", "users": [
+            {"id": "b2", "username": "bob"}, {"id": "a1", "username": "alice"}]}
+        b.signals.left("room", BOB, room_empty=False)
+        await wait_for(lambda: online(a) == ["alice"], 5, "bob gone after the grace")
+        assert a.of("presence")[-1] == {"type": "presence", "joined": [],
+                                        "left": [{"id": "b2", "username": "bob"}]}
+        await a.signals.stop()
+        await b.signals.stop()
+
+    run(scenario)
+
+
+def test_a_reconnect_within_the_grace_announces_nothing(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = process(presence_grace=0.5).start(), process().start()
+        a.signals.joined("room", ALICE)
+        b.signals.joined("room", BOB)
+        await wait_for(lambda: online(b) == ["alice", "bob"], 5, "both online")
+        frames, notices = len(b.frames), len(bus.published)
+        a.signals.left("room", ALICE, room_empty=True)
+        await asyncio.sleep(0.2)
+        a.signals.joined("room", ALICE)
+        await asyncio.sleep(0.6)  # past the grace, which the reconnect cancelled
+        assert b.frames[frames:] == [] and online(b) == ["alice", "bob"]
+        assert [n for n in bus.published[notices:] if n["type"] == "signal.presence"] == []
+        await a.signals.stop()
+        await b.signals.stop()
+
+    run(scenario)
+
+
+def test_a_process_that_goes_silent_has_its_members_expire(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = process().start(), process().start()
+        a.signals.joined("room", ALICE)
+        b.signals.joined("room", BOB)
+        await wait_for(lambda: online(b) == ["alice", "bob"], 5, "both online")
+        a.signals.ticker.cancel()  # killed: no more snapshots, no goodbye
+        bus.cut.add(a.signals)
+        started = asyncio.get_running_loop().time()
+        await wait_for(lambda: online(b) == ["bob"], 5, "alice expired")
+        # ttl 0.6 s after her process's last word, checked every ttl / 3
+        assert asyncio.get_running_loop().time() - started <= 0.6 + 0.2 + 0.5
+        assert b.of("presence")[-1]["left"] == [{"id": "a1", "username": "alice"}]
+        await b.signals.stop()
+
+    run(scenario)
+
+
+def test_a_new_process_hears_everyone_at_once_and_a_goodbye_keeps_members_for_the_grace(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a = process(presence_ttl=30).start()  # snapshots far apart: only hello can tell c
+        a.signals.joined("room", ALICE)
+        await asyncio.sleep(0.05)
+        c = process(presence_ttl=30).start()
+        c.signals.joined("room", BOB)
+        await wait_for(lambda: online(c) == ["alice", "bob"], 2, "c hears of alice")
+        await a.signals.stop()  # says bye: alice may be reconnecting to c
+        await asyncio.sleep(0.05)
+        assert online(c) == ["alice", "bob"]
+        await c.signals.stop()
+
+    run(scenario)
+
+
+def test_typing_is_throttled_ends_with_stop_and_expires_without_one(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = process().start(), process().start()
+        a.signals.joined("room", ALICE)
+        b.signals.joined("room", BOB)
+        for _ in range(5):
+            a.signals.typing_frame("room", ALICE, stop=False)
+        await wait_for(lambda: b.of("typing"), 2, "typing on b")
+        assert b.of("typing") == [{"type": "typing", "users": ["alice"]}]
+        assert len([n for n in bus.published if n["type"] == "signal.typing"]) == 1
+        a.signals.typing_frame("room", ALICE, stop=True)
+        await wait_for(lambda: len(b.of("typing")) == 2, 2, "stop on b")
+        assert b.of("typing")[-1]["users"] == []
+        await asyncio.sleep(1.0)  # past the throttle
+        a.signals.typing_frame("room", ALICE, stop=False)
+        await wait_for(lambda: len(b.of("typing")) == 3, 2, "typing again")
+        # no stop: it ends by itself typing_ttl after the last frame, on both
+        await wait_for(lambda: len(b.of("typing")) == 4 and len(a.of("typing")) == 4, 2,
+                       "typing expired")
+        assert a.of("typing")[-1]["users"] == b.of("typing")[-1]["users"] == []
+        await a.signals.stop()
+        await b.signals.stop()
+
+    run(scenario)
+
+
+def test_closing_the_last_socket_or_leaving_the_room_ends_typing_and_presence(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = process(presence_grace=10).start(), process().start()
+        a.signals.joined("room", ALICE)
+        b.signals.joined("room", BOB)
+        a.signals.typing_frame("room", ALICE, stop=False)
+        await wait_for(lambda: b.of("typing"), 2, "typing on b")
+        a.signals.joined("room", ALICE)  # a second tab
+        a.signals.left("room", ALICE, room_empty=False)
+        await asyncio.sleep(0.05)
+        assert len(b.of("typing")) == 1  # one tab still open: still typing
+        a.signals.left("room", ALICE, room_empty=True)
+        await wait_for(lambda: b.of("typing")[-1]["users"] == [], 2, "typing ended")
+        assert online(b) == ["alice", "bob"]  # within the grace
+        a.signals.joined("room", ALICE)
+        await asyncio.sleep(0.05)
+        a.signals.forget_member("room", ALICE)  # left the room: no grace
+        b.signals.forget_member("room", ALICE)
+        await wait_for(lambda: online(b) == ["bob"] and online(a) == ["bob"], 2, "alice gone")
+        await a.signals.stop()
+        await b.signals.stop()
+
+    run(scenario)
+
+
+def test_read_positions_are_coalesced_only_rise_and_reach_every_process(world):
+    bus, store, process = world
+
+    async def scenario():
+        a, b = process().start(), process().start()
+        a.signals.joined("room", ALICE)
+        b.signals.joined("room", ALICE)
+        await asyncio.sleep(0.05)
+        for seq in range(1, 51):
+            a.signals.read("room", ALICE, seq)
+        a.signals.read("room", ALICE, 20)  # lower: ignored
+        await wait_for(lambda: store.saved.get("room", {}).get("a1") == 50, 2, "saved")
+        assert len(store.writes) <= 2  # the first at once, the rest together
+        assert len([n for n in bus.published if n["type"] == "signal.read"]) == 50
+        await wait_for(lambda: b.of("read") and b.of("read")[-1]["seq"] == 50, 2, "read on b")
+        seqs = [f["seq"] for f in b.of("read")]
+        assert seqs == sorted(seqs) and all(f["user"] == "alice" for f in b.of("read"))
+        b.signals.read("room", ALICE, 30)  # another device, behind: nobody hears of it
+        await asyncio.sleep(0.1)
+        assert [f["seq"] for f in a.of("read")][-1] == 50 and b.of("read")[-1]["seq"] == 50
+        await a.signals.stop()
+        await b.signals.stop()
+
+    run(scenario)
+
+
+def test_read_positions_wait_for_mongodb_and_are_saved_on_stop(world):
+    bus, store, process = world
+
+    async def scenario():
+        a = process().start()
+        a.signals.joined("room", ALICE)
+        store.down = True
+        a.signals.read("room", ALICE, 7)
+        await asyncio.sleep(0.3)
+        assert store.saved == {} and a.signals.read_positions("room") == {"a1": 7}
+        store.down = False
+        a.signals.read("room", BOB, 3)
+        await a.signals.stop()
+        assert store.saved == {"room": {"a1": 7, "b2": 3}}
+
+    run(scenario)
