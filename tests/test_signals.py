@@ -93,17 +93,30 @@ def world():
     return bus, store, lambda **settings: Process(bus, store, **settings)
 
 
-def run(scenario):
-    asyncio.run(asyncio.wait_for(scenario(), 20))
+def run(bus: Bus, scenario) -> None:
+    """Run scenario, then stop every process it started."""
+    async def run_and_stop():
+        try:
+            await scenario()
+        finally:
+            for signals in bus.processes:
+                await signals.stop()
+    asyncio.run(asyncio.wait_for(run_and_stop(), 20))
+
+
+def alice_and_bob(process, **a_settings) -> tuple[Process, Process]:
+    """Two started processes: alice has a socket to the room on a, bob on b."""
+    a, b = process(**a_settings).start(), process().start()
+    a.signals.joined("room", ALICE)
+    b.signals.joined("room", BOB)
+    return a, b
 
 
 def test_presence_is_the_same_on_every_process_and_changes_come_as_diffs(world):
     bus, _store, process = world
 
     async def scenario():
-        a, b = process().start(), process().start()
-        a.signals.joined("room", ALICE)
-        b.signals.joined("room", BOB)
+        a, b = alice_and_bob(process)
         await wait_for(lambda: online(a) == online(b) == ["alice", "bob"], 5, "both online")
         assert {u["username"] for f in a.of("presence") for u in f["joined"]} == {"alice", "bob"}
         [welcome] = [json.loads(p) for p in b.signals.welcome("room")]
@@ -113,19 +126,15 @@ def test_presence_is_the_same_on_every_process_and_changes_come_as_diffs(world):
         await wait_for(lambda: online(a) == ["alice"], 5, "bob gone after the grace")
         assert a.of("presence")[-1] == {"type": "presence", "joined": [],
                                         "left": [{"id": "b2", "username": "bob"}]}
-        await a.signals.stop()
-        await b.signals.stop()
 
-    run(scenario)
+    run(bus, scenario)
 
 
 def test_a_reconnect_within_the_grace_announces_nothing(world):
     bus, _store, process = world
 
     async def scenario():
-        a, b = process(presence_grace=0.5).start(), process().start()
-        a.signals.joined("room", ALICE)
-        b.signals.joined("room", BOB)
+        a, b = alice_and_bob(process, presence_grace=0.5)
         await wait_for(lambda: online(b) == ["alice", "bob"], 5, "both online")
         frames, notices = len(b.frames), len(bus.published)
         a.signals.left("room", ALICE, room_empty=True)
@@ -134,19 +143,15 @@ def test_a_reconnect_within_the_grace_announces_nothing(world):
         await asyncio.sleep(0.6)  # past the grace, which the reconnect cancelled
         assert b.frames[frames:] == [] and online(b) == ["alice", "bob"]
         assert [n for n in bus.published[notices:] if n["type"] == "signal.presence"] == []
-        await a.signals.stop()
-        await b.signals.stop()
 
-    run(scenario)
+    run(bus, scenario)
 
 
 def test_a_process_that_goes_silent_has_its_members_expire(world):
     bus, _store, process = world
 
     async def scenario():
-        a, b = process().start(), process().start()
-        a.signals.joined("room", ALICE)
-        b.signals.joined("room", BOB)
+        a, b = alice_and_bob(process)
         await wait_for(lambda: online(b) == ["alice", "bob"], 5, "both online")
         a.signals.ticker.cancel()  # killed: no more snapshots, no goodbye
         bus.cut.add(a.signals)
@@ -155,9 +160,8 @@ def test_a_process_that_goes_silent_has_its_members_expire(world):
         # ttl 0.6 s after her process's last word, checked every ttl / 3
         assert asyncio.get_running_loop().time() - started <= 0.6 + 0.2 + 0.5
         assert b.of("presence")[-1]["left"] == [{"id": "a1", "username": "alice"}]
-        await b.signals.stop()
 
-    run(scenario)
+    run(bus, scenario)
 
 
 def test_a_new_process_hears_everyone_at_once_and_a_goodbye_keeps_members_for_the_grace(world):
@@ -173,18 +177,15 @@ def test_a_new_process_hears_everyone_at_once_and_a_goodbye_keeps_members_for_th
         await a.signals.stop()  # says bye: alice may be reconnecting to c
         await asyncio.sleep(0.05)
         assert online(c) == ["alice", "bob"]
-        await c.signals.stop()
 
-    run(scenario)
+    run(bus, scenario)
 
 
 def test_typing_is_throttled_ends_with_stop_and_expires_without_one(world):
     bus, _store, process = world
 
     async def scenario():
-        a, b = process().start(), process().start()
-        a.signals.joined("room", ALICE)
-        b.signals.joined("room", BOB)
+        a, b = alice_and_bob(process)
         for _ in range(5):
             a.signals.typing_frame("room", ALICE, stop=False)
         await wait_for(lambda: b.of("typing"), 2, "typing on b")
@@ -200,19 +201,15 @@ def test_typing_is_throttled_ends_with_stop_and_expires_without_one(world):
         await wait_for(lambda: len(b.of("typing")) == 4 and len(a.of("typing")) == 4, 2,
                        "typing expired")
         assert a.of("typing")[-1]["users"] == b.of("typing")[-1]["users"] == []
-        await a.signals.stop()
-        await b.signals.stop()
 
-    run(scenario)
+    run(bus, scenario)
 
 
 def test_closing_the_last_socket_or_leaving_the_room_ends_typing_and_presence(world):
     bus, _store, process = world
 
     async def scenario():
-        a, b = process(presence_grace=10).start(), process().start()
-        a.signals.joined("room", ALICE)
-        b.signals.joined("room", BOB)
+        a, b = alice_and_bob(process, presence_grace=10)
         a.signals.typing_frame("room", ALICE, stop=False)
         await wait_for(lambda: b.of("typing"), 2, "typing on b")
         a.signals.joined("room", ALICE)  # a second tab
@@ -227,10 +224,8 @@ def test_closing_the_last_socket_or_leaving_the_room_ends_typing_and_presence(wo
         a.signals.forget_member("room", ALICE)  # left the room: no grace
         b.signals.forget_member("room", ALICE)
         await wait_for(lambda: online(b) == ["bob"] and online(a) == ["bob"], 2, "alice gone")
-        await a.signals.stop()
-        await b.signals.stop()
 
-    run(scenario)
+    run(bus, scenario)
 
 
 def test_read_positions_are_coalesced_only_rise_and_reach_every_process(world):
@@ -253,10 +248,8 @@ def test_read_positions_are_coalesced_only_rise_and_reach_every_process(world):
         b.signals.read("room", ALICE, 30)  # another device, behind: nobody hears of it
         await asyncio.sleep(0.1)
         assert [f["seq"] for f in a.of("read")][-1] == 50 and b.of("read")[-1]["seq"] == 50
-        await a.signals.stop()
-        await b.signals.stop()
 
-    run(scenario)
+    run(bus, scenario)
 
 
 def test_read_positions_wait_for_mongodb_and_are_saved_on_stop(world):
@@ -274,4 +267,4 @@ def test_read_positions_wait_for_mongodb_and_are_saved_on_stop(world):
         await a.signals.stop()
         assert store.saved == {"room": {"a1": 7, "b2": 3}}
 
-    run(scenario)
+    run(bus, scenario)
