@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import re
 import signal
@@ -26,7 +27,7 @@ from chat.passwords import Passwords
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.tokens import Tokens
-from handlers import auth, chats, messages, ops, pages, socket
+from handlers import auth, chats, messages, openapi, ops, pages, socket
 from handlers.base import NotFoundHandler, SecurityHeaders, Services
 
 log = logging.getLogger("chat.server")
@@ -44,9 +45,8 @@ class Limits:
         self.login = RateLimiter(config.login_per_ip_per_minute, 60.0)
 
 
-def make_app(services: Services) -> tornado.web.Application:
-    config = services.config
-    routes = [
+def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+    return [
         (r"/auth/users/create/", auth.RegisterHandler),
         (r"/auth/jwt/create/", auth.LoginHandler),
         (r"/auth/jwt/refresh/", auth.RefreshHandler),
@@ -61,8 +61,13 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/metrics", ops.MetricsHandler),
         *pages.routes(),
     ]
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    config = services.config
+    table = routes()
     return tornado.web.Application(
-        [(pattern, handler, {"services": services}) for pattern, handler in routes],
+        [(pattern, handler, {"services": services}) for pattern, handler in table],
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services},
         transforms=[SecurityHeaders],
@@ -75,6 +80,7 @@ def make_app(services: Services) -> tornado.web.Application:
         websocket_ping_timeout=config.ws_ping_interval,
         websocket_max_message_size=config.ws_max_message_bytes,
         log_function=log_request,
+        openapi_json=json.dumps(openapi.document(table, config)),
     )
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import re
 
 from chat.passwords import MAX_PASSWORD_BYTES, PasswordTooLong
 from chat.store import UsernameTaken, now, public_user
-from handlers.base import TOKEN_COOKIE, ApiError, ApiHandler, detail, field_error
+from handlers import models
+from handlers.base import TOKEN_COOKIE, ApiError, ApiHandler, detail, endpoint, field_error
 
-USERNAME = re.compile(r"[\w.@+-]{1,150}", re.ASCII)
-EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 LOGIN_FAILED = {"non_field_errors": ["Unable to log in with provided credentials."]}
 
 
@@ -19,16 +17,10 @@ def retry_after(seconds: float) -> dict[str, str]:
 
 
 class RegisterHandler(ApiHandler):
-    async def post(self) -> None:
-        data = self.body()
-        username = self.string_field(data, "username", max_length=150)
-        password = self.string_field(data, "password")
-        email = self.string_field(data, "email", required=False, max_length=254)
-        if not USERNAME.fullmatch(username):
-            raise field_error("username", "Enter a valid username. This value may contain only "
-                                          "letters, numbers, and @/./+/-/_ characters.")
-        if email and not EMAIL.fullmatch(email):
-            raise field_error("email", "Enter a valid email address.")
+    @endpoint("Sign up", "register", body=models.Register, response=models.NewUser, status=201,
+              errors=(429, 503), auth=False)
+    async def post(self, body: models.Register) -> None:
+        username, password, email = body.username, body.password, body.email or ""
         wait = self.services.limits.signup.hit(self.request.remote_ip)
         if wait:
             raise detail(429, "Too many sign-ups from this address; try again later.",
@@ -47,10 +39,10 @@ class RegisterHandler(ApiHandler):
 
 
 class LoginHandler(ApiHandler):
-    async def post(self) -> None:
-        data = self.body()
-        username = self.string_field(data, "username")
-        password = self.string_field(data, "password")
+    @endpoint("Log in: a token, and the login cookie", "login", body=models.Login,
+              response=models.Token, errors=(429, 503), auth=False)
+    async def post(self, body: models.Login) -> None:
+        username, password = body.username, body.password
         config = self.services.config
         wait = self.services.limits.login.hit(self.request.remote_ip)
         if wait:
@@ -81,10 +73,10 @@ class LoginHandler(ApiHandler):
 
 
 class RefreshHandler(LoginHandler):
-    async def post(self) -> None:
-        data = self.body()
-        token = self.string_field(data, "token")
-        found = await self.services.tokens.verify(token)
+    @endpoint("A fresh token for a live one", "refresh", body=models.TokenBody,
+              response=models.Token, errors=(401, 503), auth=False)
+    async def post(self, body: models.TokenBody) -> None:
+        found = await self.services.tokens.verify(body.token)
         if found is None:
             raise field_error("non_field_errors", "Invalid or expired token.")
         user, _ = found
@@ -95,6 +87,7 @@ class RefreshHandler(LoginHandler):
 
 
 class LogoutHandler(ApiHandler):
+    @endpoint("Revoke this token and close its sockets", "logout", status=204, errors=(503,))
     async def post(self) -> None:
         user = self.require_user()
         await self.services.tokens.revoke(self.token_id)
@@ -105,6 +98,7 @@ class LogoutHandler(ApiHandler):
 
 
 class MeHandler(ApiHandler):
+    @endpoint("The caller", "me", response=models.User, errors=(503,))
     async def get(self) -> None:
         self.reply(self.require_user())
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import logging
 import re
@@ -10,10 +12,12 @@ import time
 import uuid
 from typing import Any
 
+import pydantic
 import tornado.web
 
 from chat import store as store_errors
 from chat.hub import InvalidMessage, RateLimited
+from handlers import models
 
 log = logging.getLogger("chat.http")
 
@@ -21,8 +25,6 @@ TOKEN_COOKIE = "chat_token"
 AUTH_SCHEMES = ("jwt", "bearer")
 CHALLENGE = 'JWT realm="chat", Bearer realm="chat"'
 RETRY_AFTER_UNAVAILABLE = "5"
-# MongoDB's largest integer: a bigger query argument could not even be compared.
-MAX_INT = 2**63 - 1
 # A client's (or nginx's $request_id) X-Request-Id is kept only if it looks like one.
 REQUEST_ID = re.compile(r"[\w.-]{1,64}", re.ASCII)
 # The API's answers are JSON, never a document to render or frame. Handlers
@@ -59,6 +61,56 @@ def field_error(field: str, message: str, status: int = 400) -> ApiError:
     return ApiError(status, {field: [message]})
 
 
+def validated(model: type[models.Wire], data: Any, config, *, strict: bool) -> models.Wire:
+    """data as an instance of model, or a 400 naming each wrong field."""
+    try:
+        models.refuse_lone_surrogates(data, model.model_fields)
+        return model.model_validate(data, strict=strict,
+                                    context={"config": config, "strict": strict})
+    except pydantic.ValidationError as error:
+        raise ApiError(400, models.field_errors(model, error)) from None
+    except models.Invalid as error:
+        raise ApiError(400, error.problems) from None
+
+
+def decoded_arguments(arguments: dict[str, list[bytes]]) -> dict[str, str]:
+    """A form's or query's fields (the last value of a repeated one), as sent:
+    not stripped, and invalid UTF-8 is a 400 naming the field."""
+    fields = {}
+    for name, values in arguments.items():
+        try:
+            fields[name] = values[-1].decode()
+        except UnicodeDecodeError:
+            raise field_error(name, "Not valid UTF-8.") from None
+    return fields
+
+
+def outermost_field(raw: bytes) -> str | None:
+    """The top-level key of a JSON object under which the nesting is deepest:
+    json.loads gives up on deep nesting without saying where."""
+    depth = deepest = 0
+    key = field = None
+    text = raw.decode(errors="replace")
+    position = 0
+    while position < len(text):
+        char = text[position]
+        if char == '"':
+            end = position + 1
+            while end < len(text) and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            if depth == 1:
+                key = text[position + 1:end]
+            position = end
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, field = depth, key
+        elif char in "]}":
+            depth -= 1
+        position += 1
+    return field
+
+
 def detail(status: int, message: str, headers: dict[str, str] | None = None) -> ApiError:
     return ApiError(status, {"detail": message}, headers)
 
@@ -73,6 +125,62 @@ def bearer_token(header: str) -> str | None:
     if scheme.lower() in AUTH_SCHEMES and token.strip():
         return token.strip()
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """What one handler method takes and answers; handlers.openapi documents it."""
+
+    summary: str
+    operation_id: str
+    body: type[models.Wire] | None = None
+    body_required: bool = True
+    query: type[models.Wire] | None = None
+    # A model, list[Model], any type a pydantic TypeAdapter takes, or None (no body).
+    response: Any = None
+    status: int = 200
+    content_type: str = "application/json"
+    # Statuses beyond those that follow from the rest (400 for a body or query,
+    # 401 with auth, 403 and 413 for writes), described in handlers.openapi.ERRORS.
+    errors: tuple[int, ...] = ()
+    # Other answers: {status: (description, model)}.
+    responses: dict[int, tuple[str, Any]] = dataclasses.field(default_factory=dict)
+    auth: bool = True
+    # None: the token schemes when auth, else none; or OpenAPI security requirements.
+    security: list | None = None
+    path_params: tuple[str, ...] = ()
+
+
+def endpoint(summary: str, operation_id: str, **declared: Any):
+    """Declare a handler method's models once: it is called with `body=` and
+    `query=` validated (400 naming the field otherwise), after the caller is
+    authenticated when `auth` (the default), and documented in /api/openapi.json.
+
+        @endpoint("Post a message", "postMessage", body=NewMessage, response=Posted,
+                  errors=(403, 404, 429, 503))
+        async def post(self, uri: str, body: NewMessage) -> None: ...
+    """
+    def decorate(method):
+        path_params = tuple(name for name in inspect.signature(method).parameters
+                            if name not in ("self", "body", "query"))
+        spec = Endpoint(summary, operation_id, path_params=path_params, **declared)
+
+        @functools.wraps(method)
+        async def run(self, *path_args: str) -> None:
+            if spec.auth:
+                self.require_user()
+            given = {}
+            if spec.query is not None:
+                given["query"] = self.parse_query(spec.query)
+            if spec.body is not None:
+                given["body"] = self.parse_body(spec.body)
+            result = method(self, *path_args, **given)
+            if inspect.isawaitable(result):
+                await result
+
+        run.endpoint = spec
+        return run
+    return decorate
 
 
 class Services:
@@ -184,49 +292,34 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
             raise unauthorized()
         return self.current_user
 
-    def body(self) -> dict[str, Any]:
-        """The request's fields, from a JSON object or a form."""
+    def body_fields(self) -> tuple[dict[str, Any], bool]:
+        """The request's fields, from a JSON object or a form, and whether it was a form."""
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        raw = self.request.body
         if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            return {k: self.get_body_argument(k) for k in self.request.body_arguments}
+            return decoded_arguments(self.request.body_arguments), True
+        raw = self.request.body
         if not raw.strip():
-            return {}
+            return {}, False
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except RecursionError:
+            raise field_error(outermost_field(raw) or "non_field_errors",
+                              "Nested too deeply.") from None
+        except ValueError:  # also UnicodeDecodeError: not UTF-8
             raise detail(400, "JSON parse error: the body is not valid JSON.") from None
         if not isinstance(data, dict):
             raise detail(400, "Expected a JSON object.")
-        return data
+        return data, False
 
-    def string_field(self, data: dict, name: str, *, required: bool = True,
-                     max_length: int | None = None, default: str = "") -> str:
-        value = data.get(name)
-        if value is None:
-            if required:
-                raise field_error(name, "This field is required.")
-            return default
-        if not isinstance(value, str):
-            raise field_error(name, "Not a valid string.")
-        if required and not value.strip():
-            raise field_error(name, "This field may not be blank.")
-        if max_length is not None and len(value) > max_length:
-            raise field_error(name, f"Ensure this field has no more than {max_length} characters.")
-        return value
+    def parse_body(self, model: type[models.Wire]) -> models.Wire:
+        data, form = self.body_fields()
+        # A form has only strings; JSON has types, which must be the documented ones.
+        return validated(model, data, self.services.config, strict=not form)
 
-    def int_argument(self, name: str, *, minimum: int = 0, maximum: int = MAX_INT,
-                     default: int | None = None) -> int | None:
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise field_error(name, "A valid integer is required.") from None
-        if not minimum <= value <= maximum:
-            raise field_error(name, f"Ensure this value is between {minimum} and {maximum}.")
-        return value
+    def parse_query(self, model: type[models.Wire]) -> models.Wire:
+        # An empty parameter (?after=) is the same as leaving it out.
+        given = {k: v for k, v in decoded_arguments(self.request.query_arguments).items() if v}
+        return validated(model, given, self.services.config, strict=False)
 
     def reply(self, body: Any, status: int = 200) -> None:
         self.set_status(status)

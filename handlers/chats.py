@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from chat.store import iso
-from handlers.base import ApiHandler, detail, field_error
+from handlers import models
+from handlers.base import ApiHandler, detail, endpoint, field_error
 
 
 async def room_view(services, room: dict) -> dict:
@@ -20,12 +21,15 @@ async def room_view(services, room: dict) -> dict:
 
 
 class ChatsHandler(ApiHandler):
+    @endpoint("Start a chat", "createChat", response=models.ChatCreated, errors=(503,))
     async def post(self) -> None:
         user = self.require_user()
         room = await self.services.store.create_room(user["id"])
         self.reply({"status": "SUCCESS", "uri": room["uri"],
                     "message": "New chat session created"})
 
+    @endpoint("My chats, newest activity first", "listChats",
+              response=list[models.ChatSummary], errors=(503,))
     async def get(self) -> None:
         user = self.require_user()
         rooms = await self.services.store.rooms_of(user["id"])
@@ -34,6 +38,8 @@ class ChatsHandler(ApiHandler):
 
 
 class ChatHandler(ApiHandler):
+    @endpoint("A chat with its owner and members", "getChat", response=models.Chat,
+              errors=(403, 404, 503))
     async def get(self, uri: str) -> None:
         user = self.require_user()
         room = await self.room_or_404(uri)
@@ -41,13 +47,14 @@ class ChatHandler(ApiHandler):
             raise detail(403, "You are not a member of this chat.")
         self.reply(await room_view(self.services, room))
 
-    async def patch(self, uri: str) -> None:
-        """Join the chat; the owner may add another user by username."""
+    @endpoint("Join; the owner may add a user by username", "joinChat", body=models.Join,
+              body_required=False, response=models.Joined, errors=(404, 503))
+    async def patch(self, uri: str, body: models.Join) -> None:
         user = self.require_user()
         store = self.services.store
         room = await self.room_or_404(uri)
         joining = user
-        username = self.string_field(self.body(), "username", required=False)
+        username = body.username
         if username and username != user["username"]:
             if room["owner"] != user["id"]:
                 raise detail(403, "Only the chat's owner can add other users.")

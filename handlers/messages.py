@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 from chat.store import public_event
-from handlers.base import ApiHandler, field_error
-
-DEFAULT_PAGE = 50
-MAX_PAGE = 200
-MAX_CLIENT_ID = 64
+from handlers import models
+from handlers.base import ApiHandler, endpoint
 
 
 class MessagesHandler(ApiHandler):
-    async def post(self, uri: str) -> None:
+    @endpoint("Post a message", "postMessage", body=models.NewMessage, response=models.Posted,
+              errors=(403, 404, 429, 503))
+    async def post(self, uri: str, body: models.NewMessage) -> None:
         user = self.require_user()
-        data = self.body()
-        if "message" not in data:
-            raise field_error("message", "This field is required.")
-        client_id = self.string_field(data, "client_id", required=False,
-                                      max_length=MAX_CLIENT_ID) or None
-        message = await self.services.hub.post(user, uri, data["message"], client_id)
+        message = await self.services.hub.post(user, uri, body.message, body.client_id)
         self.reply({"status": "SUCCESS", **message})
 
-    async def get(self, uri: str) -> None:
+    @endpoint("History, oldest first", "listMessages", query=models.MessagesQuery,
+              response=models.MessagePage, errors=(403, 404, 503))
+    async def get(self, uri: str, query: models.MessagesQuery) -> None:
         user = self.require_user()
-        after = self.int_argument("after")
-        before = self.int_argument("before", minimum=1)
-        limit = self.int_argument("limit", minimum=1, maximum=MAX_PAGE, default=DEFAULT_PAGE)
-        if after is not None and before is not None:
-            raise field_error("before", "Give either 'after' or 'before', not both.")
+        after, before, limit = query.after, query.before, query.limit
         store = self.services.store
         await store.check_member(uri, user["id"])
         if after is not None:

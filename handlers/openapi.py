@@ -1,215 +1,204 @@
-"""The OpenAPI 3.1 document of the JSON API, served at /api/openapi.json."""
+"""The OpenAPI 3.1 document, generated: every route's `@endpoint` declaration
+(handlers.base) for the operations, the models (handlers.models) for the
+schemas, and the configuration for the limits it sets (max_message_chars...).
+Nothing here describes a field by hand."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
 
-def ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
+from pydantic import TypeAdapter
 
+from handlers import models
+from handlers.base import Endpoint
 
-def json_body(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+METHODS = ("get", "post", "put", "patch", "delete")
+WRITES = ("post", "put", "patch", "delete")
+# A route's capture group: one path parameter.
+GROUP = re.compile(r"\(([^()]*)\)")
+CONFIGURED = "x-configured-"
+REF = "#/components/schemas/{model}"
 
-
-def request(schema_name: str) -> dict:
-    schema = ref(schema_name)
-    return {"required": True, "content": {
-        "application/json": {"schema": schema},
-        "application/x-www-form-urlencoded": {"schema": schema},
-    }}
-
-
-ERRORS = {
-    "400": json_body({"anyOf": [ref("FieldErrors"), ref("Detail")]},
-                     "Invalid input: each key names a field; a body that is not a JSON "
-                     "object gets a detail"),
-    "401": json_body(ref("Detail"), "No valid token"),
-    "403": json_body(ref("Detail"), "Not allowed; or a cookie-authenticated write without "
-                                    "the X-XSRFToken header"),
-    "404": json_body(ref("Detail"), "No such chat"),
-    "413": json_body(ref("Detail"), "Body over the size limit"),
-    "429": json_body(ref("Detail"), "Rate limited; see Retry-After"),
-    "503": json_body(ref("Detail"), "MongoDB unavailable; see Retry-After"),
+# The answers that mean the same on every operation: (description, model).
+ERRORS: dict[int, tuple[str, Any]] = {
+    400: ("Invalid input: each key names a field; a body that is not a JSON object gets "
+          "a detail", models.FieldErrors | models.Detail),
+    401: ("No valid token", models.Detail),
+    403: ("Not allowed; or a cookie-authenticated or cross-site write without the "
+          "X-XSRFToken header or from an origin not in allowed_origins", models.Detail),
+    404: ("No such chat", models.Detail),
+    413: ("Body over the size limit", models.Detail),
+    429: ("Rate limited; see Retry-After", models.Detail),
+    503: ("MongoDB unavailable; see Retry-After", models.Detail),
 }
-
-
-def responses(ok_status: str, ok: dict, *errors: str) -> dict:
-    answer = {ok_status: ok}
-    for status in errors:
-        answer[status] = ERRORS[status]
-    return answer
-
-
-AUTH = [{"jwt": []}, {"bearer": []}, {"cookie": []}]
-URI = {"name": "uri", "in": "path", "required": True,
-       "schema": {"type": "string", "pattern": "^[0-9a-f]{15}$"}}
-SEQ = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
-# Optional string fields: null is the same as leaving the field out.
-NULL = {"type": "null"}
-
-SCHEMAS = {
-    "User": {"type": "object", "required": ["id", "username", "email", "first_name", "last_name"],
-             "properties": {"id": {"type": "string"}, "username": {"type": "string"},
-                            "email": {"type": "string"}, "first_name": {"type": "string"},
-                            "last_name": {"type": "string"}}},
-    "NewUser": {"type": "object", "required": ["id", "username", "email"],
-                "properties": {"id": {"type": "string"}, "username": {"type": "string"},
-                               "email": {"type": "string"}}},
-    "Register": {"type": "object", "required": ["username", "password"],
-                 "properties": {"username": {"type": "string", "minLength": 1, "maxLength": 150,
-                                             "pattern": "^[A-Za-z0-9@.+_-]+$"},
-                                "password": {"type": "string", "minLength": 1},
-                                "email": {"anyOf": [
-                                    {"type": "string", "format": "email", "maxLength": 254},
-                                    {"const": ""}, NULL]}}},
-    "Login": {"type": "object", "required": ["username", "password"],
-              "properties": {"username": {"type": "string"}, "password": {"type": "string"}}},
-    "TokenBody": {"type": "object", "required": ["token"],
-                  "properties": {"token": {"type": "string"}}},
-    "Token": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
-    "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
-    "FieldErrors": {"type": "object", "minProperties": 1,
-                    "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-    "ChatCreated": {"type": "object", "required": ["status", "uri", "message"],
-                    "properties": {"status": {"const": "SUCCESS"},
-                                   "uri": {"type": "string", "pattern": "^[0-9a-f]{15}$"},
-                                   "message": {"type": "string"}}},
-    "ChatSummary": {"type": "object", "required": ["uri", "owner", "members", "seq", "updated"],
-                    "properties": {"uri": {"type": "string"}, "owner": {"type": "string"},
-                                   "members": {"type": "integer"}, "seq": SEQ,
-                                   "updated": {"type": "string", "format": "date-time"}}},
-    "Chat": {"type": "object", "required": ["uri", "owner", "members", "seq"],
-             "properties": {"uri": {"type": "string"},
-                            "owner": {"anyOf": [ref("User"), {"type": "null"}]},
-                            "members": {"type": "array", "items": ref("User")},
-                            "seq": SEQ,
-                            "created": {"type": "string", "format": "date-time"},
-                            "updated": {"type": "string", "format": "date-time"}}},
-    "Join": {"type": "object", "properties": {"username": {"anyOf": [{"type": "string"}, NULL]}}},
-    "Joined": {"type": "object", "required": ["status", "members", "message", "user"],
-               "properties": {"status": {"const": "SUCCESS"}, "uri": {"type": "string"},
-                              "members": {"type": "array", "items": ref("User")},
-                              "message": {"type": "string"}, "user": ref("User")}},
-    "NewMessage": {"type": "object", "required": ["message"],
-                   "properties": {"message": {"type": "string", "minLength": 1, "maxLength": 2000},
-                                  # Empty or null: no idempotency key.
-                                  "client_id": {"anyOf": [{"type": "string", "maxLength": 64},
-                                                          NULL]}}},
-    "Message": {"type": "object", "required": ["id", "seq", "uri", "user", "message", "created"],
-                "properties": {"id": {"type": "string"}, "seq": {"type": "integer", "minimum": 1},
-                               "uri": {"type": "string"}, "user": ref("User"),
-                               "message": {"type": "string"},
-                               "created": {"type": "string", "format": "date-time"},
-                               "client_id": {"type": "string"}}},
-    "Posted": {"allOf": [ref("Message"), {"type": "object", "required": ["status"],
-                                          "properties": {"status": {"const": "SUCCESS"}}}]},
-    "MessagePage": {"type": "object", "required": ["uri", "messages", "has_more"],
-                    "properties": {"uri": {"type": "string"},
-                                   "messages": {"type": "array", "items": ref("Message")},
-                                   "has_more": {"type": "boolean"}}},
-    "Health": {"type": "object", "required": ["mongo", "broker"],
-               "properties": {"mongo": {"enum": ["ok", "down"]},
-                              "broker": {"enum": ["ok", "down"]}}},
+TOKEN_AUTH = [{"jwt": []}, {"bearer": []}, {"cookie": []}]
+SECURITY_SCHEMES = {
+    "jwt": {"type": "apiKey", "in": "header", "name": "Authorization",
+            "description": "Authorization: JWT <token>"},
+    "bearer": {"type": "http", "scheme": "bearer"},
+    "cookie": {"type": "apiKey", "in": "cookie", "name": "chat_token"},
+    "metricsToken": {"type": "http", "scheme": "bearer",
+                     "description": "metrics.token; without one, loopback clients only"},
 }
+SOCKET = "/ws/chats/{uri}/"
+SOCKET_DESCRIPTION = (
+    "The room's WebSocket (members only; the login cookie, an Authorization header or "
+    "?token=). With ?since=N: every message after N, then a ready frame, then the live "
+    "stream. Without since (chatire's client): live message frames only, no ready. "
+    "Close codes: 1001 going away, 1007 a frame that is not UTF-8, 1008 policy, "
+    "1009 frame too big, 4008 slow consumer (reconnect with since).")
 
 
-def document() -> dict:
-    return {
+def operations(routes: list) -> list[tuple[str, str, Endpoint]]:
+    """(route pattern, method, declaration) of every declared handler method."""
+    found = []
+    for route in routes:
+        pattern, handler = route[0], route[1]
+        for method in METHODS:
+            spec = getattr(getattr(handler, method, None), "endpoint", None)
+            if spec is not None:
+                found.append((pattern, method, spec))
+    return found
+
+
+def path_of(pattern: str, spec: Endpoint) -> tuple[str, list[dict]]:
+    """/api/chats/([0-9a-f]{15})/ -> /api/chats/{uri}/ and its parameter."""
+    groups = GROUP.findall(pattern)
+    names = iter(spec.path_params)
+    path = GROUP.sub(lambda _: "{" + next(names) + "}", pattern).rstrip("$")
+    return path, [{"name": name, "in": "path", "required": True,
+                   "schema": {"type": "string", "pattern": f"^{group}$"}}
+                  for name, group in zip(spec.path_params, groups, strict=True)]
+
+
+class Schemas:
+    """Collects the types to document, then turns them into components."""
+
+    def __init__(self):
+        self.wanted: dict[tuple[int, str], tuple[Any, str]] = {}
+
+    def add(self, kind: Any, mode: str = "serialization") -> tuple[int, str]:
+        key = (id(kind), mode)
+        self.wanted[key] = (kind, mode)
+        return key
+
+    def generate(self) -> tuple[dict, dict]:
+        inputs = [(key, mode, TypeAdapter(kind)) for key, (kind, mode) in self.wanted.items()]
+        by_key, definitions = TypeAdapter.json_schemas(inputs, ref_template=REF)
+        return {key: schema for (key, _mode), schema in by_key.items()}, \
+            definitions.get("$defs", {})
+
+
+def without_null(schema: dict) -> dict:
+    """A query parameter's schema: absent, not null, is how it is left out."""
+    options = [s for s in schema.get("anyOf", ()) if s.get("type") != "null"]
+    if len(options) == 1:
+        rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+        return {**options[0], **rest}
+    return {k: v for k, v in schema.items() if k != "default" or v is not None}
+
+
+def query_parameters(definitions: dict, reference: dict) -> list[dict]:
+    """A query model's fields as OpenAPI query parameters."""
+    query = definitions[reference["$ref"].rsplit("/", 1)[1]]
+    return [{"name": name, "in": "query", "required": name in query.get("required", ()),
+             "schema": without_null(schema)} for name, schema in query["properties"].items()]
+
+
+def configured(node: Any, config) -> Any:
+    """The document with every x-configured-<keyword>: <setting> replaced by
+    <keyword>: <the setting's value>."""
+    if isinstance(node, list):
+        return [configured(item, config) for item in node]
+    if not isinstance(node, dict):
+        return node
+    filled = {}
+    for key, value in node.items():
+        if key.startswith(CONFIGURED):
+            filled[key[len(CONFIGURED):]] = getattr(config, value)
+        else:
+            filled[key] = configured(value, config)
+    return filled
+
+
+def content(schema: dict, content_type: str = "application/json") -> dict:
+    return {content_type: {"schema": schema}}
+
+
+def document(routes: list, config) -> dict:
+    schemas = Schemas()
+    declared = operations(routes)
+    keys: dict[int, dict[str, Any]] = {}
+    for _pattern, _method, spec in declared:
+        if spec.body is not None:
+            keys.setdefault(id(spec), {})["body"] = schemas.add(spec.body, "validation")
+        if spec.query is not None:
+            keys.setdefault(id(spec), {})["query"] = schemas.add(spec.query, "validation")
+        if spec.response is not None:
+            keys.setdefault(id(spec), {})["response"] = schemas.add(spec.response)
+        for _description, kind in spec.responses.values():
+            schemas.add(kind)
+    error_keys = {status: schemas.add(kind) for status, (_, kind) in ERRORS.items()}
+    client = schemas.add(models.ClientFrame, "validation")
+    server = schemas.add(models.ServerFrame)
+    socket_query = schemas.add(models.SocketQuery, "validation")
+    generated, definitions = schemas.generate()
+
+    paths: dict[str, dict] = {}
+    for pattern, method, spec in declared:
+        path, parameters = path_of(pattern, spec)
+        operation: dict[str, Any] = {
+            "summary": spec.summary, "operationId": spec.operation_id,
+            "security": spec.security if spec.security is not None
+            else (TOKEN_AUTH if spec.auth else []),
+        }
+        mine = keys.get(id(spec), {})
+        if "query" in mine:
+            operation["parameters"] = query_parameters(definitions, generated[mine["query"]])
+        if "body" in mine:
+            body = generated[mine["body"]]
+            operation["requestBody"] = {"required": spec.body_required, "content": {
+                **content(body), **content(body, "application/x-www-form-urlencoded")}}
+        ok: dict[str, Any] = {"description": spec.summary}
+        if "response" in mine:
+            ok["content"] = content(generated[mine["response"]], spec.content_type)
+        answers = {str(spec.status): ok}
+        statuses = set(spec.errors)
+        if spec.body is not None or spec.query is not None:
+            statuses.add(400)
+        if spec.auth:
+            statuses.add(401)
+        if method in WRITES:
+            statuses |= {403, 413}
+        for status in sorted(statuses):
+            description, _ = ERRORS[status]
+            answers[str(status)] = {"description": description,
+                                    "content": content(generated[error_keys[status]])}
+        for status, (description, kind) in spec.responses.items():
+            answers[str(status)] = {"description": description,
+                                    "content": content(generated[schemas.add(kind)])}
+        operation["responses"] = dict(sorted(answers.items()))
+        entry = paths.setdefault(path, {})
+        if parameters:
+            entry["parameters"] = parameters
+        entry[method] = operation
+
+    return configured({
         "openapi": "3.1.0",
         "info": {"title": "Chat server API", "version": "1.0.0",
                  "description": "Accounts, chat rooms and message history. Realtime delivery "
-                                "is the WebSocket /ws/chats/{uri}/?since=N."},
-        "components": {
-            "schemas": SCHEMAS,
-            "securitySchemes": {
-                "jwt": {"type": "apiKey", "in": "header", "name": "Authorization",
-                        "description": "Authorization: JWT <token>"},
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "cookie": {"type": "apiKey", "in": "cookie", "name": "chat_token"},
-                "metricsToken": {"type": "http", "scheme": "bearer",
-                                 "description": "metrics.token; without one, loopback clients only"},
-            },
-        },
-        "paths": {
-            "/auth/users/create/": {"post": {
-                "summary": "Sign up", "operationId": "register", "security": [],
-                "requestBody": request("Register"),
-                "responses": responses("201", json_body(ref("NewUser"), "Created"),
-                                       "400", "403", "413", "429", "503")}},
-            "/auth/jwt/create/": {"post": {
-                "summary": "Log in: a token, and the login cookie", "operationId": "login",
-                "security": [], "requestBody": request("Login"),
-                "responses": responses("200", json_body(ref("Token"), "Logged in"),
-                                       "400", "403", "413", "429", "503")}},
-            "/auth/jwt/refresh/": {"post": {
-                "summary": "A fresh token for a live one", "operationId": "refresh",
-                "security": [], "requestBody": request("TokenBody"),
-                "responses": responses("200", json_body(ref("Token"), "Refreshed"),
-                                       "400", "401", "403", "413", "503")}},
-            "/auth/logout/": {"post": {
-                "summary": "Revoke this token and close its sockets", "operationId": "logout",
-                "security": AUTH,
-                "responses": responses("204", {"description": "Logged out"}, "401", "403",
-                                       "503")}},
-            "/auth/me/": {"get": {
-                "summary": "The caller", "operationId": "me", "security": AUTH,
-                "responses": responses("200", json_body(ref("User"), "The caller"),
-                                       "401", "503")}},
-            "/api/chats/": {
-                "post": {"summary": "Start a chat", "operationId": "createChat", "security": AUTH,
-                         "responses": responses("200", json_body(ref("ChatCreated"), "Created"),
-                                                "401", "403", "413", "503")},
-                "get": {"summary": "My chats, newest activity first", "operationId": "listChats",
-                        "security": AUTH,
-                        "responses": responses("200", json_body(
-                            {"type": "array", "items": ref("ChatSummary")}, "My chats"),
-                            "401", "503")}},
-            "/api/chats/{uri}/": {
-                "parameters": [URI],
-                "get": {"summary": "A chat with its owner and members", "operationId": "getChat",
-                        "security": AUTH,
-                        "responses": responses("200", json_body(ref("Chat"), "The chat"),
-                                               "401", "403", "404", "503")},
-                "patch": {"summary": "Join; the owner may add a user by username",
-                          "operationId": "joinChat", "security": AUTH,
-                          "requestBody": {"required": False, "content": {
-                              "application/json": {"schema": ref("Join")},
-                              "application/x-www-form-urlencoded": {"schema": ref("Join")}}},
-                          "responses": responses("200", json_body(ref("Joined"), "Joined"),
-                                                 "400", "401", "403", "404", "413", "503")}},
-            "/api/chats/{uri}/messages/": {
-                "parameters": [URI],
-                "post": {"summary": "Post a message", "operationId": "postMessage",
-                         "security": AUTH, "requestBody": request("NewMessage"),
-                         "responses": responses("200", json_body(ref("Posted"), "Stored"),
-                                                "400", "401", "403", "404", "413", "429",
-                                                "503")},
-                "get": {"summary": "History, oldest first", "operationId": "listMessages",
-                        "security": AUTH,
-                        "parameters": [
-                            {"name": "after", "in": "query", "schema": SEQ},
-                            {"name": "before", "in": "query",
-                             "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
-                            {"name": "limit", "in": "query",
-                             "schema": {"type": "integer", "minimum": 1, "maximum": 200,
-                                        "default": 50}}],
-                        "responses": responses("200", json_body(ref("MessagePage"), "A page"),
-                                               "400", "401", "403", "404", "503")}},
-            "/healthz": {"get": {
-                "summary": "MongoDB and broker health", "operationId": "health", "security": [],
-                "responses": {"200": json_body(ref("Health"), "All up"),
-                              "503": json_body(ref("Health"), "Something is down")}}},
-            "/metrics": {"get": {
-                "summary": "Prometheus metrics of this process", "operationId": "metrics",
-                "security": [{"metricsToken": []}, {}],
-                "responses": {
-                    "200": {"description": "The Prometheus text format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    "401": json_body(ref("Detail"), "metrics.token is set and was not sent"),
-                    "403": json_body(ref("Detail"), "No metrics.token, and not a loopback client")}}},
-            "/api/openapi.json": {"get": {
-                "summary": "This document", "operationId": "openapi", "security": [],
-                "responses": {"200": json_body({"type": "object", "required": ["openapi", "paths"]},
-                                               "OpenAPI 3.1")}}},
-        },
-    }
+                                f"is the WebSocket {SOCKET}?since=N (see x-websocket)."},
+        "components": {"schemas": definitions, "securitySchemes": SECURITY_SCHEMES},
+        "paths": paths,
+        "x-websocket": {SOCKET: {
+            "description": SOCKET_DESCRIPTION,
+            "parameters": [
+                {"name": "uri", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": models.URI_PATTERN}},
+                *query_parameters(definitions, generated[socket_query])],
+            "client_frames": generated[client],
+            "server_frames": generated[server],
+        }},
+    }, config)
+

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
+from typing import Any
 
 from chat.store import Unavailable
-from handlers import openapi
-from handlers.base import ApiHandler, bearer_token, detail
+from handlers import models
+from handlers.base import ApiHandler, bearer_token, detail, endpoint
 
 
 class HealthHandler(ApiHandler):
+    @endpoint("MongoDB and broker health", "health", response=models.Health, auth=False,
+              responses={503: ("Something is down", models.Health)})
     async def get(self) -> None:
         try:
             await self.services.store.ping()
@@ -26,15 +28,19 @@ class HealthHandler(ApiHandler):
 
 
 class OpenApiHandler(ApiHandler):
-    document = json.dumps(openapi.document())
-
+    @endpoint("This document (OpenAPI 3.1)", "openapi", response=dict[str, Any], auth=False)
     def get(self) -> None:
-        self.finish(self.document)
+        # Generated once, in server.make_app, from the routes' endpoint models.
+        self.finish(self.settings["openapi_json"])
 
 
 class MetricsHandler(ApiHandler):
     """Prometheus text format; a token, or else loopback clients only."""
 
+    @endpoint("Prometheus metrics of this process", "metrics", response=str,
+              content_type="text/plain", auth=False, security=[{"metricsToken": []}, {}],
+              responses={401: ("metrics.token is set and was not sent", models.Detail),
+                         403: ("No metrics.token, and not a loopback client", models.Detail)})
     def get(self) -> None:
         token = self.services.config.metrics_token
         if token:

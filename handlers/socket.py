@@ -5,16 +5,42 @@ from __future__ import annotations
 import json
 import logging
 
+import pydantic
 import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from chat.hub import CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
 from chat.store import NotFound, NotMember, Unavailable
-from handlers.base import MAX_INT, ApiError, Authenticating, Services, api_error, detail, unauthorized
+from handlers import models
+from handlers.base import (
+    ApiError,
+    Authenticating,
+    Services,
+    api_error,
+    decoded_arguments,
+    detail,
+    unauthorized,
+    validated,
+)
 
 log = logging.getLogger("chat.socket")
 
-MAX_CLIENT_ID = 64
+CLOSE_INVALID_TEXT = 1007
+
+
+class TextFrameChecking(tornado.websocket.WebSocketProtocol13):
+    """Tornado drops the TCP connection when a text frame is not UTF-8; RFC 6455
+    says to close it with 1007. (Compression is never negotiated, so the frame's
+    data is the text itself.)"""
+
+    def _handle_message(self, opcode: int, data: bytes):
+        if opcode == 0x1:
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                self.close(CLOSE_INVALID_TEXT, "text frames must be UTF-8")
+                return None
+        return super()._handle_message(opcode, data)
 
 
 class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
@@ -33,6 +59,10 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return token, "query"
         return super().credentials()
 
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        return None if protocol is None else TextFrameChecking(self, False, protocol.params)
+
     def check_origin(self, origin: str) -> bool:
         # Same-origin requests never get here (Tornado matches them to Host first).
         if origin in self.services.config.allowed_origins:
@@ -46,7 +76,7 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             await self.authorise(uri)
         except (ApiError, NotFound, NotMember, Unavailable) as failure:
             error = api_error(failure)
-            self.refuse(uri, error.status, error.body.get("detail", "Refused."), error.headers)
+            self.refuse(uri, error.status, error.body, error.headers)
             return
         await super().get(uri)
 
@@ -54,28 +84,24 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         user = await self.authenticate()
         if user is None:
             raise unauthorized()
-        since = self.get_query_argument("since", None)
-        if since is not None:
-            # ASCII digits only ("²".isdigit() is true), and within MongoDB's
-            # 8-byte integers: a bigger one fails the catch-up query.
-            if not (since.isascii() and since.isdigit()) or len(since) > 19 \
-                    or int(since) > MAX_INT:
-                raise detail(400, "since must be a whole number >= 0.")
-            self.since = int(since)
+        query = validated(models.SocketQuery, decoded_arguments(self.request.query_arguments),
+                          self.services.config, strict=False)
+        self.since = query.since
         await self.services.store.check_member(uri, user["id"])
         if self.services.hub.count_user_sockets(user["id"]) >= self.services.config.max_sockets_per_user:
             raise detail(429, "Too many open sockets for this user.", {"Retry-After": "10"})
         self.user = user
         self.uri = uri
 
-    def refuse(self, uri: str, status: int, message: str, headers: dict[str, str]) -> None:
-        self.refusal = message
-        log.info("websocket refused: %s %s (room %s)", status, message, uri)
+    def refuse(self, uri: str, status: int, body: dict, headers: dict[str, str]) -> None:
+        """Answer the handshake with the API's error body ({detail} or {field: [...]})."""
+        self.refusal = body.get("detail") or json.dumps(body)
+        log.info("websocket refused: %s %s (room %s)", status, self.refusal, uri)
         self.set_status(status)
         for name, value in headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(json.dumps({"detail": message}))
+        self.finish(json.dumps(body))
 
     async def open(self, uri: str) -> None:
         stream = self.ws_connection.stream
@@ -94,33 +120,53 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return
         self.send_frame(text_frame(encode({"type": "ready", "seq": seq})))
 
-    async def on_message(self, text: str | bytes) -> None:
+    def parse_frame(self, text: str | bytes) -> models.Wire | None:
+        """The client's frame as its model, or None after an error frame saying why."""
         try:
-            frame = json.loads(text)
+            data = json.loads(text)
+        except RecursionError:
+            self.send_error_frame("invalid", "Nested too deeply.")
+            return None
         except ValueError:
-            self.send_error("invalid", "Frames must be JSON objects.")
-            return
-        if not isinstance(frame, dict) or frame.get("type") != "message":
-            self.send_error("invalid", "Unknown frame type; send {\"type\": \"message\", ...}.")
-            return
-        client_id = frame.get("client_id")
-        if client_id is not None and (not isinstance(client_id, str)
-                                      or not 0 < len(client_id) <= MAX_CLIENT_ID):
-            self.send_error("invalid", f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters.")
-            return
+            self.send_error_frame("invalid", "Frames must be JSON objects.")
+            return None
+        if not isinstance(data, dict) or data.get("type") not in models.CLIENT_FRAME_TYPES:
+            self.send_error_frame("invalid", "Unknown frame type; send one of: "
+                                  f"{', '.join(sorted(models.CLIENT_FRAME_TYPES))}.")
+            return None
         try:
-            await self.services.hub.post(self.user, self.uri, frame.get("message"), client_id)
+            models.refuse_lone_surrogates(data, models.CLIENT_FRAME_FIELDS)
+            return models.client_frame.validate_python(
+                data, strict=True, context={"config": self.services.config, "strict": True})
+        except (pydantic.ValidationError, models.Invalid) as error:
+            skip = 0 if len(models.CLIENT_FRAMES) == 1 else 1  # a union's errors start with the tag
+            problems = error.problems if isinstance(error, models.Invalid) else \
+                models.field_errors(models.ClientFrame, error, skip)
+            client_id = data.get("client_id") if "client_id" not in problems else None
+            self.send_error_frame("invalid", "; ".join(
+                f"{field}: {' '.join(messages)}" for field, messages in problems.items()),
+                client_id if isinstance(client_id, str) else None)
+            return None
+
+    async def on_message(self, text: str | bytes) -> None:
+        frame = self.parse_frame(text)
+        if frame is None:
+            return
+        client_id = frame.client_id
+        try:
+            await self.services.hub.post(self.user, self.uri, frame.message, client_id)
         except InvalidMessage as error:
-            self.send_error("invalid", f"message: {error}", client_id)
+            self.send_error_frame("invalid", f"message: {error}", client_id)
         except RateLimited as error:
-            self.send_error("rate_limited", str(error), client_id)
+            self.send_error_frame("rate_limited", str(error), client_id)
         except Unavailable:
-            self.send_error("unavailable", "The database is unavailable; try again shortly.",
-                            client_id)
+            self.send_error_frame("unavailable", "The database is unavailable; try again shortly.",
+                                  client_id)
         except (NotFound, NotMember):
             self.close_with(1008, "no longer a member")
 
-    def send_error(self, code: str, message: str, client_id: str | None = None) -> None:
+    def send_error_frame(self, code: str, message: str, client_id: str | None = None) -> None:
+        """An `error` frame (not RequestHandler.send_error, which answers HTTP errors)."""
         error = {"type": "error", "code": code, "detail": message}
         if client_id:
             error["client_id"] = client_id

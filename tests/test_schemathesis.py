@@ -24,8 +24,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+import server as chat_server
+from chat import config as chat_config
 from handlers import openapi
-from tests.helpers import Api
+from tests.helpers import Api, ServerProcess
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]
@@ -45,9 +47,12 @@ def member(server) -> tuple[Api, str]:
 
 
 # The document the server serves (test_the_live_document_is_the_one_fuzzed checks
-# that). Loaded at import because schemathesis's lazy from_fixture loader does
-# not work with pytest 9; the calls go to the live server all the same.
-schema = schemathesis.openapi.from_dict(openapi.document())
+# that), generated for the test server's configuration. Loaded at import because
+# schemathesis's lazy from_fixture loader does not work with pytest 9; the calls
+# go to the live server all the same.
+DOCUMENT = openapi.document(chat_server.routes(),
+                            chat_config.load(env=ServerProcess("", "").env()))
+schema = schemathesis.openapi.from_dict(DOCUMENT)
 fuzz = settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -73,7 +78,7 @@ def call(case, server, member, mode: str) -> None:
 
 
 def test_the_live_document_is_the_one_fuzzed(server):
-    assert httpx.get(f"{server.url}/api/openapi.json").json() == openapi.document()
+    assert httpx.get(f"{server.url}/api/openapi.json").json() == DOCUMENT
 
 
 @pytest.mark.slow

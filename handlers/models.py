@@ -1,0 +1,394 @@
+"""Every request body, query, response and WebSocket frame of the API, declared once.
+
+The handlers validate their input with these models (400 naming the field, see
+`handlers.base.endpoint`), the socket validates client frames with them, and
+/api/openapi.json is generated from them (`handlers.openapi`). A limit that
+comes from config.yaml is declared with `Configured("setting")`: it is checked
+against the running configuration and written into the document from it.
+
+Adding an endpoint: declare its body/query/response models here (subclasses of
+`Wire`, strings as `Text`/`Required`), then decorate the handler method with
+`@endpoint(...)` naming them; the method gets `body=`/`query=` as validated
+models. Adding a client frame: a `Wire` model with `type: Literal["..."]`, listed
+in CLIENT_FRAMES; a server frame: listed in SERVER_FRAMES (documentation).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    RootModel,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError, core_schema
+
+# MongoDB's largest integer: a bigger cursor could not even be compared.
+MAX_INT = 2**63 - 1
+MAX_CLIENT_ID = 64
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+URI_PATTERN = r"^[0-9a-f]{15}$"
+
+
+class Configured:
+    """A maximum read from the configuration (`config.<setting>`) at validation
+    time, and written into the JSON Schema as `x-configured-<keyword>` for
+    handlers.openapi to replace with the configured value."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+
+    def __get_pydantic_core_schema__(self, source: Any, handler) -> core_schema.CoreSchema:
+        return core_schema.with_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler) -> dict:
+        json_schema = handler(schema)
+        keyword = "maxLength" if json_schema.get("type") == "string" else "maximum"
+        return {**json_schema, f"x-configured-{keyword}": self.setting}
+
+    def check(self, value: Any, info: ValidationInfo) -> Any:
+        config = (info.context or {}).get("config")
+        if config is None:
+            raise RuntimeError("validate with handlers.base.validated for configured limits")
+        limit = getattr(config, self.setting)
+        if isinstance(value, str):
+            if len(value) > limit:
+                raise PydanticCustomError(
+                    "string_too_long", "Ensure this field has no more than {max_length} characters.",
+                    {"max_length": limit})
+        elif value > limit:
+            raise PydanticCustomError("less_than_equal", "Ensure this value is at most {le}.",
+                                      {"le": limit})
+        return value
+
+
+def not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "This field may not be blank.")
+    return value
+
+
+def ascii_digits(value: Any, info: ValidationInfo) -> Any:
+    """A query's or form's integer: ASCII digits only (not "+1", a full-width
+    digit or " 1"), at most 19 of them (MongoDB's integers). JSON must send a number."""
+    if isinstance(value, str) and not (info.context or {}).get("strict"):
+        if not (value.isascii() and value.isdigit()):
+            raise PydanticCustomError("int_parsing", "A valid integer is required.")
+        if len(value) > 19:
+            raise PydanticCustomError("less_than_equal", "Ensure this value is at most {le}.",
+                                      {"le": MAX_INT})
+        return int(value)
+    return value
+
+
+def empty_is_absent(value: str | None) -> str | None:
+    return value or None
+
+
+# Any string (handlers refuse lone surrogates in every field: refuse_lone_surrogates).
+Text = str
+
+
+def required(**constraints: Any) -> Any:
+    """A string that must hold something other than whitespace (and `constraints`,
+    given here: pydantic cannot document constraints added after a validator)."""
+    return Annotated[str, Field(min_length=1, **constraints), AfterValidator(not_blank)]
+
+
+def counter(minimum: int = 0, maximum: int = MAX_INT) -> Any:
+    """An integer that may come from a query string or form: ASCII digits only."""
+    return Annotated[int, Field(ge=minimum, le=maximum), BeforeValidator(ascii_digits)]
+
+
+Required = required()
+Seq = counter()
+Uri = Annotated[str, Field(pattern=URI_PATTERN)]
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+ClientId = Annotated[
+    Annotated[str, Field(max_length=MAX_CLIENT_ID)] | None, AfterValidator(empty_is_absent),
+    Field(description="The client's idempotency key: a repeat returns the stored message. "
+                      "Empty or null means none (the message is never de-duplicated)."),
+]
+
+
+def lone_surrogate(value: Any) -> bool:
+    """Whether value (or any string in it) holds a lone surrogate like "\\ud800":
+    valid JSON, but no valid UTF-8, so MongoDB and bcrypt would refuse it.
+    A loop, not recursion: the value may be nested as deep as json.loads allows."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+class Invalid(ValueError):
+    """Input refused before its model saw it: {field: [message]}."""
+
+    def __init__(self, problems: dict[str, list[str]]):
+        super().__init__(problems)
+        self.problems = problems
+
+
+def refuse_lone_surrogates(data: Any, fields: Any) -> None:
+    """Raise Invalid naming each of `fields` whose value holds a lone surrogate."""
+    if isinstance(data, dict):
+        bad = {name: ["Not valid text: it holds a lone surrogate."]
+               for name in fields if lone_surrogate(data.get(name))}
+        if bad:
+            raise Invalid(bad)
+
+
+class Wire(BaseModel):
+    """What every model of the wire shares: unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    # Messages for a field's errors that say more than the generic ones:
+    # {(field, error type): message}.
+    error_messages: ClassVar[dict[tuple[str, str], str]] = {}
+
+
+# Requests -------------------------------------------------------------
+
+class Register(Wire):
+    username: required(max_length=150, pattern=r"^[A-Za-z0-9@.+_-]+$")
+    password: Required
+    email: Annotated[str, Field(max_length=254, pattern=r"^(?:[^@\s]+@[^@\s]+\.[^@\s]+)?$")] | None = None
+
+    error_messages: ClassVar = {
+        ("username", "string_pattern_mismatch"):
+            "Enter a valid username. This value may contain only letters, numbers, and "
+            "@/./+/-/_ characters.",
+        ("email", "string_pattern_mismatch"): "Enter a valid email address.",
+    }
+
+
+class Login(Wire):
+    username: Required
+    password: Required
+
+
+class TokenBody(Wire):
+    token: Required
+
+
+class Join(Wire):
+    username: Annotated[Text | None, Field(description="Whom the owner adds; absent, null or "
+                                                       "empty: the caller joins")] = None
+
+
+class NewMessage(Wire):
+    message: Annotated[Required, Configured("max_message_chars")]
+    client_id: ClientId = None
+
+
+class MessagesQuery(Wire):
+    after: Annotated[Seq, Field(description="Messages with seq > after")] | None = None
+    before: Annotated[counter(1), Field(description="Messages with seq < before (the latest "
+                                                    "when neither is given)")] | None = None
+    limit: counter(1, MAX_PAGE) = DEFAULT_PAGE
+
+    @field_validator("before")
+    @classmethod
+    def not_both(cls, before: int | None, info: ValidationInfo) -> int | None:
+        if before is not None and info.data.get("after") is not None:
+            raise PydanticCustomError("exclusive", "Give either 'after' or 'before', not both.")
+        return before
+
+
+# Responses ------------------------------------------------------------
+
+class User(Wire):
+    id: str
+    username: str
+    email: str
+    first_name: str
+    last_name: str
+
+
+class NewUser(Wire):
+    id: str
+    username: str
+    email: str
+
+
+class Token(Wire):
+    token: str
+
+
+class Detail(Wire):
+    detail: str
+
+
+class FieldErrors(RootModel[Annotated[dict[str, list[str]], Field(min_length=1)]]):
+    """Each key names a field (or non_field_errors) and lists what is wrong with it."""
+
+
+class ChatCreated(Wire):
+    status: Literal["SUCCESS"]
+    uri: Uri
+    message: str
+
+
+class ChatSummary(Wire):
+    uri: Uri
+    owner: str
+    members: int
+    seq: int = Field(ge=0)
+    updated: Timestamp
+
+
+class Chat(Wire):
+    uri: Uri
+    owner: User | None
+    members: list[User]
+    seq: int = Field(ge=0)
+    created: Timestamp
+    updated: Timestamp
+
+
+class Joined(Wire):
+    status: Literal["SUCCESS"]
+    uri: Uri
+    members: list[User]
+    message: str
+    user: User
+
+
+class Message(Wire):
+    id: str
+    seq: int = Field(ge=1)
+    uri: Uri
+    user: User
+    message: str
+    created: Timestamp
+    client_id: str | None = None
+
+
+class Posted(Message):
+    status: Literal["SUCCESS"]
+
+
+class MessagePage(Wire):
+    uri: Uri
+    messages: list[Message]
+    has_more: bool
+
+
+class Health(Wire):
+    mongo: Literal["ok", "down"]
+    broker: Literal["ok", "down"]
+
+
+# WebSocket frames -----------------------------------------------------
+
+class SocketQuery(Wire):
+    """The socket URL's query: /ws/chats/<uri>/?since=N&token=T."""
+    since: Annotated[Seq, Field(description="Send every message after N, then ready; "
+                                            "absent: live message frames only")] | None = None
+    token: Annotated[Text, Field(description="A token, for clients that cannot send "
+                                             "headers")] | None = None
+
+
+class SendMessage(Wire):
+    """Client -> server: post a message; it comes back through the stream."""
+    type: Literal["message"]
+    message: Annotated[Required, Configured("max_message_chars")]
+    client_id: ClientId = None
+
+
+class MessageFrame(Message):
+    """Server -> client: a message of the room, in seq order."""
+    type: Literal["message"]
+
+
+class ReadyFrame(Wire):
+    """Server -> client, only to a socket opened with ?since=N: everything after N was sent."""
+    type: Literal["ready"]
+    seq: int = Field(ge=0)
+
+
+class ErrorFrame(Wire):
+    """Server -> client, in answer to a frame the client sent."""
+    type: Literal["error"]
+    code: Literal["invalid", "rate_limited", "unavailable"]
+    detail: str
+    client_id: str | None = None
+
+
+CLIENT_FRAMES: list[type[Wire]] = [SendMessage]
+SERVER_FRAMES: list[type[Wire]] = [MessageFrame, ReadyFrame, ErrorFrame]
+
+
+def one_of(kinds: list[type[Wire]]) -> Any:
+    """The frame models as one type, told apart by their `type`."""
+    if len(kinds) == 1:
+        return kinds[0]
+    union = kinds[0]
+    for kind in kinds[1:]:
+        union = union | kind
+    return Annotated[union, Field(discriminator="type")]
+
+
+CLIENT_FRAME_FIELDS = {name for frame in CLIENT_FRAMES for name in frame.model_fields}
+CLIENT_FRAME_TYPES = {kind for frame in CLIENT_FRAMES
+                      for kind in get_args(frame.model_fields["type"].annotation)}
+ClientFrame = one_of(CLIENT_FRAMES)
+ServerFrame = one_of(SERVER_FRAMES)
+client_frame = TypeAdapter(ClientFrame)
+
+
+# Errors ---------------------------------------------------------------
+
+# The tutorial's (Django REST framework's) wording for pydantic's error types.
+MESSAGES = {
+    "missing": "This field is required.",
+    "string_type": "Not a valid string.",
+    "int_type": "A valid integer is required.",
+    "int_parsing": "A valid integer is required.",
+    "int_from_float": "A valid integer is required.",
+    "bool_type": "Must be a valid boolean.",
+    "bool_parsing": "Must be a valid boolean.",
+    "string_too_long": "Ensure this field has no more than {max_length} characters.",
+    "greater_than_equal": "Ensure this value is greater than or equal to {ge}.",
+    "less_than_equal": "Ensure this value is less than or equal to {le}.",
+    "model_type": "Expected an object.",
+    "model_attributes_type": "Expected an object.",
+    "dict_type": "Expected an object.",
+    "list_type": "Expected a list.",
+}
+
+
+def field_errors(model: Any, error: ValidationError, skip: int = 0) -> dict[str, list[str]]:
+    """A ValidationError as {field: [message]}; `skip` drops leading loc parts
+    (a frame union's tag)."""
+    answer: dict[str, list[str]] = {}
+    for item in error.errors(include_url=False, include_input=False):
+        loc = item["loc"][skip:]
+        field = str(loc[0]) if loc else "non_field_errors"
+        kind = item["type"]
+        specific = getattr(model, "error_messages", {}).get((field, kind))
+        if specific is None and kind == "string_too_short" and item["ctx"]["min_length"] == 1:
+            specific = "This field may not be blank."
+        template = specific or MESSAGES.get(kind)
+        message = template.format(**item.get("ctx", {})) if template else item["msg"]
+        answer.setdefault(field, []).append(message)
+    return answer
