@@ -78,6 +78,14 @@ class NotAttempted(Exception):
     """An ordered insert stopped at an earlier event; this one was not tried."""
 
 
+# When the HTTP request being served must have its answer from MongoDB (event
+# loop time), once the edge has begun one: every operation of the request, and
+# its time queued behind a group commit, counts against it. A context variable
+# because it belongs to one request's task, not to the application.
+REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "request_deadline", default=None)
+
+
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -85,8 +93,12 @@ def now() -> datetime.datetime:
 def guarded(method):
     @functools.wraps(method)
     async def call(*args, **kwargs):
+        deadline = REQUEST_DEADLINE.get()
         try:
-            return await method(*args, **kwargs)
+            if deadline is None:
+                return await method(*args, **kwargs)
+            with pymongo.timeout(max(0.001, deadline - asyncio.get_running_loop().time())):
+                return await method(*args, **kwargs)
         except PyMongoError as exc:
             # `timeout` covers every way the client-side operation timeout
             # (timeoutMS, pymongo.timeout) ends an operation.
@@ -178,8 +190,9 @@ class GroupCommit:
     async def submit(self, item: Any, deadline: float | None = None) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.queue.append((item, loop.time() + self.timeout if deadline is None else deadline,
-                           future))
+        if deadline is None:
+            deadline = REQUEST_DEADLINE.get() or loop.time() + self.timeout
+        self.queue.append((item, deadline, future))
         if self.flushing is None:
             # A context of its own: the flush serves later submitters too and
             # must not inherit this one's pymongo.timeout.
@@ -271,8 +284,14 @@ class Store:
         self.room_touches = GroupCommit(self.touch_rooms, self.timeout)
 
     def deadline(self) -> float:
-        """When an operation begun now must have ended (event loop time)."""
-        return asyncio.get_running_loop().time() + self.timeout
+        """When an operation begun now must have ended (event loop time): the
+        request's deadline inside one, else the timeout from now."""
+        request = REQUEST_DEADLINE.get()
+        return asyncio.get_running_loop().time() + self.timeout if request is None else request
+
+    def begin_request(self) -> None:
+        """Start the MongoDB time budget of an HTTP request (in its own task)."""
+        REQUEST_DEADLINE.set(asyncio.get_running_loop().time() + self.timeout)
 
     def budget(self, deadline: float) -> pymongo.timeout:
         """Bound every MongoDB operation in the block by deadline, all together."""

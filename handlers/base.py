@@ -283,6 +283,7 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
                                   "X-XSRFToken header.") from None
 
     async def prepare(self) -> None:
+        self.services.store.begin_request()
         if len(self.request.body) > self.services.config.max_body_bytes:
             raise detail(413, f"Request body is larger than {self.services.config.max_body_bytes} bytes.")
         self.current_user = await self.authenticate()

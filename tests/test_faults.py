@@ -11,7 +11,9 @@ import asyncio
 import concurrent.futures
 import json
 import signal
+import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -223,3 +225,98 @@ def test_sigterm_closes_every_socket_with_1001_and_exits_quickly(start_server):
     assert codes == [1001] * 9
     assert exit_code == 0
     assert took < 10
+
+
+def test_a_hung_mongodb_gives_503_within_the_timeout_for_every_request(start_server, tmp_path):
+    """nx-27017 stopped with SIGSTOP (connections hang rather than refuse) while
+    10 posters keep posting: every request answers 503 within mongo_timeout_ms
+    plus a margin, queue time behind a group commit included."""
+    timeout_ms = 1500
+    mongo = MongoServer(tmp_path / "mongo")
+    mongo.start()
+    try:
+        server = start_server(mongo_url=f"{mongo.url}/hung", mongo_timeout_ms=timeout_ms)
+        posters = [Api(server.url).signup() for _ in range(10)]
+        uri = posters[0].new_chat()
+        for api in posters[1:]:
+            api.join(uri)
+        for api in posters:
+            api.post(uri, "before")
+        answers: list[tuple[int, float]] = []
+
+        def keep_posting(api: Api, until: float) -> None:
+            i = 0
+            while time.monotonic() < until:
+                started = time.monotonic()
+                reply = api.request("POST", f"/api/chats/{uri}/messages/",
+                                    json={"message": f"during {i}", "client_id": uuid.uuid4().hex})
+                answers.append((reply.status_code, time.monotonic() - started))
+                i += 1
+
+        mongo.process.send_signal(signal.SIGSTOP)
+        try:
+            until = time.monotonic() + 4 * timeout_ms / 1000
+            with concurrent.futures.ThreadPoolExecutor(len(posters)) as pool:
+                list(pool.map(keep_posting, posters, [until] * len(posters)))
+        finally:
+            mongo.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: httpx.post(
+            f"{server.url}/api/chats/{uri}/messages/", headers=posters[0].auth,
+            json={"message": "after"}).status_code == 200, 30, "posting to work again")
+    finally:
+        mongo.stop()
+    statuses = {status for status, _ in answers}
+    slowest = max(took for _, took in answers)
+    print(f"hung MongoDB: {len(answers)} requests, statuses {statuses}, slowest {slowest:.2f} s")
+    assert statuses == {503}
+    assert len(answers) >= 20  # later requests too, not only the first wave
+    assert slowest < timeout_ms / 1000 + 1.0
+
+
+def test_a_process_killed_mid_batch_in_a_hot_room_leaves_no_gap(two_servers):
+    """Two processes, 16 posters each into one room; one process is SIGKILLed
+    mid-stream. Its posters go on through the other with the same client_ids:
+    the room holds seqs 1..N with no gap and each client_id once."""
+    first, second = two_servers
+    owner = Api(first.url).signup()
+    uri = owner.new_chat()
+    on_first = [owner] + [Api(first.url).signup() for _ in range(15)]
+    for api in on_first[1:]:
+        api.join(uri)
+    on_second = [Api(second.url, api.username).login() for api in on_first]
+    per_poster = 30
+    killed = threading.Event()
+
+    def poster(index: int) -> None:
+        for i in range(per_poster):
+            client_id = f"p{index}-{i}"
+            for _ in range(100):
+                api = (on_first if index % 2 == 0 and not killed.is_set() else on_second)[index // 2]
+                try:
+                    reply = api.request("POST", f"/api/chats/{uri}/messages/",
+                                        json={"message": client_id, "client_id": client_id})
+                    if reply.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"{client_id} could not be posted")
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        done = [pool.submit(poster, index) for index in range(32)]
+        wait_until(lambda: len(owner.history(uri, limit=200)["messages"]) >= 100, 30,
+                   "the room to fill")
+        first.kill()
+        killed.set()
+        for future in done:
+            future.result()
+    history = []
+    page = {"messages": [], "has_more": True}
+    while page["has_more"]:
+        page = on_second[0].history(uri, after=history[-1]["seq"] if history else 0, limit=200)
+        history += page["messages"]
+    seqs = [m["seq"] for m in history]
+    assert seqs == list(range(1, len(seqs) + 1))
+    client_ids = [m["client_id"] for m in history]
+    assert len(client_ids) == len(set(client_ids)) == 32 * per_poster

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pymongo.errors import BulkWriteError
 
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
@@ -208,3 +209,48 @@ def test_a_room_this_process_never_read_is_touched_by_its_uri(fresh_db):
         return by_uri, (await store.room(uri))["seq"], uri in store.room_ids
 
     assert run_store(fresh_db, scenario) == (1, 2, True)
+
+
+def test_a_write_whose_deadline_passed_in_the_queue_is_failed_unsent():
+    """Queue time counts: behind a command that hangs, a write whose deadline
+    passes is failed at once rather than sent late, and the hung command gets
+    only the time its own writes have left."""
+
+    async def scenario():
+        command = FakeCommand()
+        commit = GroupCommit(command, 5.0)
+        loop = asyncio.get_running_loop()
+        first = await started(commit.submit(1))
+        late = await started(commit.submit(2, loop.time() + 0.05))
+        await asyncio.sleep(0.1)
+        command.release.set()
+        return command.batches, await asyncio.gather(*first, *late, return_exceptions=True)
+
+    batches, (first, late) = asyncio.run(scenario())
+    assert batches == [[1]] and first == 10
+    assert isinstance(late, Unavailable)
+
+
+class UnacknowledgedInserts:
+    """What pymongo raises for an insert the write concern did not acknowledge
+    (on a replica set: the primary has it, the majority may not)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def insert_many(self, docs: list[dict], ordered: bool = True) -> None:
+        self.calls += 1
+        raise BulkWriteError({"writeErrors": [], "nInserted": len(docs), "nUpserted": 0,
+                              "nMatched": 0, "nModified": 0, "nRemoved": 0, "upserted": [],
+                              "writeConcernErrors": [{"code": 64, "codeName": "WriteConcernFailed",
+                                                      "errmsg": "waiting for replication timed out"}]})
+
+
+def test_an_insert_with_a_write_concern_error_is_not_reported_stored(fresh_db):
+    async def scenario(store):
+        store.messages = UnacknowledgedInserts()
+        with pytest.raises(Unavailable):
+            await post(Sequencer(store, Metrics()), "room", "hello", seen=5)
+        return store.messages.calls
+
+    assert run_store(fresh_db, scenario) == 1
