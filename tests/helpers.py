@@ -235,6 +235,7 @@ class Listener:
         self.uri = uri
         self.base_url = base_url or api.base_url
         self.seqs: list[int] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each seq in seqs
         self.frames: list[dict] = []
         self.closes: list[int | None] = []
         self.ready = asyncio.Event()
@@ -254,6 +255,7 @@ class Listener:
                     self.frames.append(frame)
                     if frame["type"] == "message":
                         self.seqs.append(frame["seq"])
+                        self.arrivals.append(time.monotonic())
                     elif frame["type"] == "ready":
                         self.ready.set()
             finally:
