@@ -1,6 +1,7 @@
 # make run   - install into .venv and start the server on the embedded default
 # make test  - install everything the tests need and run every test
-# make cluster - N=2 server processes behind nginx on RabbitMQ (PORT=8080)
+# make cluster - N=2 server processes behind nginx on RabbitMQ (PORT=8080);
+#                BROKERS=3 starts a RabbitMQ cluster of three nodes of its own for them
 # make bench - benchmarks against bare Tornado (quick, under 3 minutes; MODE=full for all of it)
 PYTHON ?= python3
 VENV   := .venv
@@ -42,10 +43,12 @@ nginx:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	     -o DPkg::Lock::Timeout=300 nginx >/dev/null); }
 
-N    ?= 2
-PORT ?= 8080
-cluster: $(VENV)/.installed rabbitmq nginx
-	$(PY) deploy/cluster.py --servers $(N) --port $(PORT)
+N       ?= 2
+PORT    ?= 8080
+BROKERS ?= 0
+cluster: $(VENV)/.installed nginx
+	@if [ "$(BROKERS)" = 0 ]; then $(MAKE) -s rabbitmq; fi
+	$(PY) -m deploy.cluster --servers $(N) --port $(PORT) --brokers $(BROKERS)
 
 test: $(VENV)/.installed-test rabbitmq chromium nginx
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,11 @@
-"""`make cluster`: N server processes behind nginx on one RabbitMQ and one MongoDB.
+"""`make cluster`: N server processes behind nginx on RabbitMQ and one MongoDB.
 
-    python deploy/cluster.py [--servers 2] [--port 8080] [--first-port 8001]
+    python -m deploy.cluster [--servers 2] [--port 8080] [--first-port 8001] [--brokers 3]
+
+With --brokers N it starts a RabbitMQ cluster of N nodes of its own
+(deploy/rabbit.py: own node names and ports, data in a temp folder) and gives
+every server process all of them; else it uses CHAT_BROKER_URL or the local
+RabbitMQ on 5672.
 
 Uses CHAT_MONGO_URL when set, else the MongoDB wire server nx-27017 on
 --mongo-port (started under data/cluster-mongo unless one answers there).
@@ -19,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +31,13 @@ import time
 from pathlib import Path
 
 from chat.embedded import stored_secret, wire_server_command
+from deploy.rabbit import RabbitCluster, port_open
+
+__all__ = ["port_open"]  # the tests and the bench import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / "nginx.conf"
 START_SECONDS = 30
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, log: Path | None = None) -> None:
@@ -152,12 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="nginx's port (default 8080)")
     parser.add_argument("--first-port", type=int, default=8001,
                         help="the first server's port; the others follow (default 8001)")
+    parser.add_argument("--brokers", type=int, default=0,
+                        help="start a RabbitMQ cluster of this many nodes of its own "
+                             "(default 0: the local RabbitMQ or CHAT_BROKER_URL)")
     parser.add_argument("--mongo-port", type=int, default=27018,
                         help="nx-27017's port when CHAT_MONGO_URL is unset (default 27018)")
     args = parser.parse_args(argv)
 
     children: list[subprocess.Popen] = []
     nginx: Nginx | None = None
+    brokers: RabbitCluster | None = None
     # Ctrl-C reaches every child of the terminal; a TERM from elsewhere should too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -168,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             mongo_url = f"mongodb://127.0.0.1:{args.mongo_port}/chat"
         env = {**os.environ, "CHAT_MONGO_URL": mongo_url, "CHAT_SECRET": secret(),
                "CHAT_BEHIND_PROXY": "true"}
+        if args.brokers:
+            print(f"starting {args.brokers} RabbitMQ nodes", flush=True)
+            brokers = RabbitCluster(args.brokers, prefix="chat-cluster").start()
+            env["CHAT_BROKER_URL"] = ",".join(brokers.urls)
+            for node in brokers.nodes:
+                print(f"  RabbitMQ node {node.name} on port {node.port}", flush=True)
         ports = [args.first_port + i for i in range(args.servers)]
         for port in ports:
             process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port)],
@@ -198,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 child.wait(10)
             except subprocess.TimeoutExpired:
                 child.kill()
+        if brokers is not None:
+            brokers.stop()
 
 
 if __name__ == "__main__":
