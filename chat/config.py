@@ -42,6 +42,7 @@ class Config:
     ws_ping_interval: float = 20.0
     ws_max_message_bytes: int = 65536
     ws_send_buffer_bytes: int = 1048576
+    ws_ready_timeout: float = 15.0
     user_messages_per_minute: int = 100
     max_sockets_per_user: int = 10
     presence_enabled: bool = True
@@ -76,7 +77,8 @@ class Config:
             raise ConfigError("broker_url: memory:// keeps messages in one process; "
                               "it cannot be combined with other URLs")
         for name in ("port", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes",
-                     "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds"):
+                     "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds",
+                     "ws_ready_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.presence_grace_seconds < 0:

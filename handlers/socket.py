@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -111,9 +112,20 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         self.plain_stream = type(stream) is IOStream
         self.joined = True
         try:
-            seq = await self.services.hub.join(self, uri, self.since)
+            # Whatever keeps the join from finishing (a room that cannot start,
+            # a read that hangs), the client is not left waiting: it reconnects.
+            # Ending open() also lets Tornado read the client's close reply.
+            seq = await asyncio.wait_for(self.services.hub.join(self, uri, self.since),
+                                         self.services.config.ws_ready_timeout)
+        except TimeoutError:
+            self.close_with(1011, "room not ready; reconnect")
+            return
         except Unavailable:
             self.close_with(1011, "database unavailable")
+            return
+        except Exception:
+            log.exception("joining the room failed", extra=self.log_context())
+            self.close_with(1011, "server error")
             return
         if self.closing:
             self.services.hub.leave(self, uri)  # closed while joining

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -125,6 +126,42 @@ class ServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+@contextlib.contextmanager
+def server_in_thread(mongo_url: str, prepare=None, **settings) -> Iterator[tuple]:
+    """(server, base url): server.py's ChatServer on a thread of this process,
+    with the memory broker, so a test can hand it fakes that fail: prepare(server)
+    runs before it starts. For what a separate process cannot be made to do."""
+    import server as chat_server  # the entry point, imported only by the tests that need it
+    from chat import config as chat_config
+
+    port = free_port()
+    config = chat_config.Config(port=port, mongo_url=mongo_url, broker_url=("memory://",),
+                                secret=SECRET, bcrypt_rounds=4, **settings).validate()
+    started = threading.Event()
+    state: dict = {}
+
+    async def run() -> None:
+        server = chat_server.ChatServer(config)
+        if prepare is not None:
+            prepare(server)
+        state["loop"], state["stop"], state["server"] = asyncio.get_running_loop(), asyncio.Event(), server
+        try:
+            await server.start()
+        finally:
+            started.set()
+        await state["stop"].wait()
+        await server.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    assert started.wait(30), "the in-process server did not start"
+    try:
+        yield state["server"], f"http://127.0.0.1:{port}"
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(30)
 
 
 class Api:

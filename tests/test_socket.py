@@ -10,7 +10,17 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import Api, Listener, catch_up, metric, next_frame, refused_status, two_members, wait_for
+from tests.helpers import (
+    Api,
+    Listener,
+    catch_up,
+    metric,
+    next_frame,
+    refused_status,
+    server_in_thread,
+    two_members,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -328,3 +338,69 @@ def test_a_catch_up_larger_than_the_send_buffer_completes(start_server):
     listener = catch_up(bob, uri)
     assert listener.seqs == list(range(1, 601))
     assert listener.closes == [None]  # one connection, closed by us, never as slow
+
+
+def test_a_socket_whose_room_cannot_start_is_closed_with_1011_and_can_come_back(fresh_db):
+    """The broker's subscribe raises (as pika does on a closing channel) until
+    it is allowed to work: the waiting socket is closed at its ready bound, and
+    the room, retried meanwhile, serves the client's next socket."""
+    broken = {"subscribe": True}
+
+    def break_subscribe(server):
+        subscribe = server.broker.subscribe
+
+        async def failing_subscribe(uri):
+            if broken["subscribe"]:
+                raise RuntimeError("Channel is closed.")
+            await subscribe(uri)
+        server.broker.subscribe = failing_subscribe
+
+    with server_in_thread(fresh_db, break_subscribe, ws_ready_timeout=1.0) as (server, url):
+        alice, _bob, uri = two_members(url)
+
+        async def scenario():
+            for since in (0, None):
+                async with websockets.connect(alice.ws_url(uri, since)) as ws:
+                    with pytest.raises(ConnectionClosed):
+                        await next_frame(ws, wait=10)
+                    assert ws.close_code == 1011, since
+            await wait_for(lambda: not server.hub.rooms, 5, "the room to go")
+            broken["subscribe"] = False
+            async with websockets.connect(alice.ws_url(uri, 0)) as ws:
+                assert (await next_frame(ws, "ready"))["seq"] == 0
+                alice.post(uri, "it works")
+                assert (await next_frame(ws, "message"))["message"] == "it works"
+
+        asyncio.run(scenario())
+        assert metric(server.metrics.render().decode(), 'chat_room_failures_total{step="start"}') >= 2
+
+
+def test_a_join_whose_catch_up_read_raises_is_closed_with_1011(fresh_db):
+    """Not Unavailable but anything (a killed cursor, a bug): 1011, not a dropped
+    connection, and the client's next socket catches up."""
+    failures = {"left": 1}
+
+    def break_reads(server):
+        messages_after = server.store.messages_after
+
+        async def failing_messages_after(*args):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise RuntimeError("cursor killed")
+            return await messages_after(*args)
+        server.store.messages_after = failing_messages_after
+
+    with server_in_thread(fresh_db, break_reads) as (_server, url):
+        alice, _bob, uri = two_members(url)
+        alice.post(uri, "stored")
+
+        async def scenario():
+            async with websockets.connect(alice.ws_url(uri, 0)) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await next_frame(ws, wait=10)
+                assert ws.close_code == 1011
+            async with websockets.connect(alice.ws_url(uri, 0)) as ws:
+                assert (await next_frame(ws))["message"] == "stored"
+                assert (await next_frame(ws))["type"] == "ready"
+
+        asyncio.run(scenario())
