@@ -402,6 +402,34 @@ def test_a_silent_socket_is_replaced_and_resumed(server, tabs):
     assert page.seqs() == alice.all_seqs(uri) == [1, 2, 3]
 
 
+def test_a_socket_that_never_gets_ready_is_given_up_and_retried(server, tabs):
+    """The server accepted the socket but its ready never comes (a proxy that
+    hangs, a server that never closes it): the page gives up and reconnects."""
+    alice, bob, uri = two_members(server.url)
+    bob.post(uri, "sent before")
+    page = tabs(server.url).sign_in(alice)
+    connections = []
+
+    def first_never_ready(ws):
+        connections.append(ws)
+        if len(connections) > 1:
+            ws.connect_to_server()  # later ones reach the real server
+
+    page.page.clock.install()
+    page.page.route_web_socket(re.compile(r"/ws/chats/"), first_never_ready)
+    page.page.goto(f"/chats/{uri}/")
+    view = page.page.locator(".chat-view")
+    expect(view).to_have_attribute("data-connection", "connecting")
+    for _ in range(10):  # 40 s in steps, each shorter than the page's "machine slept" check
+        if len(connections) > 1:
+            break
+        page.page.clock.fast_forward(4_000)
+        page.page.wait_for_timeout(50)
+    assert len(connections) == 2
+    expect(view).to_have_attribute("data-connection", "live")
+    expect(page.confirmed("sent before")).to_have_count(1)
+
+
 def test_unread_count_in_title_while_away(server, tabs):
     alice, bob, uri = two_members(server.url)
     page = tabs(server.url).sign_in(alice).open_chat(uri)

@@ -2,7 +2,8 @@
 //
 // Every (re)connect asks for `?since=<last seq shown>`; the server sends what
 // was missed, then {"type": "ready"}, then the live stream. Dropped
-// connections retry with exponential backoff and jitter, capped at 30 s.
+// connections retry with exponential backoff and jitter, capped at 30 s, and
+// so does a connection that never says `ready`.
 
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
@@ -10,6 +11,9 @@ const BACKOFF_MAX_MS = 30_000;
 // without knowing it (the browser cannot see the server's pings), so replace it.
 const TICK_MS = 5_000;
 const SLEPT_MS = 20_000;
+// The server closes a socket it cannot make ready within 15 s (1011); this
+// covers a connection that never even says that (a proxy that hangs).
+const READY_TIMEOUT_MS = 20_000;
 
 const CLOSE_NORMAL = 1000;
 const CLOSE_POLICY = 1008;
@@ -23,6 +27,7 @@ export class RoomSocket {
     this.ws = null;
     this.attempt = 0;
     this.timer = null;
+    this.readyTimer = null;
     this.stopped = false;
     this.live = false;
     this.retryAt = 0;
@@ -56,6 +61,8 @@ export class RoomSocket {
     if (this.stopped) return;
     let opened = false;
     const ws = (this.ws = new WebSocket(this.url()));
+    clearTimeout(this.readyTimer);
+    this.readyTimer = setTimeout(() => this.giveUp(ws), READY_TIMEOUT_MS);
     ws.onopen = () => {
       opened = true;
     };
@@ -67,6 +74,7 @@ export class RoomSocket {
         return;
       }
       if (frame.type === "ready") {
+        clearTimeout(this.readyTimer);
         this.attempt = 0;
         this.live = true;
         this.handlers.onState("live");
@@ -77,6 +85,7 @@ export class RoomSocket {
       if (this.ws !== ws) return;
       this.ws = null;
       this.live = false;
+      clearTimeout(this.readyTimer);
       if (this.stopped) return;
       if (event.code === CLOSE_POLICY) {
         this.handlers.onState("refused", event.reason);
@@ -122,6 +131,18 @@ export class RoomSocket {
     this.connect();
   }
 
+  // No `ready` in time: drop this connection and retry with backoff (the
+  // attempt count is only reset by a `ready`, so a room that stays broken is
+  // retried ever more slowly).
+  giveUp(ws) {
+    if (this.stopped || this.ws !== ws || this.live) return;
+    this.ws = null;
+    ws.onmessage = null;
+    ws.onclose = null;
+    ws.close(CLOSE_NORMAL, "no ready");
+    this.scheduleReconnect(false);
+  }
+
   send(frame) {
     if (!this.live || !this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
     this.ws.send(JSON.stringify(frame));
@@ -134,6 +155,7 @@ export class RoomSocket {
     window.removeEventListener("online", this.onOnline);
     document.removeEventListener("visibilitychange", this.onVisible);
     clearTimeout(this.timer);
+    clearTimeout(this.readyTimer);
     clearInterval(this.ticker);
     if (this.ws) this.ws.close(CLOSE_NORMAL, "leaving");
     this.ws = null;
