@@ -10,7 +10,9 @@ Adding an endpoint: declare its body/query/response models here (subclasses of
 `Wire`, strings as `Text`/`Required`), then decorate the handler method with
 `@endpoint(...)` naming them; the method gets `body=`/`query=` as validated
 models. Adding a client frame: a `Wire` model with `type: Literal["..."]`, listed
-in CLIENT_FRAMES; a server frame: listed in SERVER_FRAMES (documentation).
+in CLIENT_FRAMES, and a `handle_<type>(frame)` method on handlers.socket.ChatSocket
+(it gets the validated model; a bad frame is answered with an `error` frame
+before that); a server frame: listed in SERVER_FRAMES (documentation).
 """
 
 from __future__ import annotations

@@ -161,12 +161,13 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return None
 
     async def on_message(self, text: str | bytes) -> None:
+        """Validate the frame, then hand it to handle_<its type>."""
         frame = self.parse_frame(text)
         if frame is None:
             return
-        client_id = frame.client_id
+        client_id = getattr(frame, "client_id", None)
         try:
-            await self.services.hub.post(self.user, self.uri, frame.message, client_id)
+            await getattr(self, f"handle_{frame.type}")(frame)
         except InvalidMessage as error:
             self.send_error_frame("invalid", f"message: {error}", client_id)
         except RateLimited as error:
@@ -176,6 +177,9 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
                                   client_id)
         except (NotFound, NotMember):
             self.close_with(1008, "no longer a member")
+
+    async def handle_message(self, frame: models.SendMessage) -> None:
+        await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)
 
     def send_error_frame(self, code: str, message: str, client_id: str | None = None) -> None:
         """An `error` frame (not RequestHandler.send_error, which answers HTTP errors)."""
