@@ -119,11 +119,11 @@ class ChatServer:
                                presence_ttl=config.presence_ttl_seconds,
                                typing_ttl=config.typing_ttl_seconds,
                                read_flush=config.read_flush_seconds)
+        self.tokens = Tokens(self.store, config.secret, config.token_ttl_days)
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
-                       config.user_messages_per_minute, signals=self.signals)
-        self.services = Services(config, self.store, Tokens(self.store, config.secret,
-                                                            config.token_ttl_days),
-                                 self.passwords, self.hub, self.metrics, Limits(config))
+                       config.user_messages_per_minute, signals=self.signals, tokens=self.tokens)
+        self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
+                                 self.metrics, Limits(config))
         self.http: tornado.httpserver.HTTPServer | None = None
 
     async def start(self) -> None:

@@ -31,6 +31,7 @@ from chat.metrics import Metrics
 from chat.sequencer import Sequencer
 from chat.signals import NOTICE_PREFIX, Signals
 from chat.store import Store, now, public_event
+from chat.tokens import Tokens
 
 log = logging.getLogger("chat.hub")
 
@@ -135,7 +136,7 @@ class Room:
 class Hub:
     def __init__(self, store: Store, broker: AmqpBroker | MemoryBroker, metrics: Metrics,
                  max_message_chars: int = 2000, user_messages_per_minute: int = 100,
-                 signals: Signals | None = None):
+                 signals: Signals | None = None, tokens: Tokens | None = None):
         self.store = store
         self.broker = broker
         self.metrics = metrics
@@ -145,6 +146,8 @@ class Hub:
         self.max_message_chars = max_message_chars
         self.user_limit = RateLimiter(user_messages_per_minute, 60.0)
         self.sequencer = Sequencer(store, metrics)
+        # The process's cache of live tokens, told of logouts and refreshes.
+        self.tokens = tokens
         self.rooms: dict[str, Room] = {}
         self.sockets_by_user: dict[str, set[Socket]] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -498,6 +501,8 @@ class Hub:
     def on_recovered(self, uris: list[str]) -> None:
         """The broker is back: what was published meanwhile is only in MongoDB."""
         self.metrics.broker_reconnects.inc()
+        if self.tokens is not None:
+            self.tokens.forget_all()  # logout notices sent meanwhile never arrived
         for uri in uris:
             room = self.rooms.get(uri)
             if room is not None:
@@ -506,9 +511,11 @@ class Hub:
 
     # Control notices (across processes) ---------------------------------
 
-    def revoke_token(self, user_id: str, token_id: str) -> None:
-        """Close this token's sockets in every process."""
-        notice = encode({"type": "logout", "user_id": user_id, "token_id": token_id})
+    def revoke_token(self, user_id: str, token_id: str, close_sockets: bool = True) -> None:
+        """Make every process forget the token (logout, refresh) and, on logout,
+        close its sockets."""
+        notice = encode({"type": "logout" if close_sockets else "token_revoked",
+                         "user_id": user_id, "token_id": token_id})
         self.on_control(notice)  # here at once, even while RabbitMQ is down
         self.broker.publish_control(notice)
 
@@ -521,7 +528,11 @@ class Hub:
             return
         if str(notice.get("type")).startswith(NOTICE_PREFIX):
             self.signals.on_notice(notice)
-        elif notice.get("type") == "logout":
+        elif notice.get("type") in ("logout", "token_revoked"):
+            if self.tokens is not None and isinstance(notice.get("token_id"), str):
+                self.tokens.forget(notice["token_id"])
+            if notice["type"] != "logout":
+                return
             for sock in list(self.sockets_by_user.get(notice.get("user_id"), ())):
                 if sock.token_id == notice.get("token_id"):
                     sock.close_with(CLOSE_POLICY, "logged out")

@@ -368,6 +368,14 @@ class Store:
         return doc["user"]
 
     @guarded
+    async def take_token(self, token_id: str) -> dict | None:
+        """Revoke a token and return its user, if it was live: one caller wins."""
+        doc = await self.tokens.find_one_and_delete({"_id": token_id})
+        if doc is None or doc["expires"] <= now():
+            return None
+        return doc["user"]
+
+    @guarded
     async def revoke_token(self, token_id: str) -> None:
         await self.tokens.delete_one({"_id": token_id})
 

@@ -1,29 +1,33 @@
-"""Login tokens: HS256 JWTs whose id (jti) must also be live in MongoDB.
+"""Login tokens: HS256 JWTs (PyJWT) whose id (jti) must also be live in MongoDB.
 
 The signature rejects forged or garbled tokens without a database round
-trip; the stored id makes logout and expiry real.
+trip; the stored id makes logout, refresh and expiry real. A token this
+process has found live stays known for a while, so a storm of sockets and
+requests by the same people costs no MongoDB round trip: logout and refresh
+reach every process through the control exchange and drop the token at once
+(Hub.on_control), expiry ends it by its `exp`, and after a broker outage,
+when notices may have been lost, every process forgets them all.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import collections
 import datetime
 import hashlib
-import hmac
-import json
 import secrets
 
-from chat.store import Store, now
+import jwt
 
-HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
+from chat.store import Store, now, remember
 
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+ALGORITHM = "HS256"
+# Tokens known live per process; the least recently used are forgotten.
+KNOWN_TOKENS = 100_000
+# How long a token found live is believed without asking MongoDB again: a
+# bound on what a lost logout notice could cost, should one be lost while the
+# broker connection looked healthy.
+RECHECK_SECONDS = 300.0
 
 
 class Tokens:
@@ -31,42 +35,66 @@ class Tokens:
         self.store = store
         self.key = hashlib.sha256(b"chat token key:" + secret.encode()).digest()
         self.ttl = datetime.timedelta(days=ttl_days)
-
-    def sign(self, signing_input: str) -> str:
-        return b64(hmac.new(self.key, signing_input.encode(), hashlib.sha256).digest())
+        # jti -> (user, event loop time until which it is believed live)
+        self.live: collections.OrderedDict[str, tuple[dict, float]] = collections.OrderedDict()
 
     async def issue(self, user: dict) -> str:
         issued = now()
         expires = issued + self.ttl
         token_id = secrets.token_urlsafe(16)
-        payload = {"user_id": user["id"], "username": user["username"], "jti": token_id,
-                   "iat": int(issued.timestamp()), "exp": int(expires.timestamp())}
+        claims = {"user_id": user["id"], "username": user["username"], "jti": token_id,
+                  "iat": int(issued.timestamp()), "exp": int(expires.timestamp())}
         await self.store.add_token(token_id, user, expires)
-        body = f"{HEADER}.{b64(json.dumps(payload, separators=(',', ':')).encode())}"
-        return f"{body}.{self.sign(body)}"
+        return jwt.encode(claims, self.key, algorithm=ALGORITHM)
 
     def claims(self, token: str) -> dict | None:
-        """The payload of a well-signed, unexpired token, else None. No I/O."""
-        parts = token.split(".")
-        if len(parts) != 3 or parts[0] != HEADER:
-            return None
-        if not hmac.compare_digest(self.sign(f"{parts[0]}.{parts[1]}"), parts[2]):
-            return None
+        """The claims of a well-signed, unexpired HS256 token, else None. No I/O."""
         try:
-            claims = json.loads(unb64(parts[1]))
-        except ValueError:
+            claims = jwt.decode(token, self.key, algorithms=[ALGORITHM],
+                                options={"require": ["exp", "jti", "user_id"]})
+        except jwt.InvalidTokenError:
             return None
-        if not isinstance(claims, dict) or claims.get("exp", 0) <= now().timestamp():
-            return None
-        return claims
+        return claims if isinstance(claims.get("jti"), str) else None
 
     async def verify(self, token: str) -> tuple[dict, str] | None:
         """(user, token id) for a live token, else None."""
         claims = self.claims(token)
         if claims is None:
             return None
-        user = await self.store.token_user(claims["jti"])
-        return (user, claims["jti"]) if user else None
+        token_id = claims["jti"]
+        moment = asyncio.get_running_loop().time()
+        known = self.live.get(token_id)
+        if known is not None and known[1] > moment:
+            self.live.move_to_end(token_id)
+            return known[0], token_id
+        user = await self.store.token_user(token_id)
+        if user is None:
+            self.live.pop(token_id, None)
+            return None
+        # Believed until the recheck, and never past its expiry.
+        until = min(moment + RECHECK_SECONDS, moment + claims["exp"] - now().timestamp())
+        remember(self.live, token_id, (user, until), KNOWN_TOKENS)
+        return user, token_id
+
+    async def rotate(self, token: str) -> tuple[dict, str, str] | None:
+        """Refresh: (user, a new token, the old token's id) for a live token, which
+        stops working. Of two refreshes of one token, only one succeeds."""
+        claims = self.claims(token)
+        if claims is None:
+            return None
+        self.forget(claims["jti"])
+        user = await self.store.take_token(claims["jti"])
+        if user is None:
+            return None
+        return user, await self.issue(user), claims["jti"]
 
     async def revoke(self, token_id: str) -> None:
+        self.forget(token_id)
         await self.store.revoke_token(token_id)
+
+    def forget(self, token_id: str) -> None:
+        """This process no longer believes token_id live (logged out or rotated elsewhere)."""
+        self.live.pop(token_id, None)
+
+    def forget_all(self) -> None:
+        self.live.clear()

@@ -76,11 +76,12 @@ class RefreshHandler(LoginHandler):
     @endpoint("A fresh token for a live one", "refresh", body=models.TokenBody,
               response=models.Token, errors=(401, 503), auth=False)
     async def post(self, body: models.TokenBody) -> None:
-        found = await self.services.tokens.verify(body.token)
-        if found is None:
+        rotated = await self.services.tokens.rotate(body.token)
+        if rotated is None:
             raise field_error("non_field_errors", "Invalid or expired token.")
-        user, _ = found
-        fresh = await self.services.tokens.issue(user)
+        user, fresh, old_id = rotated
+        # The old token stops working in every process; its sockets stay open.
+        self.services.hub.revoke_token(user["id"], old_id, close_sockets=False)
         if self.auth_source == "cookie":
             self.set_token_cookie(fresh)
         self.reply({"token": fresh})

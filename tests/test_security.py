@@ -262,6 +262,7 @@ def test_logs_carry_ids_and_reasons_but_no_secrets(start_server):
     assert wrong.status_code == 400
     refresh = alice.http.post("/auth/jwt/refresh/", json={"token": alice.token})
     tokens.append(refresh.json()["token"])
+    alice.token = tokens[-1]  # the refreshed token replaces the old one
     alice.request("POST", f"/api/chats/{uri}/messages/", json={"message": texts[3]})
     assert alice.request("POST", "/auth/logout/").status_code == 204
     server.stop()
