@@ -55,6 +55,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (r"/api/chats/", chats.ChatsHandler),
         (rf"/api/chats/{URI}/", chats.ChatHandler),
         (rf"/api/chats/{URI}/messages/", messages.MessagesHandler),
+        (rf"/api/chats/{URI}/read/", chats.ReadHandler),
         (rf"/ws/chats/{URI}/", socket.ChatSocket),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),

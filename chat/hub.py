@@ -239,19 +239,15 @@ class Hub:
 
     # Joining and leaving -----------------------------------------------
 
-    def mark_read(self, user: dict, uri: str, seq: int, last_seq: int) -> None:
-        """user has read uri up to seq; `last_seq` is the room's, as the caller knows it."""
+    async def mark_read(self, user: dict, uri: str, seq: int) -> None:
+        """user (a member) has read uri up to seq: stored, and told to the room."""
         room = self.rooms.get(uri)
-        if room is not None and room.started.done():
-            last_seq = max(last_seq, room.last_seq)
+        last_seq = room.last_seq if room is not None and room.started.done() else 0
+        if seq > last_seq:  # this process may not have the room, or lag a delivery behind
+            last_seq = await self.store.last_seq(uri)
         if seq > last_seq:
             raise InvalidMessage(f"seq: the room's last event is {last_seq}.")
         self.signals.read(uri, user, seq)
-
-    def last_seq_here(self, uri: str) -> int | None:
-        """The last seq this process delivered in uri, when it has the room."""
-        room = self.rooms.get(uri)
-        return room.last_seq if room is not None and room.started.done() else None
 
     def count_user_sockets(self, user_id: str) -> int:
         return len(self.sockets_by_user.get(user_id, ()))

@@ -1,15 +1,29 @@
-"""Chat rooms: create, list mine, show, join (the tutorial's /api/chats/)."""
+"""Chat rooms: create, list mine, show, join (the tutorial's /api/chats/), mark read."""
 
 from __future__ import annotations
 
+from chat.hub import InvalidMessage
 from chat.store import iso
 from handlers import models
 from handlers.base import ApiHandler, detail, endpoint, field_error
+
+# The chat list shows this much of each chat's latest message.
+PREVIEW_CHARS = 100
+
+
+def read_positions(services, room: dict) -> dict[str, int]:
+    """{user id: last_read_seq}: what MongoDB has, raised by what this process
+    has not written yet (reads are written at most once a second)."""
+    positions = dict(room.get("last_read") or {})
+    for user_id, seq in services.hub.signals.read_positions(room["uri"]).items():
+        positions[user_id] = max(seq, positions.get(user_id, 0))
+    return positions
 
 
 async def room_view(services, room: dict) -> dict:
     users = await services.store.users_by_id(room["members"])
     members = [users[i] for i in room["members"] if i in users]
+    read = read_positions(services, room)
     return {
         "uri": room["uri"],
         "owner": users.get(room["owner"]),
@@ -17,7 +31,17 @@ async def room_view(services, room: dict) -> dict:
         "seq": room["seq"],
         "created": iso(room["created"]),
         "updated": iso(room["updated"]),
+        "online": services.hub.signals.online(room["uri"]),
+        "read": {member["username"]: read[member["id"]] for member in members
+                 if member["id"] in read},
     }
+
+
+def preview(doc: dict | None) -> dict | None:
+    if doc is None:
+        return None
+    return {"id": str(doc["_id"]), "seq": doc["seq"], "user": doc["user"],
+            "text": doc["message"][:PREVIEW_CHARS], "created": iso(doc["created"])}
 
 
 class ChatsHandler(ApiHandler):
@@ -32,9 +56,19 @@ class ChatsHandler(ApiHandler):
               response=list[models.ChatSummary], errors=(503,))
     async def get(self) -> None:
         user = self.require_user()
-        rooms = await self.services.store.rooms_of(user["id"])
+        store = self.services.store
+        rooms = await store.rooms_of(user["id"])
+        # Three commands however many rooms: the rooms, their unread counts,
+        # their latest messages.
+        reads = {r["uri"]: read_positions(self.services, r).get(user["id"], 0) for r in rooms}
+        unread = await store.unread_counts(user["id"], reads)
+        latest = await store.latest_messages({r["uri"]: r["seq"] for r in rooms})
         self.reply([{"uri": r["uri"], "owner": r["owner"], "members": len(r["members"]),
-                     "seq": r["seq"], "updated": iso(r["updated"])} for r in rooms])
+                     "seq": r["seq"], "updated": iso(r["updated"]),
+                     "last_seq": max(r["seq"], latest[r["uri"]]["seq"] if r["uri"] in latest else 0),
+                     "last_read_seq": reads[r["uri"]],
+                     "unread": unread.get(r["uri"], 0),
+                     "last_message": preview(latest.get(r["uri"]))} for r in rooms])
 
 
 class ChatHandler(ApiHandler):
@@ -73,3 +107,17 @@ class ChatHandler(ApiHandler):
         if room is None:
             raise detail(404, "Not found.")
         return room
+
+
+class ReadHandler(ApiHandler):
+    @endpoint("I have read the chat up to seq (what the socket's read frame does)", "markRead",
+              body=models.MarkReadBody, status=204, errors=(404, 503))
+    async def put(self, uri: str, body: models.MarkReadBody) -> None:
+        user = self.require_user()
+        await self.services.store.check_member(uri, user["id"])
+        try:
+            await self.services.hub.mark_read(user, uri, body.seq)
+        except InvalidMessage as error:
+            raise field_error("seq", str(error)) from None
+        self.set_status(204)
+        self.finish()

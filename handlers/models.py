@@ -202,6 +202,11 @@ class NewMessage(Wire):
     client_id: ClientId = None
 
 
+class MarkReadBody(Wire):
+    seq: Annotated[Seq, Field(description="The last seq the reader has seen; a lower one "
+                                           "than stored changes nothing")]
+
+
 class MessagesQuery(Wire):
     after: Annotated[Seq, Field(description="Messages with seq > after")] | None = None
     before: Annotated[counter(1), Field(description="Messages with seq < before (the latest "
@@ -250,12 +255,26 @@ class ChatCreated(Wire):
     message: str
 
 
+class MessagePreview(Wire):
+    id: str
+    seq: int = Field(ge=1)
+    user: User
+    text: Annotated[str, Field(description="The message's first 100 characters")]
+    created: Timestamp
+
+
 class ChatSummary(Wire):
     uri: Uri
     owner: str
     members: int
     seq: int = Field(ge=0)
     updated: Timestamp
+    last_seq: int = Field(ge=0)
+    last_read_seq: int = Field(ge=0)
+    unread: Annotated[int, Field(ge=0, le=999, description="Messages by others after "
+                                                          "last_read_seq, not deleted; at most 999")]
+    last_message: Annotated[MessagePreview | None, Field(description="The latest message that "
+                                                                     "is not deleted")]
 
 
 class Chat(Wire):
@@ -265,6 +284,8 @@ class Chat(Wire):
     seq: int = Field(ge=0)
     created: Timestamp
     updated: Timestamp
+    online: Annotated[list[str], Field(description="Usernames with a socket open to the chat")]
+    read: Annotated[dict[str, int], Field(description="Username -> last_read_seq")]
 
 
 class Joined(Wire):
@@ -317,6 +338,18 @@ class SendMessage(Wire):
     client_id: ClientId = None
 
 
+class Typing(Wire):
+    """Client -> server: the user is typing (at most every 2 s), or stopped."""
+    type: Literal["typing"]
+    stop: bool = False
+
+
+class MarkRead(Wire):
+    """Client -> server: the user has read the room up to seq."""
+    type: Literal["read"]
+    seq: Seq
+
+
 class MessageFrame(Message):
     """Server -> client: a message of the room, in seq order."""
     type: Literal["message"]
@@ -336,8 +369,37 @@ class ErrorFrame(Wire):
     client_id: str | None = None
 
 
-CLIENT_FRAMES: list[type[Wire]] = [SendMessage]
-SERVER_FRAMES: list[type[Wire]] = [MessageFrame, ReadyFrame, ErrorFrame]
+class Member(Wire):
+    id: str
+    username: str
+
+
+class PresenceFrame(Wire):
+    """Server -> client, full stream only: after ready, who is online (`users`);
+    then who came (`joined`) and went (`left`)."""
+    type: Literal["presence"]
+    users: list[Member] | None = None
+    joined: list[Member] | None = None
+    left: list[Member] | None = None
+
+
+class TypingFrame(Wire):
+    """Server -> client, full stream only: everyone typing now, on every change."""
+    type: Literal["typing"]
+    users: list[str]
+
+
+class ReadFrame(Wire):
+    """Server -> client, full stream only: a member has read the room up to seq."""
+    type: Literal["read"]
+    user: str
+    user_id: str
+    seq: int = Field(ge=0)
+
+
+CLIENT_FRAMES: list[type[Wire]] = [SendMessage, Typing, MarkRead]
+SERVER_FRAMES: list[type[Wire]] = [MessageFrame, ReadyFrame, ErrorFrame, PresenceFrame,
+                                   TypingFrame, ReadFrame]
 
 
 def one_of(kinds: list[type[Wire]]) -> Any:

@@ -131,6 +131,9 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             self.services.hub.leave(self, uri)  # closed while joining
             return
         self.send_frame(text_frame(encode({"type": "ready", "seq": seq})))
+        if self.since is not None:  # signals are for the full stream only
+            for payload in self.services.hub.signals.welcome(uri):
+                self.send_frame(text_frame(payload))
 
     def parse_frame(self, text: str | bytes) -> models.Wire | None:
         """The client's frame as its model, or None after an error frame saying why."""
@@ -180,6 +183,15 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
 
     async def handle_message(self, frame: models.SendMessage) -> None:
         await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)
+
+    async def handle_typing(self, frame: models.Typing) -> None:
+        self.services.hub.signals.typing_frame(self.uri, self.user, frame.stop)
+
+    async def handle_read(self, frame: models.MarkRead) -> None:
+        try:
+            await self.services.hub.mark_read(self.user, self.uri, frame.seq)
+        except InvalidMessage as error:
+            self.send_error_frame("invalid", str(error))
 
     def send_error_frame(self, code: str, message: str, client_id: str | None = None) -> None:
         """An `error` frame (not RequestHandler.send_error, which answers HTTP errors)."""
