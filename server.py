@@ -101,6 +101,20 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
                "ms": round(1000 * handler.request.request_time(), 1)})
 
 
+def listen_backlog(wanted: int) -> int:
+    """wanted, or the kernel's cap (somaxconn) when that is lower: say so rather
+    than let the kernel shorten it silently."""
+    try:
+        cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return wanted
+    if wanted > cap:
+        log.warning("listen_backlog %d is above net.core.somaxconn (%d): using %d",
+                    wanted, cap, cap)
+        return cap
+    return wanted
+
+
 class ChatServer:
     """Everything one process runs; start() and stop() in that order."""
 
@@ -140,7 +154,8 @@ class ChatServer:
                                                   xheaders=self.config.behind_proxy,
                                                   max_body_size=READ_LIMIT)
         try:
-            self.http.listen(self.config.port, self.config.address)
+            self.http.listen(self.config.port, self.config.address,
+                             backlog=listen_backlog(self.config.listen_backlog))
         except OSError as error:
             raise SystemExit(f"cannot listen on {self.config.address}:{self.config.port}: "
                              f"{error.strerror}") from None

@@ -18,6 +18,7 @@ class ConfigError(ValueError):
 class Config:
     address: str = "127.0.0.1"
     port: int = 8888
+    listen_backlog: int = 1024
     behind_proxy: bool = False
     mongo_url: str = "mongodb://127.0.0.1:27017/chat"
     mongo_timeout_ms: int = 2500
@@ -76,7 +77,7 @@ class Config:
         if self.broker_in_memory and len(self.broker_url) > 1:
             raise ConfigError("broker_url: memory:// keeps messages in one process; "
                               "it cannot be combined with other URLs")
-        for name in ("port", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes",
+        for name in ("port", "listen_backlog", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes",
                      "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds",
                      "ws_ready_timeout"):
             if getattr(self, name) <= 0:

@@ -1,0 +1,123 @@
+"""How many MongoDB commands each operation sends, counted with a pymongo
+CommandListener on an in-process server: a regression in round trips fails
+here, whatever the machine's noise."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import httpx
+import pymongo.monitoring
+import pytest
+import websockets
+
+from chat import config as chat_config
+from server import ChatServer
+from tests.helpers import free_port, next_frame, wait_for
+
+SECRET = "command-count-test-secret-0123456789"
+
+
+class Commands(pymongo.monitoring.CommandListener):
+    """The commands sent to the test database, by name."""
+
+    def __init__(self, database: str):
+        self.database = database
+        self.names: list[str] = []
+
+    def started(self, event: pymongo.monitoring.CommandStartedEvent) -> None:
+        if event.database_name == self.database:
+            self.names.append(event.command_name)
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+    def take(self) -> list[str]:
+        names, self.names = self.names, []
+        return names
+
+
+@pytest.fixture
+def in_process(fresh_db):
+    """Run scenario(server, base_url, commands) against a server in this process."""
+
+    def run(scenario, **settings):
+        config = chat_config.load(None, env={}, mongo_url=fresh_db, broker_url="memory://",
+                                  secret=SECRET, port=free_port(), bcrypt_rounds=4, **settings)
+        commands = Commands(config.mongo_db)
+        pymongo.monitoring.register(commands)  # for the clients created from now on
+
+        async def main():
+            server = ChatServer(config.validate())
+            await server.start()
+            try:
+                return await scenario(server, f"http://127.0.0.1:{config.port}", commands)
+            finally:
+                await server.stop()
+
+        try:
+            return asyncio.run(main())
+        finally:
+            commands.database = None  # pymongo has no unregister: stop recording
+
+    return run
+
+
+def test_round_trips_of_a_post_a_handshake_and_a_history_page(in_process):
+    async def scenario(server, base, commands):
+        async with httpx.AsyncClient(base_url=base) as http:
+            await http.post("/auth/users/create/", json={"username": "ann", "password": "pw-12345"})
+            token = (await http.post("/auth/jwt/create/",
+                                     json={"username": "ann", "password": "pw-12345"})).json()["token"]
+            auth = {"Authorization": f"JWT {token}"}
+            uri = (await http.post("/api/chats/", headers=auth)).json()["uri"]
+            ws_url = f"{base.replace('http', 'ws')}/ws/chats/{uri}/?token={token}"
+            async with websockets.connect(f"{ws_url}&since=0") as first:
+                await next_frame(first, "ready")
+                posted = await http.post(f"/api/chats/{uri}/messages/", headers=auth,
+                                         json={"message": "warm", "client_id": "w"})
+                assert posted.status_code == 200
+                await next_frame(first, "message")
+                commands.take()
+
+                # A post by a known member in an open room: the insert, the room's seq.
+                posted = await http.post(f"/api/chats/{uri}/messages/", headers=auth,
+                                         json={"message": "hello", "client_id": "c1"})
+                assert posted.status_code == 200
+                post = commands.take()
+
+                # A handshake by a token and member this process has seen.
+                async with websockets.connect(ws_url) as second:
+                    room = server.hub.rooms[uri]
+                    await wait_for(lambda: len(room) == 2, 5, "the socket to join")
+                    handshake = commands.take()
+                    await second.close()
+
+                # A page of history.
+                page = await http.get(f"/api/chats/{uri}/messages/", headers=auth)
+                assert [m["message"] for m in page.json()["messages"]] == ["warm", "hello"]
+                history = commands.take()
+                await first.close()
+        return post, handshake, history
+
+    post, handshake, history = in_process(scenario)
+    assert sorted(post) == ["insert", "update"]
+    assert handshake == []
+    assert history == ["find"]
+
+
+def test_the_listen_backlog_is_the_configured_one(in_process):
+    async def scenario(server, base, commands):
+        port = int(base.rsplit(":", 1)[1])
+        listing = await asyncio.to_thread(subprocess.run, ["ss", "-ltnH", f"sport = :{port}"],
+                                          capture_output=True, text=True, check=True)
+        return int(listing.stdout.split()[2])  # State Recv-Q Send-Q: a listener's Send-Q is its backlog
+
+    assert in_process(scenario, listen_backlog=700) == 700
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert in_process(scenario) == min(1024, somaxconn)
