@@ -120,7 +120,8 @@ class ChatServer:
 
     def __init__(self, config: chat_config.Config):
         self.config = config
-        self.store = Store(config.mongo_url, config.mongo_db, config.mongo_timeout_ms)
+        self.store = Store(config.mongo_url, config.mongo_db, config.mongo_timeout_ms,
+                           config.mongo_write_concern, config.mongo_read_concern)
         if config.broker_in_memory:
             self.broker = MemoryBroker()
         else:

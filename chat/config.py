@@ -22,6 +22,8 @@ class Config:
     behind_proxy: bool = False
     mongo_url: str = "mongodb://127.0.0.1:27017/chat"
     mongo_timeout_ms: int = 2500
+    mongo_write_concern: str = "majority"
+    mongo_read_concern: str = "majority"
     # One URL per RabbitMQ node of a cluster (a comma-separated list in CHAT_BROKER_URL).
     broker_url: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/%2F",)
     broker_heartbeat: int = 15
@@ -68,6 +70,11 @@ class Config:
             raise ConfigError("log.format must be 'text' or 'json'")
         if not 4 <= self.bcrypt_rounds <= 31:
             raise ConfigError("bcrypt_rounds must be between 4 and 31")
+        if not (self.mongo_write_concern == "majority" or self.mongo_write_concern.isdigit()):
+            raise ConfigError("mongo_write_concern must be 'majority' or a number of members")
+        if self.mongo_read_concern not in ("local", "available", "majority", "linearizable"):
+            raise ConfigError("mongo_read_concern must be local, available, majority or "
+                              "linearizable")
         if not self.broker_url:
             raise ConfigError("broker_url: give at least one amqp:// URL (or memory://)")
         for url in self.broker_url:

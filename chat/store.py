@@ -256,16 +256,27 @@ def remember(recent: collections.OrderedDict, key: Any, value: Any, limit: int) 
 
 
 class Store:
-    def __init__(self, url: str, database: str, timeout_ms: int = 2500):
+    def __init__(self, url: str, database: str, timeout_ms: int = 2500,
+                 write_concern: str = "majority", read_concern: str = "majority",
+                 event_listeners: list | None = None):
         self.timeout = timeout_ms / 1000
         # timeoutMS bounds each operation as a whole (server selection, pool
         # checkout, the round trip and its retry), so a server that hangs
         # rather than refuses still gives Unavailable in time.
+        # On a replica set: a write counts once a majority has it (it survives
+        # a failover; a write-concern error is a failure, see insert_ordered),
+        # a read never returns what a failover could roll back, and a write
+        # cut by a failover is retried once by pymongo. These override the
+        # URL's own options.
         self.client = AsyncMongoClient(
             url,
             tz_aware=True,
             timeoutMS=timeout_ms,
             appname="chat-server",
+            w=int(write_concern) if write_concern.isdigit() else write_concern,
+            readConcernLevel=read_concern,
+            retryWrites=True,
+            event_listeners=event_listeners or [],
         )
         db = self.client[database]
         self.users = db.users

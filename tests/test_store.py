@@ -4,13 +4,15 @@ the real Store on the test MongoDB."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 import pytest
+from pymongo import monitoring
 from pymongo.errors import BulkWriteError
 
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
-from chat.store import GroupCommit, Store, Unavailable
+from chat.store import GroupCommit, Store, Unavailable, now, public_user
 
 
 class FakeCommand:
@@ -111,9 +113,9 @@ def test_cancelling_the_flush_mid_command_cancels_its_waiters():
 USER = {"id": "u1", "username": "ann", "email": "", "first_name": "", "last_name": ""}
 
 
-def run_store(url: str, scenario):
+def run_store(url: str, scenario, **options):
     async def main():
-        store = Store(url, url.rsplit("/", 1)[1].split("?")[0])
+        store = Store(url, url.rsplit("/", 1)[1].split("?")[0], **options)
         try:
             await store.ensure_indexes()
             return await scenario(store)
@@ -254,3 +256,45 @@ def test_an_insert_with_a_write_concern_error_is_not_reported_stored(fresh_db):
         return store.messages.calls
 
     assert run_store(fresh_db, scenario) == 1
+
+
+class CommandLog(monitoring.CommandListener):
+    """The commands the client sent (by name) and those the server refused."""
+
+    def __init__(self):
+        self.sent: dict[str, list[dict]] = {}
+        self.refused: list[str] = []
+
+    def started(self, event):
+        self.sent.setdefault(event.command_name, []).append(event.command)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        self.refused.append(f"{event.command_name}: {event.failure}")
+
+
+@pytest.mark.parametrize("write_concern, expected", [("majority", {"w": "majority"}),
+                                                     ("1", {"w": 1})])
+def test_writes_that_matter_are_sent_with_the_configured_write_concern(fresh_db, write_concern,
+                                                                        expected):
+    """On a replica set these make a post survive a failover; here the test
+    proves they are sent, and that the test MongoDB accepts them."""
+    commands = CommandLog()
+
+    async def scenario(store):
+        uri = (await store.create_room(USER["id"]))["uri"]
+        await post(Sequencer(store, Metrics()), uri, "hello")
+        user = await store.create_user("ann", "", b"hash")
+        await store.add_token("t1", public_user(user), now() + datetime.timedelta(days=1))
+        history = await store.messages_before(uri, None, 10)
+        return history
+
+    history = run_store(fresh_db, scenario, write_concern=write_concern, event_listeners=[commands])
+    assert [m["message"] for m in history] == ["hello"]
+    assert commands.refused == []
+    inserts = commands.sent["insert"]
+    assert {c["insert"] for c in inserts} >= {"rooms", "messages", "users", "tokens"}
+    assert all(c["writeConcern"] == expected for c in inserts)
+    assert all(c["readConcern"] == {"level": "majority"} for c in commands.sent["find"])
