@@ -28,7 +28,7 @@ from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.tokens import Tokens
 from handlers import auth, chats, messages, openapi, ops, pages, socket
-from handlers.base import NotFoundHandler, SecurityHeaders, Services
+from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 
 log = logging.getLogger("chat.server")
 
@@ -74,6 +74,7 @@ def make_app(services: Services) -> tornado.web.Application:
         transforms=[SecurityHeaders],
         template_path=str(HERE / "templates"),
         static_path=str(HERE / "static"),
+        static_handler_class=pages.StaticFiles,
         cookie_secret=config.secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"samesite": "Strict", "secure": config.secure_cookies},
@@ -151,7 +152,7 @@ class ChatServer:
         self.signals.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
-        self.http = tornado.httpserver.HTTPServer(make_app(self.services),
+        self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services)),
                                                   xheaders=self.config.behind_proxy,
                                                   max_body_size=READ_LIMIT)
         try:

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import pydantic
+import tornado.httputil
 import tornado.web
 
 from chat import store as store_errors
@@ -37,14 +38,65 @@ SECURITY_HEADERS = {
 
 
 class SecurityHeaders(tornado.web.OutputTransform):
-    """Adds SECURITY_HEADERS a response lacks. A transform because it is the one
-    hook Tornado runs for every response: handlers, its own errors, static files
-    and the WebSocket handshake."""
+    """Adds SECURITY_HEADERS a response lacks and drops Tornado's `Server`
+    header (no version for scanners). A transform because it is the one hook
+    Tornado runs for every response: handlers, its own errors, static files and
+    the WebSocket handshake."""
 
     def transform_first_chunk(self, status_code, headers, chunk, finishing):
         for name, value in SECURITY_HEADERS.items():
             headers.setdefault(name, value)
+        if "Server" in headers:
+            del headers["Server"]
         return status_code, headers, chunk
+
+
+class MalformedRequests(tornado.httputil.HTTPServerConnectionDelegate):
+    """The application, except that a request Tornado refuses before any handler
+    sees it (a bad or repeated Host header) is answered here: Tornado's own
+    answer is a bare "400 Bad Request" without the security headers."""
+
+    def __init__(self, application: tornado.web.Application):
+        self.application = application
+
+    def start_request(self, server_conn, request_conn) -> tornado.httputil.HTTPMessageDelegate:
+        return MalformedRequest(self.application.start_request(server_conn, request_conn),
+                                request_conn)
+
+    def on_close(self, server_conn) -> None:
+        self.application.on_close(server_conn)
+
+
+class MalformedRequest(tornado.httputil.HTTPMessageDelegate):
+    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, connection):
+        self.delegate = delegate
+        self.connection = connection
+        self.refused = False
+
+    def headers_received(self, start_line, headers):
+        try:
+            return self.delegate.headers_received(start_line, headers)
+        except tornado.httputil.HTTPInputError as error:
+            log.info("malformed request refused: %s", error)
+            self.refused = True
+            body = json.dumps({"detail": "Bad request: invalid Host header."}).encode()
+            answer = tornado.httputil.HTTPHeaders({
+                **SECURITY_HEADERS, "Content-Type": "application/json; charset=utf-8",
+                "Content-Length": str(len(body)), "Connection": "close"})
+            self.connection.write_headers(
+                tornado.httputil.ResponseStartLine("HTTP/1.1", 400, "Bad Request"), answer, body)
+            self.connection.finish()
+            return None
+
+    def data_received(self, chunk: bytes):
+        return None if self.refused else self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        if not self.refused:
+            self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self.delegate.on_connection_close()
 
 
 class ApiError(Exception):

@@ -57,7 +57,18 @@ class PageHandler(tornado.web.RequestHandler):
         count_request(self, self.started)
 
 
-class ModuleHandler(tornado.web.StaticFileHandler):
+class StaticFiles(tornado.web.StaticFileHandler):
+    """Tornado's static files, where a path with a NUL byte is not found (the
+    operating system cannot even look it up: Tornado's own answer is a 500)."""
+
+    @classmethod
+    def get_absolute_path(cls, root: str, path: str) -> str:
+        if "\x00" in path:
+            raise tornado.web.HTTPError(404)
+        return super().get_absolute_path(root, path)
+
+
+class ModuleHandler(StaticFiles):
     """static/js at /js/, revalidated on every load.
 
     Modules import each other by plain relative URLs, which static_url cannot

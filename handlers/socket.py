@@ -60,6 +60,10 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return token, "query"
         return super().credentials()
 
+    def check_xsrf_cookie(self) -> None:
+        """No XSRF check: the socket takes GET only (its handshake is checked by
+        origin), so any other method is answered 405, not 403."""
+
     def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
         protocol = super().get_websocket_protocol()
         return None if protocol is None else TextFrameChecking(self, False, protocol.params)
