@@ -86,13 +86,13 @@ def test_the_socket_answers_bad_frames_with_error_frames_and_stays_open(alice, u
         async with websockets.connect(alice.ws_url(uri, since=0), open_timeout=5) as ws:
             await next_frame(ws, "ready")
             await ws.send(b'{"type": "message", "message": ' + DEEP + b"}", text=True)
-            error = await next_frame(ws)
+            error = await next_frame(ws, "error")
             assert error["type"] == "error" and error["code"] == "invalid", error
             await ws.send(json.dumps({"type": "message", "message": "x\ud800"}))
-            error = await next_frame(ws)
+            error = await next_frame(ws, "error")
             assert error["type"] == "error" and error["detail"].startswith("message:"), error
             await ws.send(json.dumps({"type": "message", "message": "ok", "client_id": "\udfff"}))
-            error = await next_frame(ws)
+            error = await next_frame(ws, "error")
             assert error["type"] == "error" and error["detail"].startswith("client_id:"), error
             assert "client_id" not in error
             # Still open, and nothing of the above was stored.
