@@ -141,7 +141,8 @@ class Target:
     def path(self, room: str) -> str:
         if self.kind == "ref":
             return f"/ws/{room}/"
-        return f"/ws/chats/{room}/?token={self.token}"
+        # since=0, as the page does: only a socket that asked for a catch-up gets ready.
+        return f"/ws/chats/{room}/?token={self.token}&since=0"
 
     def message(self, text: str) -> str:
         return json.dumps({"type": "message", "message": text})

@@ -134,8 +134,10 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         if self.closing:
             self.services.hub.leave(self, uri)  # closed while joining
             return
-        self.send_frame(text_frame(encode({"type": "ready", "seq": seq})))
-        if self.since is not None:  # signals are for the full stream only
+        if self.since is not None:
+            # Only a client that asked for a catch-up is told where it ends, and
+            # gets signals: a plain client (chatire's) takes every frame for a message.
+            self.send_frame(text_frame(encode({"type": "ready", "seq": seq})))
             for payload in self.services.hub.signals.welcome(uri):
                 self.send_frame(text_frame(payload))
 

@@ -284,8 +284,12 @@ class Listener:
         return self.seqs[-1] if self.seqs else 0
 
     async def run_once(self, since: int | None) -> None:
+        """`ready` is set by the ready frame, or for a plain socket (no since) by
+        the answer to a probe (see probe_joined)."""
         url = self.api.ws_url(self.uri, since, self.base_url)
         async with websockets.connect(url, max_queue=None, open_timeout=5) as ws:
+            if since is None:
+                await ws.send(PROBE)
             try:
                 async for raw in ws:
                     frame = json.loads(raw)
@@ -293,7 +297,7 @@ class Listener:
                     if frame["type"] == "message":
                         self.seqs.append(frame["seq"])
                         self.arrivals.append(time.monotonic())
-                    elif frame["type"] == "ready":
+                    elif frame["type"] == "ready" or probe_answer(frame):
                         self.ready.set()
             finally:
                 self.closes.append(ws.close_code)
@@ -319,6 +323,23 @@ class Listener:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+
+
+# A frame of no known type: the server answers it with an error frame.
+PROBE = json.dumps({"type": "probe"})
+
+
+def probe_answer(frame: dict) -> bool:
+    return frame["type"] == "error" and frame["detail"].startswith("Unknown frame type")
+
+
+async def probe_joined(ws, wait: float = 5) -> None:
+    """Wait until a plain socket (no since, so no ready frame) is in its room.
+    Tornado calls on_message only after open() has returned, so the answer to
+    a probe frame proves the join has finished; frames before it are skipped."""
+    await ws.send(PROBE)
+    while not probe_answer(await next_frame(ws, "error", wait)):
+        pass
 
 
 def catch_up(api: Api, uri: str, seconds: float = 30) -> Listener:

@@ -13,7 +13,7 @@ import sys
 import httpx
 import websockets
 
-from tests.helpers import ROOT, Api, free_port, wait_until
+from tests.helpers import ROOT, Api, free_port, probe_joined, wait_until
 
 
 def start_embedded(tmp_path, mongo_url: str) -> tuple[subprocess.Popen, int]:
@@ -55,7 +55,7 @@ def chat_round_trip(port: int) -> dict:
 
     async def scenario() -> dict:
         async with websockets.connect(alice.ws_url(uri)) as ws:
-            assert json.loads(await ws.recv())["type"] == "ready"
+            await probe_joined(ws)
             await ws.send(json.dumps({"type": "message", "message": "hi", "client_id": "c1"}))
             return json.loads(await asyncio.wait_for(ws.recv(), 5))
 

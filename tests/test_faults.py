@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import signal
 import threading
 import time
@@ -20,7 +19,17 @@ import pytest
 import websockets
 
 from tests.conftest import MongoServer
-from tests.helpers import Api, Listener, local_rabbit, metric, rabbitmqctl, vhost_of, wait_for, wait_until
+from tests.helpers import (
+    Api,
+    Listener,
+    local_rabbit,
+    metric,
+    probe_joined,
+    rabbitmqctl,
+    vhost_of,
+    wait_for,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -208,7 +217,7 @@ def test_sigterm_closes_every_socket_with_1001_and_exits_quickly(start_server):
     async def scenario():
         sockets = [await websockets.connect(alice.ws_url(uris[i % 3])) for i in range(9)]
         for ws in sockets:
-            assert json.loads(await ws.recv())["type"] == "ready"
+            await probe_joined(ws)
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         codes = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 import uuid
@@ -15,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from chat.config import Config
 from deploy.cluster import SITE, Nginx
-from tests.helpers import Api, Listener, free_port, metric, two_members, wait_for
+from tests.helpers import Api, Listener, free_port, metric, probe_joined, two_members, wait_for
 
 
 @pytest.fixture
@@ -99,7 +98,7 @@ def test_nginx_forwards_host_client_address_and_limits(cluster):
     async def scenario():
         # Host is forwarded, so the page's own origin passes the server's origin check.
         async with websockets.connect(ws_url, origin=nginx.url, open_timeout=5) as ws:
-            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "ready"
+            await probe_joined(ws)
         with pytest.raises(InvalidStatus) as refused:
             async with websockets.connect(ws_url, origin="https://evil.example", open_timeout=5):
                 pass

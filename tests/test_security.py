@@ -14,7 +14,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from chat import logs
-from tests.helpers import Api, next_frame, refused_status, two_members
+from tests.helpers import Api, next_frame, probe_joined, refused_status, two_members
 
 XSRF = "2|abcd1234|" + "0" * 40 + "|" + str(int(time.time()))
 
@@ -51,7 +51,7 @@ def test_a_foreign_origin_with_a_valid_cookie_cannot_open_a_socket(server, room)
         # The page's own origin (the Host it was served from) with the same cookie works.
         async with websockets.connect(url, origin=server.url, additional_headers=jar,
                                       open_timeout=5) as ws:
-            assert (await next_frame(ws))["type"] == "ready"
+            await probe_joined(ws)
 
     asyncio.run(scenario())
 
@@ -141,13 +141,13 @@ def test_a_user_has_at_most_max_sockets_per_user(start_server):
     async def scenario():
         sockets = [await websockets.connect(alice.ws_url(uri), open_timeout=5) for _ in range(3)]
         for ws in sockets:
-            assert (await next_frame(ws))["type"] == "ready"
+            await probe_joined(ws)
         with pytest.raises(InvalidStatus) as refused:
             await websockets.connect(alice.ws_url(uri), open_timeout=5)
         assert refused.value.response.status_code == 429
         assert int(refused.value.response.headers["Retry-After"]) > 0
         async with websockets.connect(bob.ws_url(uri), open_timeout=5) as other:  # per user
-            assert (await next_frame(other))["type"] == "ready"
+            await probe_joined(other)
         await sockets.pop().close()
         deadline = time.monotonic() + 5
         while True:  # the server notices the close a moment later
@@ -212,7 +212,7 @@ def test_logout_closes_that_tokens_sockets_within_a_second_on_every_process(star
         on_b = await websockets.connect(url_b, open_timeout=5)
         kept = await websockets.connect(url_b.replace(alice.token, other_token), open_timeout=5)
         for ws in (on_a, on_b, kept):
-            assert (await next_frame(ws))["type"] == "ready"
+            await probe_joined(ws)
         started = time.monotonic()
         reply = await asyncio.to_thread(alice.request, "POST", "/auth/logout/")
         assert reply.status_code == 204
