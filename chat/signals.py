@@ -408,6 +408,15 @@ class Signals:
         what MongoDB says, so a reader sees their own read at once."""
         return {**self.reads.get(uri, {}), **self.unsaved.get(uri, {})}
 
+    def reads_of(self, user_id: str) -> dict[str, int]:
+        """{uri: seq} of user_id's read positions this process knows, in every room."""
+        found: dict[str, int] = {}
+        for positions in (self.reads, self.unsaved):
+            for uri, users in positions.items():
+                if user_id in users:
+                    found[uri] = max(users[user_id], found.get(uri, 0))
+        return found
+
     async def load_reads(self, uri: str) -> None:
         try:
             stored = await self.store.read_positions(uri)

@@ -46,6 +46,10 @@ UNREAD_CAP = 999
 UNREAD_SCAN = 10 * UNREAD_CAP
 # How many of a room's last events the chat list looks through for its latest message.
 LATEST_SCAN = 50
+# The chat list shows this much of each chat's latest message, and this many
+# of its members (to name it).
+PREVIEW_CHARS = 100
+PREVIEW_MEMBERS = 4
 # A message that is shown: not another kind of room event, not deleted.
 VISIBLE_MESSAGE = {"type": {"$in": [None, "message"]}, "deleted": {"$ne": True}}
 
@@ -581,6 +585,34 @@ class Store:
             [UpdateOne({"_id": self.room_ids[uri]} if uri in self.room_ids else {"uri": uri},
                        {"$max": {f"last_read.{user_id}": seq for user_id, seq in users.items()}})
              for uri, users in positions.items()], ordered=False)
+
+    @guarded
+    async def chat_list(self, user_id: str, known_reads: dict[str, int]) -> list[dict]:
+        """My chats, newest activity first, each with its unread count, latest
+        message and first few members: four commands however many chats.
+        `known_reads` ({uri: seq}) are read positions not written yet."""
+        rooms = await self.rooms_of(user_id)
+        reads = {r["uri"]: max((r.get("last_read") or {}).get(user_id, 0),
+                               known_reads.get(r["uri"], 0)) for r in rooms}
+        unread = await self.unread_counts(user_id, reads)
+        latest = await self.latest_messages({r["uri"]: r["seq"] for r in rooms})
+        people = {r["uri"]: r["members"][:PREVIEW_MEMBERS] for r in rooms}
+        names = await self.users_by_id(list({i for ids in people.values() for i in ids}))
+        chats = []
+        for room in rooms:
+            uri, message = room["uri"], latest.get(room["uri"])
+            chats.append({
+                "uri": uri, "owner": room["owner"], "members": len(room["members"]),
+                "seq": room["seq"], "updated": iso(room["updated"]),
+                "last_seq": max(room["seq"], message["seq"] if message else 0),
+                "last_read_seq": reads[uri], "unread": unread.get(uri, 0),
+                "last_message": message and {
+                    "id": str(message["_id"]), "seq": message["seq"], "user": message["user"],
+                    "text": message["message"][:PREVIEW_CHARS], "created": iso(message["created"])},
+                "people": [{"id": i, "username": names[i]["username"]}
+                           for i in people[uri] if i in names],
+            })
+        return chats
 
     @guarded
     async def unread_counts(self, user_id: str, reads: dict[str, int]) -> dict[str, int]:

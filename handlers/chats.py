@@ -7,9 +7,6 @@ from chat.store import iso
 from handlers import models
 from handlers.base import ApiHandler, detail, endpoint, field_error
 
-# The chat list shows this much of each chat's latest message.
-PREVIEW_CHARS = 100
-
 
 def read_positions(services, room: dict) -> dict[str, int]:
     """{user id: last_read_seq}: what MongoDB has, raised by what this process
@@ -37,13 +34,6 @@ async def room_view(services, room: dict) -> dict:
     }
 
 
-def preview(doc: dict | None) -> dict | None:
-    if doc is None:
-        return None
-    return {"id": str(doc["_id"]), "seq": doc["seq"], "user": doc["user"],
-            "text": doc["message"][:PREVIEW_CHARS], "created": iso(doc["created"])}
-
-
 class ChatsHandler(ApiHandler):
     @endpoint("Start a chat", "createChat", response=models.ChatCreated, errors=(503,))
     async def post(self) -> None:
@@ -56,19 +46,8 @@ class ChatsHandler(ApiHandler):
               response=list[models.ChatSummary], errors=(503,))
     async def get(self) -> None:
         user = self.require_user()
-        store = self.services.store
-        rooms = await store.rooms_of(user["id"])
-        # Three commands however many rooms: the rooms, their unread counts,
-        # their latest messages.
-        reads = {r["uri"]: read_positions(self.services, r).get(user["id"], 0) for r in rooms}
-        unread = await store.unread_counts(user["id"], reads)
-        latest = await store.latest_messages({r["uri"]: r["seq"] for r in rooms})
-        self.reply([{"uri": r["uri"], "owner": r["owner"], "members": len(r["members"]),
-                     "seq": r["seq"], "updated": iso(r["updated"]),
-                     "last_seq": max(r["seq"], latest[r["uri"]]["seq"] if r["uri"] in latest else 0),
-                     "last_read_seq": reads[r["uri"]],
-                     "unread": unread.get(r["uri"], 0),
-                     "last_message": preview(latest.get(r["uri"]))} for r in rooms])
+        known = self.services.hub.signals.reads_of(user["id"])
+        self.reply(await self.services.store.chat_list(user["id"], known))
 
 
 class ChatHandler(ApiHandler):

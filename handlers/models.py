@@ -255,6 +255,11 @@ class ChatCreated(Wire):
     message: str
 
 
+class Member(Wire):
+    id: str
+    username: str
+
+
 class MessagePreview(Wire):
     id: str
     seq: int = Field(ge=1)
@@ -275,6 +280,7 @@ class ChatSummary(Wire):
                                                           "last_read_seq, not deleted; at most 999")]
     last_message: Annotated[MessagePreview | None, Field(description="The latest message that "
                                                                      "is not deleted")]
+    people: Annotated[list[Member], Field(description="The first few members, to name the chat")]
 
 
 class Chat(Wire):
@@ -367,11 +373,6 @@ class ErrorFrame(Wire):
     code: Literal["invalid", "rate_limited", "unavailable"]
     detail: str
     client_id: str | None = None
-
-
-class Member(Wire):
-    id: str
-    username: str
 
 
 class PresenceFrame(Wire):

@@ -501,10 +501,52 @@ def test_screenshots_of_the_chat(start_server, tabs):
     home.page.reload()
     expect(home.page.locator(".chat-item")).to_have_count(3)
     expect(home.page.locator(".chat-item-preview").first).to_contain_text("maya: Yes!")
-    expect(home.page.locator(".chat-item.unread .badge")).to_have_text("1")
+    expect(home.page.locator(".chat-item").first.locator(".badge")).to_have_text("1")
     home.page.screenshot(path=str(shots / "screenshot-home.png"))
     signin = tabs(process.url, viewport={"width": 1280, "height": 800})
     signin.page.goto("/")
     expect(signin.page.get_by_role("button", name="Sign in")).to_be_visible()
     signin.page.screenshot(path=str(shots / "screenshot-signin.png"))
     assert os.path.getsize(shots / "screenshot.png") > 10_000
+
+
+def test_two_users_see_each_other_online_typing_and_seen_by(start_server, tabs):
+    process = start_server(presence_grace_seconds=1, typing_ttl_seconds=2)
+    alice, bob, uri = two_members(process.url)
+    bob.post(uri, "before you came")
+    ann = tabs(process.url).sign_in(alice).open_chat(uri)
+    expect(ann.page.locator(".unread-divider")).to_have_text("New messages")
+    ann.send("hello bob")
+    expect(ann.confirmed("hello bob")).to_have_count(1)
+    ben = tabs(process.url).sign_in(bob).open_chat(uri)
+    for tab, other in ((ann, bob), (ben, alice)):
+        expect(tab.page.locator(f".member.online[data-user='{other.user['id']}']")).to_have_count(1)
+        expect(tab.page.locator(".chat-subtitle")).to_have_text("2 members · 2 online")
+    # bob's page has read alice's message: she sees it under her message
+    expect(ann.page.locator(".msg.mine .seen-by")).to_have_text(f"Seen by {bob.username}")
+    ben.page.get_by_label("Message", exact=True).press_sequentially("typing a rep")
+    expect(ann.page.locator(".typing-line")).to_have_text(f"{bob.username} is typing…")
+    expect(ben.page.locator(".typing-line")).to_have_text("")  # never the reader
+    ben.page.get_by_label("Message", exact=True).fill("")
+    ben.page.get_by_label("Message", exact=True).press("Backspace")  # an input event: stop
+    expect(ann.page.locator(".typing-line")).to_have_text("")
+    ben.page.get_by_role("link", name="Back to my chats").click()  # his last socket closes
+    expect(ann.page.locator(".chat-subtitle")).to_have_text("2 members · 1 online")
+    expect(ann.page.locator(f".member.online[data-user='{bob.user['id']}']")).to_have_count(0)
+
+
+def test_a_second_tab_clears_its_badge_when_the_first_reads(server, browser, tabs):
+    alice, bob, uri = two_members(server.url)
+    bob.post(uri, "one")
+    bob.post(uri, "two")
+    laptop = tabs(server.url).sign_in(alice)
+    laptop.page.goto("/")
+    badge = laptop.page.locator(".chat-item.unread .badge")
+    expect(badge).to_have_text("2")
+    second = laptop.context.new_page()  # the same browser, another tab
+    second.goto(f"/chats/{uri}/")
+    expect(second.locator(".chat-view")).to_have_attribute("data-connection", "live")
+    expect(badge).to_have_count(0)
+    laptop.page.reload()  # and the server agrees
+    expect(laptop.page.locator(".chat-item").first).to_be_visible()
+    expect(badge).to_have_count(0)

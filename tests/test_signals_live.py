@@ -237,39 +237,35 @@ class CommandCounter(monitoring.CommandListener):
         pass
 
 
-def test_the_chat_list_takes_the_same_few_commands_for_3_rooms_as_for_30(mongo_base):
+def test_the_chat_list_takes_the_same_four_commands_for_3_rooms_as_for_30(mongo_base):
     url = database_url(mongo_base)
     name = url.rsplit("/", 1)[1]
     counter = CommandCounter(name)
     monitoring.register(counter)  # for clients made from now on: the one below
-    user = {"id": "u1", "username": "ann"}
-    other = {"id": "u2", "username": "bob"}
-
-    async def list_chats(store: Store, uris: list[str]) -> list[str]:
-        counter.commands.clear()
-        rooms = await store.rooms_of(user["id"])
-        reads = {room["uri"]: 1 for room in rooms if room["uri"] in uris}
-        await store.unread_counts(user["id"], reads)
-        await store.latest_messages({room["uri"]: room["seq"] for room in rooms
-                                     if room["uri"] in uris})
-        return list(counter.commands)
 
     async def scenario():
         store = Store(url, name)
         try:
-            uris = [(await store.create_room(user["id"]))["uri"] for _ in range(30)]
+            user, other = [{"id": str(doc["_id"]), "username": doc["username"]}
+                           for doc in [await store.create_user(n, "", b"-") for n in ("ann", "bob")]]
+            uris = [(await store.create_room(user["id"]))["uri"] for _ in range(3)]
             for uri in uris:
                 await store.messages.insert_many([
                     {"room": uri, "seq": seq, "user_id": other["id"], "user": other,
                      "message": f"m{seq}", "created": now()} for seq in (1, 2, 3)])
                 await store.rooms.update_one({"uri": uri}, {"$set": {"seq": 3}})
-            few = await list_chats(store, uris[:3])
-            many = await list_chats(store, uris)
-            counts = await store.unread_counts(user["id"], {uri: 1 for uri in uris})
-            return few, many, counts
+            counts = []
+            for _ in range(2):
+                counter.commands.clear()
+                chats = await store.chat_list(user["id"], {})
+                counts.append((len(chats), list(counter.commands)))
+                for _ in range(27):
+                    await store.create_room(user["id"])
+            return counts, chats
         finally:
             await store.close()
 
-    few, many, counts = asyncio.run(scenario())
-    assert few == many == ["find", "aggregate", "aggregate"]
-    assert counts == {uri: 2 for uri in counts} and len(counts) == 30
+    (few, many), chats = asyncio.run(scenario())
+    commands = ["find", "aggregate", "aggregate", "find"]  # rooms, unread, latest, names
+    assert few == (3, commands) and many == (30, commands)
+    assert sorted(chat["unread"] for chat in chats) == [0] * 27 + [3] * 3

@@ -72,6 +72,7 @@ export const api = {
   chat: (uri) => request("GET", `/api/chats/${uri}/`),
   join: (uri) => request("PATCH", `/api/chats/${uri}/`, {}),
   history: (uri, params) => request("GET", `/api/chats/${uri}/messages/?${new URLSearchParams(params)}`),
+  markRead: (uri, seq, options) => request("PUT", `/api/chats/${uri}/read/`, { seq }, options),
   post: (uri, message, clientId, options) =>
     request("POST", `/api/chats/${uri}/messages/`, { message, client_id: clientId }, options),
 };

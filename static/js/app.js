@@ -3,12 +3,14 @@
 // script never sees; nothing is kept in localStorage.
 
 import { api, ApiError } from "./api.js";
-import { ChatView, chatTitle, seenSeq } from "./chat.js";
+import { ChatView, chatTitle } from "./chat.js";
 import { avatar, h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
+import { onReadElsewhere } from "./signals.js";
 
 const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
-const DETAILS_LIMIT = 30;
+// A list refresh asked for by another tab's read waits this long for more.
+const REFRESH_DEBOUNCE_MS = 300;
 
 const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
 const shortDate = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
@@ -67,9 +69,16 @@ class App {
     this.route();
   }
 
-  route() {
+  // Stop what the current view listens to.
+  leaveView() {
     if (this.view && this.view.unmount) this.view.unmount();
     this.view = null;
+    if (this.stopHome) this.stopHome();
+    this.stopHome = null;
+  }
+
+  route() {
+    this.leaveView();
     const chat = CHAT_PATH.exec(location.pathname);
     this.root.classList.toggle("in-chat", Boolean(chat && this.me));
     if (!this.me) {
@@ -87,8 +96,7 @@ class App {
 
   // The session ended (signed out here or elsewhere, or the token expired).
   signedOut(message = "") {
-    if (this.view && this.view.unmount) this.view.unmount();
-    this.view = null;
+    this.leaveView();
     this.me = null;
     this.root.classList.remove("in-chat");
     this.showAuth(message);
@@ -221,6 +229,28 @@ class App {
       h("div", { class: "home-head" }, h("h1", { text: "My chats" }), newButton),
       error, status, list));
 
+    // Read on another tab (at once) or another device (when this tab comes
+    // back): the server's unread counts have changed.
+    let timer = null;
+    const refresh = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => this.listChats(list, status), REFRESH_DEBOUNCE_MS);
+    };
+    const onVisible = () => {
+      if (document.visibilityState === "visible") refresh();
+    };
+    const stopListening = onReadElsewhere(refresh);
+    document.addEventListener("visibilitychange", onVisible);
+    this.stopHome = () => {
+      clearTimeout(timer);
+      stopListening();
+      document.removeEventListener("visibilitychange", onVisible);
+    };
+    await this.listChats(list, status);
+  }
+
+  // The rows of my chats, all from one request: names, latest message, unread count.
+  async listChats(list, status) {
     let rooms;
     try {
       rooms = await api.chats();
@@ -232,6 +262,7 @@ class App {
       status.replaceChildren(h("p", { class: "inline-error", role: "alert", text: caught.message }));
       return;
     }
+    if (!list.isConnected) return;
     if (!rooms.length) {
       status.replaceChildren(h("div", { class: "empty-card" },
         h("h2", { text: "No chats yet" }),
@@ -239,46 +270,27 @@ class App {
       return;
     }
     status.remove();
-    for (const [index, room] of rooms.entries()) {
-      const title = h("span", { class: "chat-item-title", text: `Chat ${room.uri.slice(0, 6)}` });
-      const preview = h("span", { class: "chat-item-preview",
-        text: room.seq ? `${room.seq} message${room.seq === 1 ? "" : "s"}` : "No messages yet" });
-      const face = h("span", { class: "chat-item-avatar" }, avatar("#"));
-      const seen = seenSeq(room.uri);
-      const unread = seen === null ? 0 : Math.max(0, room.seq - seen);
-      list.append(h("li", {}, h("a", {
-        href: `/chats/${room.uri}/`, class: `chat-item${unread ? " unread" : ""}`, "data-link": "",
-      },
-        face,
-        h("span", { class: "chat-item-body" },
-          h("span", { class: "chat-item-top" }, title,
-            h("time", { datetime: room.updated, text: ago(room.updated) })),
-          h("span", { class: "chat-item-bottom" }, preview,
-            unread ? h("span", { class: "badge", "aria-label": `${unread} unread`,
-              text: unread > 99 ? "99+" : String(unread) }) : null)))));
-      if (index < DETAILS_LIMIT) this.fillChatItem(room, title, preview, face);
-    }
+    list.replaceChildren(...rooms.map((room) => this.chatItem(room)));
   }
 
-  // Names and the last message for one row, fetched after the list shows.
-  async fillChatItem(room, title, preview, face) {
-    try {
-      const [detail, last] = await Promise.all([
-        api.chat(room.uri),
-        room.seq ? api.history(room.uri, { limit: 1 }) : Promise.resolve({ messages: [] }),
-      ]);
-      const name = chatTitle(detail.members, this.me);
-      title.textContent = name;
-      const other = detail.members.find((m) => m.id !== this.me.id) || this.me;
-      face.replaceChildren(avatar(other.username));
-      const message = last.messages[0];
-      if (message) {
-        const who = message.user.id === this.me.id ? "You" : message.user.username;
-        preview.textContent = `${who}: ${message.message.replace(/\s+/g, " ")}`;
-      }
-    } catch {
-      // The row still works as a link with its placeholder text.
-    }
+  chatItem(room) {
+    const other = room.people.find((m) => m.id !== this.me.id) || this.me;
+    const message = room.last_message;
+    const who = message && (message.user.id === this.me.id ? "You" : message.user.username);
+    const { unread } = room;
+    return h("li", {}, h("a", {
+      href: `/chats/${room.uri}/`, class: `chat-item${unread ? " unread" : ""}`, "data-link": "",
+    },
+      h("span", { class: "chat-item-avatar" }, avatar(other.username)),
+      h("span", { class: "chat-item-body" },
+        h("span", { class: "chat-item-top" },
+          h("span", { class: "chat-item-title", text: chatTitle(room.people, this.me, room.members) }),
+          h("time", { datetime: room.updated, text: ago(room.updated) })),
+        h("span", { class: "chat-item-bottom" },
+          h("span", { class: "chat-item-preview",
+            text: message ? `${who}: ${message.text.replace(/\s+/g, " ")}` : "No messages yet" }),
+          unread ? h("span", { class: "badge", "aria-label": `${unread} unread`,
+            text: unread > 99 ? "99+" : String(unread) }) : null))));
   }
 }
 

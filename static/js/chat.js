@@ -3,7 +3,8 @@
 
 import { api, ApiError } from "./api.js";
 import { avatar, clear, h, icon } from "./dom.js";
-import { incoming, isAway, setTitle } from "./notify.js";
+import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
+import { RoomSignals, seenByText, typingText } from "./signals.js";
 import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
 
@@ -22,31 +23,14 @@ function shareLink(uri) {
   return `${location.origin}/chats/${uri}/`;
 }
 
-export function chatTitle(members, me) {
+// The chat's name from its members; `count` is how many it has when `members`
+// holds only the first few (the chat list's).
+export function chatTitle(members, me, count = members.length) {
   const others = members.filter((m) => m.id !== me.id).map((m) => m.username);
-  if (!others.length) return "Just you";
-  if (others.length <= 3) return others.join(", ");
-  return `${others.slice(0, 2).join(", ")} and ${others.length - 2} others`;
-}
-
-// The last seq this browser showed per chat (not a secret), for unread badges.
-const SEEN_KEY = "chat.seen.";
-
-export function seenSeq(uri) {
-  try {
-    const value = localStorage.getItem(SEEN_KEY + uri);
-    return value === null ? null : Number(value);
-  } catch {
-    return null;
-  }
-}
-
-function markSeen(uri, seq) {
-  try {
-    if (seq > (seenSeq(uri) ?? 0)) localStorage.setItem(SEEN_KEY + uri, String(seq));
-  } catch {
-    // Storage disabled: no unread badges, nothing else changes.
-  }
+  const total = count - 1; // everyone but me
+  if (total <= 0) return "Just you";
+  if (total <= 3 && others.length >= total) return others.join(", ");
+  return `${others.slice(0, 2).join(", ")} and ${total - Math.min(2, others.length)} others`;
 }
 
 async function copyText(text, input) {
@@ -103,6 +87,13 @@ export class ChatView {
     if (this.stopped) return;
     this.room = room;
     this.baseSeq = this.streamSeq = room.seq;
+    this.signals = new RoomSignals(this.uri, this.me, room.read, {
+      send: (frame) => Boolean(this.socket) && this.socket.send(frame),
+      markRead: (seq) => api.markRead(this.uri, seq),
+      onChange: (what) => this.onSignal(what),
+    });
+    // Where the reader had read to when the chat opened: the "new messages" divider.
+    this.readAtOpen = this.signals.myRead;
     this.build();
     this.socket = new RoomSocket(this.uri, {
       since: () => this.streamSeq,
@@ -132,6 +123,7 @@ export class ChatView {
     window.removeEventListener("pagehide", this.onLeave);
     window.removeEventListener("focus", this.onBack);
     this.flushOutbox();
+    if (this.signals) this.signals.stop();
     if (this.socket) this.socket.stop();
     this.timeline.clearOutbox();
   }
@@ -144,8 +136,9 @@ export class ChatView {
     }
   }
 
+  // The reader sees the latest messages: tell the server (and so their other devices).
   seen() {
-    if (this.historyLoaded && !isAway()) markSeen(this.uri, this.timeline.newest);
+    if (this.historyLoaded && !isAway()) this.signals.read(this.timeline.newest);
   }
 
   showProblem(text) {
@@ -212,7 +205,9 @@ export class ChatView {
       h("h2", { text: "Invite link" }),
       this.linkBox("side-link"));
 
-    const pane = h("div", { class: "chat-pane" }, this.banner, this.scroller, this.pill, composer);
+    this.typingLine = h("p", { class: "typing-line", "aria-live": "polite" });
+    const pane = h("div", { class: "chat-pane" }, this.banner, this.scroller, this.pill, this.typingLine,
+      composer);
     // On narrow screens the details are a drawer over the chat: a tap beside it closes it.
     pane.addEventListener("click", (event) => {
       if (this.el.classList.contains("side-open")) {
@@ -259,9 +254,13 @@ export class ChatView {
 
   renderMembers() {
     const owner = this.room.owner && this.room.owner.id;
-    clear(this.memberList).append(...this.room.members.map((member) => h("li", { class: "member" },
+    clear(this.memberList).append(...this.room.members.map((member) => h("li", {
+      class: `member${this.signals.isOnline(member.id) ? " online" : ""}`,
+      dataset: { user: member.id },
+    },
       avatar(member.username),
       h("span", { class: "member-name", text: member.username }),
+      this.signals.isOnline(member.id) ? h("span", { class: "visually-hidden", text: "(online)" }) : null,
       member.id === this.me.id ? h("span", { class: "tag", text: "you" }) : null,
       member.id === owner ? h("span", { class: "tag", text: "owner" }) : null)));
     const title = chatTitle(this.room.members, this.me);
@@ -274,7 +273,8 @@ export class ChatView {
   updateSubtitle() {
     const state = this.el.dataset.connection;
     const count = this.room.members.length;
-    const members = `${count} member${count === 1 ? "" : "s"}`;
+    const online = this.signals.online.size;
+    const members = `${count} member${count === 1 ? "" : "s"}${online ? ` · ${online} online` : ""}`;
     this.subtitle.textContent = state === "live" ? members
       : state === "reconnecting" ? `${members} · reconnecting…` : `${members} · connecting…`;
   }
@@ -302,6 +302,8 @@ export class ChatView {
       this.timeline.el.classList.remove("loading");
       this.updateHistoryTop();
       this.updateEmptyState();
+      this.showUnreadDivider();
+      this.showSeenBy();
       this.scrollToBottom(false);
       this.seen();
       await this.fillViewport();
@@ -390,6 +392,7 @@ export class ChatView {
   // The stream --------------------------------------------------------
 
   onFrame(frame) {
+    if (this.signals.onFrame(frame)) return;
     if (frame.type === "message") this.onMessage(frame);
     else if (frame.type === "ready") this.onReady(frame);
     else if (frame.type === "error") this.onError(frame);
@@ -414,7 +417,48 @@ export class ChatView {
       this.showPill();
     }
     if (!mine) incoming();
+    if (mine) this.showSeenBy();
     this.seen();
+  }
+
+  // Signals -----------------------------------------------------------
+
+  onSignal(what) {
+    if (!this.titleEl) return; // not built yet
+    if (what === "presence") {
+      this.renderMembers();
+    } else if (what === "typing") {
+      this.typingLine.textContent = typingText(this.signals.typing);
+    } else if (what === "read") {
+      this.showSeenBy();
+      // Read on another tab or device: this one's unread count is stale.
+      if (this.signals.myRead >= this.timeline.newest) readElsewhere();
+    }
+  }
+
+  // "New messages" above the first message from others after where the
+  // reader had read to when the chat opened.
+  showUnreadDivider() {
+    if (this.dividerShown) return;
+    this.dividerShown = true;
+    const first = Array.from(this.timeline.confirmed.children).find((el) =>
+      Number(el.dataset.seq) > this.readAtOpen && el.dataset.user !== this.me.id);
+    if (first) {
+      first.prepend(h("div", { class: "unread-divider", role: "separator" },
+        h("span", { text: "New messages" })));
+    }
+  }
+
+  // "Seen by …" under the reader's latest own message.
+  showSeenBy() {
+    for (const old of this.timeline.confirmed.querySelectorAll(".seen-by")) old.remove();
+    const mine = Array.from(this.timeline.confirmed.children).reverse()
+      .find((el) => el.dataset.user === this.me.id);
+    if (!mine) return;
+    const seq = Number(mine.dataset.seq);
+    const names = this.room.members.filter((m) => m.id !== this.me.id
+      && (this.signals.reads.get(m.username) || 0) >= seq).map((m) => m.username);
+    if (names.length) mine.append(h("p", { class: "seen-by", text: seenByText(names) }));
   }
 
   onReady() {
@@ -449,6 +493,7 @@ export class ChatView {
       for (const [clientId, entry] of this.timeline.pending) {
         if (entry.state === "sent") this.queue(clientId);
       }
+      this.signals.reset();
     } else if (state === "connecting") {
       if (!this.banner.hidden) this.bannerText.textContent = "Reconnecting…";
     } else {
@@ -498,6 +543,7 @@ export class ChatView {
     input.style.height = "auto";
     input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
     this.sendButton.disabled = !input.value.trim();
+    this.signals.composing(Boolean(input.value.trim()));
     const left = this.app.maxChars - input.value.length;
     this.counter.textContent = left < 200 ? ` · ${left} characters left` : "";
   }
@@ -505,6 +551,7 @@ export class ChatView {
   send() {
     const text = this.input.value.trim();
     if (!text) return;
+    this.signals.sent(); // posting ends the typing: no stop frame needed
     this.input.value = "";
     this.onInput();
     const clientId = newClientId();

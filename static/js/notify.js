@@ -27,6 +27,13 @@ function back() {
   render();
 }
 
+// What this count stands for was read on another tab or device.
+export function readElsewhere() {
+  if (unread === 0) return;
+  unread = 0;
+  render();
+}
+
 // Browsers only let audio start after a gesture: make the context on the first one.
 function unlock() {
   const Context = window.AudioContext || window.webkitAudioContext;
