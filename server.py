@@ -29,6 +29,7 @@ from chat.store import Store, Unavailable
 from chat.tokens import Tokens
 from handlers import auth, chats, messages, openapi, ops, pages, socket
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
+from handlers.drain import InFlight
 
 log = logging.getLogger("chat.server")
 
@@ -37,6 +38,8 @@ URI = r"([0-9a-f]{15})"
 # Largest body Tornado reads at all; the API's own limit (413) is max_body_bytes.
 READ_LIMIT = 1024 * 1024
 SHUTDOWN_GRACE = 3.0
+# How long a stop waits for HTTP requests in flight (systemd's TimeoutStopSec is 15 s).
+DRAIN_LIMIT = 8.0
 
 
 class Limits:
@@ -64,14 +67,19 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     ]
 
 
-def make_app(services: Services) -> tornado.web.Application:
+def make_app(services: Services, in_flight: InFlight) -> tornado.web.Application:
     config = services.config
     table = routes()
+
+    def log_function(handler: tornado.web.RequestHandler) -> None:
+        in_flight.finished()
+        log_request(handler)
+
     return tornado.web.Application(
         [(pattern, handler, {"services": services}) for pattern, handler in table],
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services},
-        transforms=[SecurityHeaders],
+        transforms=[SecurityHeaders, in_flight.transform],
         template_path=str(HERE / "templates"),
         static_path=str(HERE / "static"),
         static_handler_class=pages.StaticFiles,
@@ -81,7 +89,7 @@ def make_app(services: Services) -> tornado.web.Application:
         websocket_ping_interval=config.ws_ping_interval,
         websocket_ping_timeout=config.ws_ping_interval,
         websocket_max_message_size=config.ws_max_message_bytes,
-        log_function=log_request,
+        log_function=log_function,
         openapi_json=json.dumps(openapi.document(table, config)),
     )
 
@@ -142,6 +150,7 @@ class ChatServer:
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
                                  self.metrics, Limits(config))
         self.http: tornado.httpserver.HTTPServer | None = None
+        self.in_flight = InFlight()
 
     async def start(self) -> None:
         try:
@@ -152,7 +161,8 @@ class ChatServer:
         self.signals.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
-        self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services)),
+        self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
+                                                                            self.in_flight)),
                                                   xheaders=self.config.behind_proxy,
                                                   max_body_size=READ_LIMIT)
         try:
@@ -164,14 +174,20 @@ class ChatServer:
         log.info("chat server listening on http://%s:%d/", self.config.address, self.config.port)
 
     async def stop(self) -> None:
-        """Stop accepting, close sockets with 1001, then the connections."""
+        """Stop accepting; close sockets with 1001 (their clients resume on another
+        process); let the HTTP requests in flight finish (handlers/drain.py);
+        then close the connections."""
         if self.http is not None:
             self.http.stop()
+        drained = asyncio.ensure_future(self.in_flight.drain(DRAIN_LIMIT))
         self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
         try:
             await asyncio.wait_for(self.hub.no_sockets.wait(), SHUTDOWN_GRACE)
         except TimeoutError:
             log.warning("some sockets did not close in time")
+        if not await drained:
+            log.warning("%d HTTP requests still running at shutdown", self.in_flight.count)
+        self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")  # opened meanwhile
         await self.hub.stop()
         await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 import uuid
 
@@ -155,3 +156,119 @@ def test_clients_of_a_killed_process_reconnect_through_nginx_and_miss_nothing(cl
     logs = nginx.access_log.read_text() + nginx.error_log.read_text()
     assert "/ws/chats/" in logs
     assert "token=" not in logs and alice.token not in logs and bob.token not in logs
+
+
+class Traffic:
+    """Clients posting and reading through nginx without pause, each in its own
+    thread; every answer's status is counted, and a dropped connection too."""
+
+    def __init__(self, apis: list[Api], uri: str, readers: int = 2, logins: int = 2):
+        self.apis = apis
+        self.uri = uri
+        self.statuses: dict[int, int] = {}
+        self.errors: list[str] = []  # transport errors: the proxy dropped a request
+        self.posted = 0
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.post, args=(api,), daemon=True) for api in apis]
+        self.threads += [threading.Thread(target=self.read, args=(apis[i % len(apis)],), daemon=True)
+                         for i in range(readers)]
+        self.threads += [threading.Thread(target=self.login, args=(apis[i % len(apis)],), daemon=True)
+                         for i in range(logins)]
+        self.lock = threading.Lock()
+
+    def count(self, status: int) -> None:
+        with self.lock:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def call(self, api: Api, method: str, path: str, **kwargs) -> httpx.Response | None:
+        try:
+            reply = api.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            self.errors.append(f"{method} {path}: {error!r}")
+            return None
+        self.count(reply.status_code)
+        return reply
+
+    def post(self, api: Api) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            client_id = f"{api.username}-{n}"
+            reply = self.call(api, "POST", f"/api/chats/{self.uri}/messages/",
+                              json={"message": client_id, "client_id": client_id})
+            if reply is not None and reply.status_code == 200:
+                n += 1
+                with self.lock:
+                    self.posted += 1
+            time.sleep(0.01)
+
+    def login(self, api: Api) -> None:
+        """Logins hash with bcrypt: a request that is in flight for a while."""
+        while not self.stopping.is_set():
+            self.call(api, "POST", "/auth/jwt/create/",
+                      json={"username": api.username, "password": api.password})
+
+    def read(self, api: Api) -> None:
+        while not self.stopping.is_set():
+            self.call(api, "GET", f"/api/chats/{self.uri}/messages/", params={"limit": 20})
+            time.sleep(0.01)
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(15)
+
+
+@pytest.mark.slow
+def test_a_rolling_restart_behind_nginx_answers_no_5xx_and_sockets_resume(start_server, fresh_db):
+    """SIGTERM one process at a time, start it again, then the next: clients
+    posting, reading and logging in through nginx meanwhile never see a 5xx."""
+    # bcrypt at 10 rounds: a login is in flight for tens of milliseconds.
+    servers = [start_server(mongo_url=fresh_db, behind_proxy=True, bcrypt_rounds=10)
+               for _ in range(2)]
+    nginx = Nginx(free_port(), [s.port for s in servers]).start()
+    try:
+        rolling_restart(nginx, servers)
+    finally:
+        nginx.stop()
+
+
+def rolling_restart(nginx: Nginx, servers) -> None:
+    alice, bob, uri = two_members(nginx.url)
+
+    async def scenario():
+        listeners = await spread_listeners([alice, bob], uri, servers, reconnect=True)
+        with Traffic([alice, bob], uri) as traffic:
+            await wait_for(lambda: traffic.posted >= 20, 15, "traffic")
+            for server in servers:
+                exit_code = await asyncio.to_thread(server.stop)
+                assert exit_code == 0, server.log()
+                logged = server.log_path.stat().st_size
+                await asyncio.to_thread(server.start)  # same port, same database
+                # The next one only once nginx sends to this one again (after the
+                # upstream's fail_timeout): else nginx has no live upstream.
+                await wait_for(lambda s=server, n=logged: "messages/ 200" in
+                               s.log_path.read_text(errors="replace")[n:], 15,
+                               "nginx to send requests to the restarted process")
+        total = traffic.posted
+        await wait_for(lambda: all(len(lst.seqs) >= total for lst in listeners), 30,
+                       "every message on every socket")
+        await asyncio.sleep(0.3)
+        for listener in listeners:
+            await listener.stop()
+        return listeners, traffic, total
+
+    listeners, traffic, total = asyncio.run(scenario())
+    print(f"\nrolling restart through nginx: {dict(sorted(traffic.statuses.items()))}, "
+          f"{len(traffic.errors)} dropped, {total} posted")
+    assert sum(n for status, n in traffic.statuses.items() if status >= 500) == 0, traffic.statuses
+    assert traffic.errors == []
+    assert sum(traffic.statuses.values()) > 100
+    assert alice.all_seqs(uri) == list(range(1, total + 1))
+    for listener in listeners:
+        assert listener.seqs == list(range(1, total + 1))
+    assert any(1001 in lst.closes for lst in listeners)  # sockets were moved, and resumed
