@@ -85,6 +85,11 @@ def make_app(services: Services, in_flight: InFlight) -> tornado.web.Application
         static_handler_class=pages.StaticFiles,
         cookie_secret=config.secret,
         xsrf_cookies=True,
+        # Login CSRF and the like: a state-changing request from a browser on
+        # another origin (Sec-Fetch-Site, else Origin) is refused, except from
+        # allowed_origins; API clients, which send neither header, are not affected.
+        cross_origin_protection=True,
+        trusted_origins=list(config.allowed_origins),
         xsrf_cookie_kwargs={"samesite": "Strict", "secure": config.secure_cookies},
         websocket_ping_interval=config.ws_ping_interval,
         websocket_ping_timeout=config.ws_ping_interval,

@@ -23,6 +23,11 @@ from handlers import models
 log = logging.getLogger("chat.http")
 
 TOKEN_COOKIE = "chat_token"
+METHODS = ("get", "post", "put", "patch", "delete")
+# What a page of an allowed origin may send (Content-Type: application/json
+# needs a preflight; a form's does not).
+CORS_HEADERS = "Authorization, Content-Type, X-Request-Id"
+CORS_MAX_AGE = "600"
 AUTH_SCHEMES = ("jwt", "bearer")
 CHALLENGE = 'JWT realm="chat", Bearer realm="chat"'
 RETRY_AFTER_UNAVAILABLE = "5"
@@ -318,11 +323,39 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
     def initialize(self, services: Services):
         self.services = services
         self.started = time.perf_counter()
+        self.set_cors_headers()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Request-Id", self.request_id)
+        self.set_header("Vary", "Origin")
+        if hasattr(self, "services"):  # Tornado runs this once before initialize()
+            self.set_cors_headers()
+
+    def set_cors_headers(self) -> None:
+        """A page of an allowed origin (chatire's, on its own dev server) may read
+        the answers; any other origin gets no Access-Control header."""
+        if self.cors_origin() is not None:
+            self.set_header("Access-Control-Allow-Origin", self.cors_origin())
+            self.set_header("Access-Control-Expose-Headers", "Retry-After, X-Request-Id")
+
+    def cors_origin(self) -> str | None:
+        """The request's Origin when it is one of allowed_origins."""
+        origin = self.request.headers.get("Origin")
+        return origin if origin in self.services.config.allowed_origins else None
+
+    def options(self, *path_args: str) -> None:
+        """The CORS preflight: the methods this path has, and the headers it reads.
+        Cookies are never allowed cross-origin: such pages send a token."""
+        if self.cors_origin() is None:
+            raise detail(403, "Cross-origin requests are allowed only from allowed_origins.")
+        methods = [m.upper() for m in METHODS if hasattr(getattr(self, m, None), "endpoint")]
+        self.set_header("Access-Control-Allow-Methods", ", ".join(methods))
+        self.set_header("Access-Control-Allow-Headers", CORS_HEADERS)
+        self.set_header("Access-Control-Max-Age", CORS_MAX_AGE)
+        self.set_status(204)
+        self.finish()
 
     def check_xsrf_cookie(self) -> None:
         # Only a request that would be authenticated by the browser's cookie can
@@ -335,6 +368,8 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
                                   "X-XSRFToken header.") from None
 
     async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return  # a preflight carries no credentials and no body
         self.services.store.begin_request()
         if len(self.request.body) > self.services.config.max_body_bytes:
             raise detail(413, f"Request body is larger than {self.services.config.max_body_bytes} bytes.")

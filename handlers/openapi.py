@@ -11,9 +11,8 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from handlers import models
-from handlers.base import Endpoint
+from handlers.base import METHODS, Endpoint
 
-METHODS = ("get", "post", "put", "patch", "delete")
 WRITES = ("post", "put", "patch", "delete")
 # A route's capture group: one path parameter.
 GROUP = re.compile(r"\(([^()]*)\)")
