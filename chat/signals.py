@@ -37,6 +37,10 @@ log = logging.getLogger("chat.signals")
 
 # A user's typing frames closer together than this (per room) are dropped.
 TYPING_THROTTLE = 1.0
+# A room's sockets get its typing set at most this often: what changes in
+# between goes out together (in a big room, every typer's start and stop would
+# otherwise be a frame to every socket).
+TYPING_EVERY = 0.5
 NOTICE_PREFIX = "signal."
 
 
@@ -78,6 +82,17 @@ class Typist:
         self.accepted = 0.0  # when this process last took a frame of theirs
 
 
+class TypingOut:
+    """What a room's sockets here were last told of its typers, and when."""
+
+    __slots__ = ("at", "payload", "timer")
+
+    def __init__(self):
+        self.payload = b""
+        self.at = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class Signals:
     def __init__(self, store: Store, publish: Callable[[bytes], None], *,
                  presence: bool = True, presence_grace: float = 10.0,
@@ -100,6 +115,7 @@ class Signals:
         self.peers: dict[str, Peer] = {}
         self.typing: dict[str, dict[str, Typist]] = {}
         self.typing_timers: dict[str, asyncio.TimerHandle] = {}
+        self.typing_out: dict[str, TypingOut] = {}
         # Read positions: the highest known per room with sockets here, and
         # what waits for the next write.
         self.reads: dict[str, dict[str, int]] = {}
@@ -127,7 +143,8 @@ class Signals:
             for member in members.values():
                 if member.leaving is not None:
                     member.leaving.cancel()
-        for timer in (*self.typing_timers.values(), self.snapshot_soon):
+        for timer in (*self.typing_timers.values(), self.snapshot_soon,
+                      *(out.timer for out in self.typing_out.values())):
             if timer is not None:
                 timer.cancel()
         if self.flushing is not None:
@@ -192,6 +209,9 @@ class Signals:
             self.shown.pop(uri, None)
             self.reads.pop(uri, None)
             self.drop_typing(uri)
+            out = self.typing_out.pop(uri, None)
+            if out is not None and out.timer is not None:
+                out.timer.cancel()
 
     def grace_over(self, uri: str, user_id: str) -> None:
         members = self.local.get(uri, {})
@@ -202,11 +222,12 @@ class Signals:
                 del self.local[uri]
             self.local_changed(uri)
 
-    def forget_member(self, uri: str, user: dict) -> None:
-        """user left the room (or was removed): gone at once, with no grace."""
-        self.stop_typing(uri, user)
+    def forget_member(self, uri: str, user_id: str) -> None:
+        """user_id left the room or was removed: gone at once, with no grace, and no
+        longer typing. Every process hears of it (the hub's notice) and forgets here."""
+        self.unset_typing(uri, user_id)
         members = self.local.get(uri, {})
-        member = members.pop(user["id"], None)
+        member = members.pop(user_id, None)
         if member is not None:
             if member.leaving is not None:
                 member.leaving.cancel()
@@ -214,7 +235,7 @@ class Signals:
                 self.local.pop(uri, None)
             self.local_changed(uri)
         for peer in self.peers.values():
-            peer.rooms.get(uri, {}).pop(user["id"], None)
+            peer.rooms.get(uri, {}).pop(user_id, None)
         self.changed(uri)
 
     def welcome(self, uri: str) -> list[bytes]:
@@ -326,7 +347,7 @@ class Signals:
         typist = typists.get(user_id)
         if typist is None:
             typist = typists[user_id] = Typist(username)
-            self.send(uri, self.typing_payload(uri))
+            self.typing_changed(uri)
         typist.expires = self.clock() + ttl
         if uri not in self.typing_timers:
             self.typing_timers[uri] = asyncio.get_running_loop().call_later(
@@ -336,7 +357,7 @@ class Signals:
     def unset_typing(self, uri: str, user_id: str) -> None:
         typists = self.typing.get(uri)
         if typists is not None and typists.pop(user_id, None) is not None:
-            self.send(uri, self.typing_payload(uri))
+            self.typing_changed(uri)
             if not typists:
                 self.drop_typing(uri)
 
@@ -351,7 +372,7 @@ class Signals:
         for user_id in expired:
             del typists[user_id]
         if expired:
-            self.send(uri, self.typing_payload(uri))
+            self.typing_changed(uri)
         if not typists:
             self.drop_typing(uri)
             return
@@ -364,6 +385,28 @@ class Signals:
         timer = self.typing_timers.pop(uri, None)
         if timer is not None:
             timer.cancel()
+
+    def typing_changed(self, uri: str) -> None:
+        """Tell the room's sockets its typing set: now, or TYPING_EVERY after they
+        were last told, with whatever has changed by then."""
+        out = self.typing_out.setdefault(uri, TypingOut())
+        if out.timer is not None:
+            return
+        wait = out.at + TYPING_EVERY - self.clock()
+        if wait > 0:
+            out.timer = asyncio.get_running_loop().call_later(wait, self.send_typing, uri)
+        else:
+            self.send_typing(uri)
+
+    def send_typing(self, uri: str) -> None:
+        out = self.typing_out.get(uri)
+        if out is None:
+            return
+        out.timer = None
+        payload = self.typing_payload(uri)
+        if payload != out.payload:  # a start and stop in between: nothing to say
+            out.payload, out.at = payload, self.clock()
+            self.send(uri, payload)
 
     def typing_payload(self, uri: str) -> bytes:
         return encode({"type": "typing", "users": [

@@ -67,7 +67,7 @@ class Process:
     def __init__(self, bus: Bus, store: ReadStore, **settings):
         ref: list = [None]
         self.signals = Signals(store, bus.publish_for(ref), **{
-            "presence_grace": 0.3, "presence_ttl": 0.6, "typing_ttl": 0.4, "read_flush": 0.2,
+            "presence_grace": 0.3, "presence_ttl": 0.6, "typing_ttl": 1.0, "read_flush": 0.2,
             **settings})
         ref[0] = self.signals
         bus.processes.append(self.signals)
@@ -200,7 +200,26 @@ def test_typing_is_throttled_ends_with_stop_and_expires_without_one(world):
         # no stop: it ends by itself typing_ttl after the last frame, on both
         await wait_for(lambda: len(b.of("typing")) == 4 and len(a.of("typing")) == 4, 2,
                        "typing expired")
-        assert a.of("typing")[-1]["users"] == b.of("typing")[-1]["users"] == []
+        await wait_for(lambda: a.of("typing")[-1]["users"] == b.of("typing")[-1]["users"] == [],
+                       2, "no longer typing")
+
+    run(bus, scenario)
+
+
+def test_typing_changes_that_come_together_go_out_together(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = alice_and_bob(process)
+        typers = [{"id": f"t{i}", "username": f"typer{i}"} for i in range(20)]
+        for typer in typers:
+            a.signals.joined("room", typer)
+            a.signals.typing_frame("room", typer, stop=False)
+        everyone = [typer["username"] for typer in typers]
+        await wait_for(lambda: b.of("typing") and b.of("typing")[-1]["users"] == everyone, 2,
+                       "all typing on b")
+        # the first at once, the other 19 together: not a frame to every socket per typer
+        assert len(b.of("typing")) == 2 and len(a.of("typing")) == 2
 
     run(bus, scenario)
 
@@ -221,9 +240,13 @@ def test_closing_the_last_socket_or_leaving_the_room_ends_typing_and_presence(wo
         assert online(b) == ["alice", "bob"]  # within the grace
         a.signals.joined("room", ALICE)
         await asyncio.sleep(0.05)
-        a.signals.forget_member("room", ALICE)  # left the room: no grace
-        b.signals.forget_member("room", ALICE)
+        a.signals.typing_frame("room", ALICE, stop=False)
+        await wait_for(lambda: b.of("typing")[-1]["users"] == ["alice"], 2, "typing again")
+        for side in (a, b):  # left the room: every process hears it, no grace
+            side.signals.forget_member("room", ALICE["id"])
         await wait_for(lambda: online(b) == ["bob"] and online(a) == ["bob"], 2, "alice gone")
+        await wait_for(lambda: a.of("typing")[-1]["users"] == b.of("typing")[-1]["users"] == [],
+                       2, "no longer typing")
 
     run(bus, scenario)
 
