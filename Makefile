@@ -62,6 +62,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 MODE ?= quick
 bench: $(VENV)/.installed-bench rabbitmq
 	$(PY) -m bench.run --mode $(MODE)
+	$(PY) -m bench.signals $(if $(filter full,$(MODE)),--rounds 3,--rounds 1 --seconds 5)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
