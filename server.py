@@ -21,7 +21,7 @@ from chat import config as chat_config
 from chat import embedded, logs
 from chat.broker import AmqpBroker, MemoryBroker
 from chat.hub import CLOSE_GOING_AWAY, Hub
-from chat.limits import RateLimiter
+from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.passwords import Passwords
 from chat.signals import Signals
@@ -43,9 +43,11 @@ DRAIN_LIMIT = 8.0
 
 
 class Limits:
-    def __init__(self, config: chat_config.Config):
-        self.signup = RateLimiter(config.signup_per_ip_per_minute, 60.0)
-        self.login = RateLimiter(config.login_per_ip_per_minute, 60.0)
+    """Per client address, over every process (counted in MongoDB)."""
+
+    def __init__(self, config: chat_config.Config, store: Store):
+        self.signup = Limit(store, "signup", config.signup_per_ip_per_minute, 60.0)
+        self.login = Limit(store, "login", config.login_per_ip_per_minute, 60.0)
 
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
@@ -153,7 +155,7 @@ class ChatServer:
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens)
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
-                                 self.metrics, Limits(config))
+                                 self.metrics, Limits(config, self.store))
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 

@@ -37,6 +37,7 @@ class Config:
     bcrypt_threads: int = 4
     login_max_failures: int = 10
     login_window_seconds: int = 900
+    login_delay_max_seconds: float = 30.0
     signup_per_ip_per_minute: int = 20
     login_per_ip_per_minute: int = 60
     max_message_chars: int = 2000

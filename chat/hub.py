@@ -26,7 +26,7 @@ import struct
 from typing import Any, Protocol
 
 from chat.broker import AmqpBroker, MemoryBroker
-from chat.limits import RateLimiter
+from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
 from chat.signals import NOTICE_PREFIX, Signals
@@ -144,7 +144,7 @@ class Hub:
         self.signals = signals or Signals(store, broker.publish_control, presence=False)
         self.signals.send = self.signal
         self.max_message_chars = max_message_chars
-        self.user_limit = RateLimiter(user_messages_per_minute, 60.0)
+        self.user_limit = Limit(store, "messages", user_messages_per_minute, 60.0)
         self.sequencer = Sequencer(store, metrics)
         # The process's cache of live tokens, told of logouts and refreshes.
         self.tokens = tokens
@@ -176,11 +176,11 @@ class Hub:
                    client_id: str | None = None) -> dict[str, Any]:
         """Store a message and publish it: the path of both HTTP and socket posts."""
         text = self.check_text(text)
-        retry_after = self.user_limit.hit(user["id"])
-        if retry_after:
-            raise RateLimited(retry_after)
         deadline = self.store.deadline()
         with self.store.budget(deadline):
+            retry_after = await self.user_limit.hit(user["id"])
+            if retry_after:
+                raise RateLimited(retry_after)
             recorded = await self.store.member_seq(uri, user["id"])
         event = {"user_id": user["id"], "user": user, "message": text}
         if client_id:

@@ -11,13 +11,14 @@ import collections
 import contextvars
 import datetime
 import functools
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pymongo
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -30,6 +31,8 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
+
+log = logging.getLogger("chat.store")
 
 UNREACHABLE = (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout,
                ServerSelectionTimeoutError, WTimeoutError)
@@ -88,6 +91,11 @@ class NotAttempted(Exception):
 # because it belongs to one request's task, not to the application.
 REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "request_deadline", default=None)
+
+
+def username_key(username: str) -> str:
+    """What makes two usernames the same account: case is ignored."""
+    return username.casefold()
 
 
 def now() -> datetime.datetime:
@@ -286,6 +294,7 @@ class Store:
         self.users = db.users
         self.tokens = db.tokens
         self.login_failures = db.login_failures
+        self.rate_counts = db.rate_counts
         self.rooms = db.rooms
         self.messages = db.messages
         # (room, user) pairs known to be members. Nobody ever leaves a room, so
@@ -320,6 +329,13 @@ class Store:
     @guarded
     async def ensure_indexes(self) -> None:
         await self.users.create_index("username", unique=True, name="username")
+        # Usernames are unique ignoring case; the spelling the user chose is kept
+        # for display. Partial: accounts made before this have no key until
+        # backfilled, and two of them that differ only in case keep theirs apart.
+        await self.users.create_index("username_key", unique=True, name="username_key",
+                                      partialFilterExpression={"username_key": {"$type": "string"}})
+        await self.backfill_username_keys()
+        await self.rate_counts.create_index("expires", expireAfterSeconds=0, name="expires_ttl")
         await self.tokens.create_index("user_id", name="user_id")
         # MongoDB removes expired tokens and old failed logins by itself (TTL).
         await self.tokens.create_index("expires", expireAfterSeconds=0, name="expires_ttl")
@@ -347,10 +363,19 @@ class Store:
 
     # Users -------------------------------------------------------------
 
+    async def backfill_username_keys(self) -> None:
+        async for doc in self.users.find({"username_key": {"$exists": False}}, {"username": 1}):
+            try:
+                await self.users.update_one({"_id": doc["_id"]},
+                                            {"$set": {"username_key": username_key(doc["username"])}})
+            except DuplicateKeyError:
+                log.warning("user %s differs from an older account only in case; it logs in "
+                            "by its exact spelling", doc["_id"])
+
     @guarded
     async def create_user(self, username: str, email: str, password_hash: bytes) -> dict:
-        doc = {"username": username, "email": email, "password": password_hash,
-               "first_name": "", "last_name": "", "created": now()}
+        doc = {"username": username, "username_key": username_key(username), "email": email,
+               "password": password_hash, "first_name": "", "last_name": "", "created": now()}
         try:
             await self.users.insert_one(doc)
         except DuplicateKeyError:
@@ -359,7 +384,12 @@ class Store:
 
     @guarded
     async def user_by_name(self, username: str) -> dict | None:
-        return await self.users.find_one({"username": username})
+        """The account named username in any case; its exact spelling first (two
+        accounts made before names ignored case may differ only in case)."""
+        found = await self.users.find({"$or": [{"username": username},
+                                                {"username_key": username_key(username)}]},
+                                      limit=2).to_list(None)
+        return next((d for d in found if d["username"] == username), found[0] if found else None)
 
     @guarded
     async def users_by_id(self, ids: list[str]) -> dict[str, dict]:
@@ -395,19 +425,41 @@ class Store:
         await self.tokens.delete_one({"_id": token_id})
 
     @guarded
-    async def record_login_failure(self, username: str) -> None:
-        await self.login_failures.insert_one({"username": username, "at": now()})
+    async def record_login_failure(self, username: str, address: str) -> None:
+        await self.login_failures.insert_one({"username": username_key(username),
+                                              "address": address, "at": now()})
 
     @guarded
-    async def login_failures_since(self, username: str, since: datetime.datetime) -> list:
-        """Times of the failed logins for username after since, oldest first."""
-        docs = await self.login_failures.find(
-            {"username": username, "at": {"$gt": since}}).sort("at", ASCENDING).to_list(None)
-        return [doc["at"] for doc in docs]
+    async def login_failures_since(self, username: str, since: datetime.datetime) -> list[dict]:
+        """The failed logins ({at, address}) for username after since, oldest first."""
+        return await self.login_failures.find(
+            {"username": username_key(username), "at": {"$gt": since}},
+            {"_id": 0, "at": 1, "address": 1}).sort("at", ASCENDING).to_list(None)
 
     @guarded
     async def clear_login_failures(self, username: str) -> None:
-        await self.login_failures.delete_many({"username": username})
+        await self.login_failures.delete_many({"username": username_key(username)})
+
+    # Rate limits ---------------------------------------------------------
+
+    @guarded
+    async def count_hit(self, key: str, expires: datetime.datetime) -> int:
+        """Count one hit on key (a counter that MongoDB drops after expires):
+        how many it has now, over every process. One command."""
+        def hit():
+            return self.rate_counts.find_one_and_update(
+                {"_id": key}, {"$inc": {"n": 1}, "$setOnInsert": {"expires": expires}},
+                upsert=True, return_document=ReturnDocument.AFTER)
+        try:
+            doc = await hit()
+        except DuplicateKeyError:  # two first hits raced to insert it; now it exists
+            doc = await hit()
+        return doc["n"]
+
+    @guarded
+    async def hit_count(self, key: str) -> int:
+        doc = await self.rate_counts.find_one({"_id": key}, {"n": 1})
+        return doc["n"] if doc else 0
 
     # Rooms -------------------------------------------------------------
 

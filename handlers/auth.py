@@ -21,7 +21,7 @@ class RegisterHandler(ApiHandler):
               errors=(429, 503), auth=False)
     async def post(self, body: models.Register) -> None:
         username, password, email = body.username, body.password, body.email or ""
-        wait = self.services.limits.signup.hit(self.request.remote_ip)
+        wait = await self.services.limits.signup.hit(self.request.remote_ip)
         if wait:
             raise detail(429, "Too many sign-ups from this address; try again later.",
                          retry_after(wait))
@@ -43,27 +43,46 @@ class LoginHandler(ApiHandler):
               response=models.Token, errors=(429, 503), auth=False)
     async def post(self, body: models.Login) -> None:
         username, password = body.username, body.password
-        config = self.services.config
-        wait = self.services.limits.login.hit(self.request.remote_ip)
+        address = self.request.remote_ip or ""
+        wait = await self.services.limits.login.hit(address)
         if wait:
             raise detail(429, "Too many login attempts from this address; try again later.",
                          retry_after(wait))
         store = self.services.store
-        window_start = now() - datetime.timedelta(seconds=config.login_window_seconds)
-        failures = await store.login_failures_since(username, window_start)
-        if len(failures) >= config.login_max_failures:
-            unlock = failures[-config.login_max_failures] - window_start
-            raise detail(429, "Too many failed logins for this username; try again later.",
-                         retry_after(unlock.total_seconds()))
+        failures = await store.login_failures_since(
+            username, now() - datetime.timedelta(seconds=self.services.config.login_window_seconds))
+        self.check_failures(failures, address)
         doc = await store.user_by_name(username)
         if not await self.services.passwords.check(password, doc["password"] if doc else None):
-            await store.record_login_failure(username)
+            await store.record_login_failure(username, address)
             raise ApiError(400, LOGIN_FAILED)
         if failures:
             await store.clear_login_failures(username)
         token = await self.services.tokens.issue(public_user(doc))
         self.set_token_cookie(token)
         self.reply({"token": token})
+
+    def check_failures(self, failures: list[dict], address: str) -> None:
+        """Failed logins slow a username down; they never lock it. From one
+        address, login_max_failures in the window stop that address (for this
+        username) until the window passes. From everywhere together, each failure
+        past login_max_failures doubles the wait before the next attempt, up to
+        login_delay_max_seconds: a guesser gets a few tries a minute, while the
+        owner, who never waits longer than that, can always log in."""
+        config = self.services.config
+        mine = [f["at"] for f in failures if f.get("address") == address]
+        if len(mine) >= config.login_max_failures:
+            ends = mine[-config.login_max_failures] + datetime.timedelta(
+                seconds=config.login_window_seconds)
+            raise detail(429, "Too many failed logins from this address; try again later.",
+                         retry_after((ends - now()).total_seconds()))
+        excess = len(failures) - config.login_max_failures
+        if excess >= 0:
+            delay = min(config.login_delay_max_seconds, 2.0 ** excess)
+            wait = (failures[-1]["at"] - now()).total_seconds() + delay
+            if wait > 0:
+                raise detail(429, "Too many failed logins for this username; try again "
+                                  "shortly.", retry_after(wait))
 
     def set_token_cookie(self, token: str) -> None:
         config = self.services.config

@@ -26,6 +26,7 @@ class FakeStore:
         self.insert_gate: asyncio.Event | None = None
         self.insert_error: Exception | None = None
         self.touch_error: Exception | None = None
+        self.counts: dict[str, int] = {}  # rate limit counters
 
     def add(self, uri: str, text: str) -> dict:
         doc = {"_id": f"id{len(self.messages)}", "room": uri, "seq": self.next_seq(uri),
@@ -40,6 +41,13 @@ class FakeStore:
                "type": event_type, **fields}
         self.messages.append(doc)
         return doc
+
+    async def count_hit(self, key: str, expires) -> int:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return self.counts[key]
+
+    async def hit_count(self, key: str) -> int:
+        return self.counts.get(key, 0)
 
     def next_seq(self, uri: str) -> int:
         return 1 + max((m["seq"] for m in self.messages if m["room"] == uri), default=0)
