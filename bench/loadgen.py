@@ -10,7 +10,6 @@ bounded in count and time. The result is one JSON object on stdout's last line.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import os
 import resource
@@ -273,10 +272,11 @@ class RampSide:
         self.broken = 0
         self.done = False
         self.info: dict = {}
+        self.rooms: list[str] = []
 
     async def open(self, spec: dict) -> None:
         target, per_room = self.target, spec["sockets_per_room"]
-        rooms = await target.setup(spec["rooms"])
+        rooms = self.rooms = await target.setup(spec["rooms"])
         sample_every = spec.get("sample_every", 1)
         plan = []
         for r, room in enumerate(rooms):
@@ -447,62 +447,199 @@ async def post_path(target: Target, spec: dict) -> dict:
             "mongo_server_cpu_ms_per_post": round(1000 * mongo_cpu / max(1, total), 4)}
 
 
-async def mongo_ops(spec: dict) -> dict:
-    """The MongoDB operations a post needs, alone: the base of the post-path ratio.
+async def metrics(port: int) -> dict[str, float]:
+    """The server's Prometheus samples, by name with labels."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(f"GET /metrics HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"
+                 .encode())
+    raw = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    samples: dict[str, float] = {}
+    for line in raw.split(b"\r\n\r\n", 1)[1].decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
-    The same Store code the server runs: the token lookup (HTTP posts only)
-    and what Hub.post asks of the store (the insert, with the room's seq known
-    as it is to a server with the room open, then the room update), closed-loop.
+
+async def counted(ports: list[int], names: tuple[str, ...]) -> dict[str, float]:
+    """Each counter summed over the processes."""
+    every = await asyncio.gather(*(metrics(p) for p in ports))
+    return {name: sum(m.get(name, 0.0) for m in every) for name in names}
+
+
+SEQUENCER_COUNTERS = ("chat_messages_posted_total", "chat_event_inserts_total",
+                      "chat_seq_renumbered_total", "chat_room_update_failures_total")
+
+
+async def hot_room(target: Target, spec: dict) -> dict:
+    """One room, `sockets` sockets spread over the target's processes, `posters`
+    closed-loop HTTP posters (as many per process): each posts again as soon as
+    its post is answered (answered only once stored). Then a paced step at
+    `paced_rate` posts/s through sockets, for post-to-delivery latency.
+
+    MongoDB insert attempts per stored post come from the servers' own counters
+    (chat_event_inserts_total: inserts MongoDB attempted, stored or refused).
     """
-    # The server's own code; only this scenario needs pymongo.
-    from chat.metrics import Metrics
-    from chat.sequencer import Sequencer
-    from chat.store import Store, now
-
-    store = Store(spec["mongo_url"], spec["mongo_db"])
-    sequencer = Sequencer(store, Metrics())
-    await store.ensure_indexes()
-    doc = await store.create_user(f"ops{uuid.uuid4().hex[:10]}", "", b"x")
-    user = {"id": str(doc["_id"]), "username": doc["username"], "email": "",
-            "first_name": "", "last_name": ""}
-    token_id = uuid.uuid4().hex
-    await store.add_token(token_id, user, now() + datetime.timedelta(days=1))
-    rooms = [(await store.create_room(user["id"]))["uri"] for _ in range(spec["concurrency"])]
-    with_token = spec["via"] == "http"
-    posted = [0] * len(rooms)
+    side = RampSide(target)
+    await side.open({"rooms": 1, "sockets_per_room": spec["sockets"],
+                     "senders_per_room": spec["posters"], "sample_every": 10})
+    await asyncio.sleep(1.0)
+    room = side.rooms[0]
+    before = await counted(target.ports, SEQUENCER_COUNTERS)
+    frames0 = sum(c.frames for c in side.clients)
+    side.latencies.clear()
+    answers: list[float] = []
+    failed = 0
     stop_at = time.perf_counter() + spec["seconds"]
+    cpu0 = [cpu_seconds(p) for p in target.pids]
     mongo_pids = spec.get("mongo_pids", [])
-    cpu0, mongo0, t0 = own_cpu_seconds(), [cpu_seconds(p) for p in mongo_pids], time.perf_counter()
+    mongo0 = [cpu_seconds(p) for p in mongo_pids]
+    own0 = own_cpu_seconds()
+    t0 = time.perf_counter()
 
-    async def worker(i: int) -> None:
-        last_seq = None
-        while time.perf_counter() < stop_at:
-            if with_token:
-                await store.token_user(token_id)
-            message, _ = await sequencer.append(
-                rooms[i], {"user_id": user["id"], "user": user,
-                           "message": f"t={time.time():.6f}"}, last_seq)
-            await store.touch_room(message)
-            last_seq = message["seq"]
-            posted[i] += 1
-    await asyncio.gather(*(worker(i) for i in range(len(rooms))))
+    async def poster(i: int) -> None:
+        nonlocal failed
+        http = Http(target.ports[i % len(target.ports)])
+        path = f"/api/chats/{room}/messages/"
+        try:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                status, _ = await http.request("POST", path, {"message": f"t={time.time():.6f}"},
+                                               target.token)
+                if status == 200:
+                    answers.append(time.perf_counter() - started)
+                else:
+                    failed += 1
+        finally:
+            http.close()
+
+    await asyncio.gather(*(poster(i) for i in range(spec["posters"])))
     elapsed = time.perf_counter() - t0
-    cpu = own_cpu_seconds() - cpu0
-    mongo_cpu = sum(cpu_seconds(p) - c for p, c in zip(mongo_pids, mongo0, strict=True))
-    await store.close()
-    total = sum(posted)
-    return {"via": spec["via"], "posts": total, "seconds": round(elapsed, 2),
-            "posts_per_s": round(total / elapsed, 1), "client_cpu_s": round(cpu, 3),
-            "cpu_ms_per_post": round(1000 * cpu / max(1, total), 4),
-            "mongo_server_cpu_ms_per_post": round(1000 * mongo_cpu / max(1, total), 4)}
+    server_cpu = sum(cpu_seconds(p) for p in target.pids) - sum(cpu0)
+    mongo_cpu = sum(cpu_seconds(p) for p in mongo_pids) - sum(mongo0)
+    own_cpu = own_cpu_seconds() - own0
+    after = await counted(target.ports, SEQUENCER_COUNTERS)
+    expected = len(answers) * len(side.clients)
+    for _ in range(int(spec.get("drain_seconds", 10) / 0.01)):
+        if sum(c.frames for c in side.clients) - frames0 >= expected:
+            break
+        await asyncio.sleep(0.01)
+    delivered = sum(c.frames for c in side.clients) - frames0
+    burst_latencies = list(side.latencies)
+    stored = after["chat_messages_posted_total"] - before["chat_messages_posted_total"]
+    inserts = after["chat_event_inserts_total"] - before["chat_event_inserts_total"]
+    burst = {
+        "posters": spec["posters"], "seconds": round(elapsed, 2), "posts": len(answers),
+        "failed": failed, "stored_posts_per_s": round(len(answers) / elapsed, 1),
+        "insert_attempts": inserts, "stored": stored,
+        "insert_attempts_per_stored_post": round(inserts / stored, 3) if stored else None,
+        "renumbered_batches": after["chat_seq_renumbered_total"]
+        - before["chat_seq_renumbered_total"],
+        "room_update_failures": after["chat_room_update_failures_total"]
+        - before["chat_room_update_failures_total"],
+        "answer_p50_ms": ms(percentile(answers, 0.5)), "answer_p99_ms": ms(percentile(answers, 0.99)),
+        "delivered": delivered, "expected_deliveries": expected,
+        "post_to_delivery_p50_ms": ms(percentile(burst_latencies, 0.5)),
+        "post_to_delivery_p99_ms": ms(percentile(burst_latencies, 0.99)),
+        "server_cpu_s": round(server_cpu, 2), "mongo_server_cpu_s": round(mongo_cpu, 2),
+        "loadgen_cpu_s": round(own_cpu, 2),
+    }
+    print(f"  hot room burst: {burst}", file=sys.stderr, flush=True)
+    await asyncio.sleep(1.0)
+    paced = await side.step({"sockets_per_room": len(side.clients),
+                             "step_seconds": spec["paced_seconds"], "drain_seconds": 10},
+                            spec["paced_rate"])
+    close_all(side.clients)
+    await asyncio.sleep(0.5)
+    return {**side.info, "burst": burst, "paced": paced}
 
 
-SCENARIOS = {"idle": idle, "post": post_path}
+async def storm_level(target: Target, room: str, tokens: list[str], count: int,
+                      wait: float) -> dict:
+    gc0 = await metrics(target.ports[0])
+    overflows0 = listen_overflows()
+    cpu0 = cpu_seconds(target.pids[0])
+    times: list[float] = []
+    clients: list[WsClient] = []
+    failures = 0
+    t0 = time.perf_counter()
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        started = time.perf_counter()
+        try:
+            client = await connect(HOST, target.ports[0],
+                                   f"/ws/chats/{room}/?token={tokens[i % len(tokens)]}&since=0",
+                                   wait=wait)
+        except (OSError, TimeoutError, ConnectionError):
+            failures += 1
+            return
+        times.append(time.perf_counter() - started)
+        clients.append(client)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(target.pids[0]) - cpu0
+    overflows = listen_overflows() - overflows0
+    gc1 = await metrics(target.ports[0])
+    close_all(clients)
+    pauses = {}
+    for generation in (0, 1, 2):
+        key = f'chat_gc_pause_seconds_%s{{generation="{generation}"}}'
+        runs = gc1.get(key % "count", 0) - gc0.get(key % "count", 0)
+        total = gc1.get(key % "sum", 0) - gc0.get(key % "sum", 0)
+        pauses[f"gen{generation}"] = {"collections": int(runs), "total_ms": round(1000 * total, 1)}
+    return {"sockets": count, "open": len(clients), "failed": failures,
+            "all_open_seconds": round(elapsed, 2),
+            "handshake_p50_ms": ms(percentile(times, 0.5)),
+            "handshake_p99_ms": ms(percentile(times, 0.99)),
+            "listen_overflows": overflows, "server_cpu_s": round(cpu, 2), "gc": pauses}
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped for a full listen queue (every
+    listener on the machine)."""
+    with open("/proc/net/netstat") as netstat:
+        lines = netstat.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return 0
+
+
+async def storm(target: Target, spec: dict) -> dict:
+    """Sockets opening all at once (no client-side pacing), each authenticated
+    with the token of one of `users` members of one room."""
+    room = (await target.setup(1))[0]
+    owner = target.token
+    tokens = []
+    http = Http(target.ports[0])
+    for _ in range(spec["users"] - 1):
+        name = f"storm{uuid.uuid4().hex[:10]}"
+        status, reply = await http.request("POST", "/auth/users/create/",
+                                           {"username": name, "password": "bench-password-1"})
+        assert status == 201, reply
+        status, reply = await http.request("POST", "/auth/jwt/create/",
+                                           {"username": name, "password": "bench-password-1"})
+        assert status == 200, reply
+        tokens.append(reply["token"])
+        status, reply = await http.request("PATCH", f"/api/chats/{room}/", {}, reply["token"])
+        assert status == 200, reply
+    http.close()
+    tokens.append(owner)
+    rows = []
+    for count in spec["counts"]:
+        rows.append(await storm_level(target, room, tokens, count, spec.get("wait", 60)))
+        print(f"  storm {count}: {rows[-1]}", file=sys.stderr, flush=True)
+        await asyncio.sleep(spec.get("settle", 3.0))
+    return {"users": spec["users"], "levels": rows}
+
+
+SCENARIOS = {"idle": idle, "post": post_path, "hot_room": hot_room, "storm": storm}
 
 
 async def main(spec: dict) -> dict:
-    if spec["scenario"] == "mongo_ops":
-        return await mongo_ops(spec)
     if spec["scenario"] == "hold":
         return await hold(spec)
     if spec["scenario"] == "ramp":
@@ -513,12 +650,7 @@ async def main(spec: dict) -> dict:
 
 
 def run(spec: dict) -> dict:
-    """uvloop when installed (the bench extra has it): a lighter client, same for both targets.
-
-    The MongoDB-alone base runs on asyncio's own loop, as the server does.
-    """
-    if spec["scenario"] == "mongo_ops":
-        return asyncio.run(main(spec))
+    """uvloop when installed (the bench extra has it): a lighter client, same for both targets."""
     try:
         import uvloop
     except ImportError:

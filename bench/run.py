@@ -1,6 +1,6 @@
 """Run every scenario against the chat server and the bare-Tornado reference.
 
-    python -m bench.run [--mode quick|full] [--only idle,broadcast,rooms,post,two]
+    python -m bench.run [--mode quick|full] [--only idle,broadcast,rooms,post,two,hot_room,storm]
 
 Starts a MongoDB wire server (nx-27017) on a free loopback port with a
 temporary data folder, a fresh server process per scenario (RabbitMQ at
@@ -47,6 +47,9 @@ MODES = {
         "step_seconds": 1.5,
         "post_seconds": 3.0,
         "post_rounds": 2,
+        "hot_room_seconds": 3.0,
+        "storm_counts": [1000, 10000],
+        "storm_users": 50,
     },
     "full": {
         "idle_levels": [1000, 10000, 20000],
@@ -56,9 +59,12 @@ MODES = {
         "step_seconds": 5.0,
         "post_seconds": 6.0,
         "post_rounds": 3,
+        "hot_room_seconds": 8.0,
+        "storm_counts": [1000, 10000],
+        "storm_users": 200,
     },
 }
-SCENARIOS = ("idle", "broadcast", "rooms", "post", "two")
+SCENARIOS = ("idle", "broadcast", "rooms", "post", "two", "hot_room", "storm")
 
 # Our server's settings for the benchmark: cheap bcrypt, limits out of the way.
 SERVER_SETTINGS = {"max_sockets_per_user": 100000, "user_messages_per_minute": 10_000_000}
@@ -163,9 +169,36 @@ class Bench:
     def two(self) -> dict:
         return self.ramp(1, 1000, 8, 10, servers=2)
 
+    def hot_room(self) -> dict:
+        """1 room x 1,000 sockets over two processes, 200 closed-loop posters (100 per
+        process), then 300 posts/s paced."""
+        procs = self.ours(2)
+        try:
+            return loadgen({"scenario": "hot_room", "sockets": 1000, "posters": 200,
+                            "seconds": self.params["hot_room_seconds"], "paced_rate": 300,
+                            "paced_seconds": self.params["step_seconds"],
+                            "mongo_pids": [self.mongo.process.pid],
+                            "target": {"kind": "ours", "ports": [p.port for p in procs],
+                                       "pids": [p.process.pid for p in procs]}})
+        finally:
+            for proc in procs:
+                proc.stop()
+
+    def storm(self) -> dict:
+        """Sockets opening all at once against one fresh process, level after level."""
+        [proc] = self.ours()
+        counts = [min(n, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_RESERVE)
+                  for n in self.params["storm_counts"]]
+        try:
+            return loadgen({"scenario": "storm", "counts": counts,
+                            "users": self.params["storm_users"],
+                            "target": {"kind": "ours", "ports": [proc.port],
+                                       "pids": [proc.process.pid]}})
+        finally:
+            proc.stop()
+
     def post(self) -> dict:
-        """Ours, the MongoDB operations alone and the reference, alternated; the cheapest
-        round of each counts.
+        """Ours and the reference, alternated; the cheapest round of each counts.
 
         CPU per post is inflated by whatever else the machine runs at that moment, so
         the least of a few alternated rounds is the steadiest figure for every side.
@@ -175,7 +208,7 @@ class Bench:
         out: dict = {}
         seconds = self.params["post_seconds"]
         for via in ("http", "ws"):
-            rounds: dict[str, list[dict]] = {"ours": [], "base": [], "ref": []}
+            rounds: dict[str, list[dict]] = {"ours": [], "ref": []}
             for _ in range(self.params["post_rounds"]):
                 spec = {"scenario": "post", "via": via, "concurrency": 4, "seconds": seconds,
                         "mongo_pids": [self.mongo.process.pid]}
@@ -185,11 +218,6 @@ class Bench:
                         "kind": "ours", "ports": [proc.port], "pids": [proc.process.pid]}}))
                 finally:
                     proc.stop()
-                url = database_url(self.mongo.url)
-                rounds["base"].append(loadgen({
-                    "scenario": "mongo_ops", "via": via, "concurrency": 4, "seconds": seconds,
-                    "mongo_url": url, "mongo_db": url.rsplit("/", 1)[1],
-                    "mongo_pids": [self.mongo.process.pid]}))
                 ref = Reference(self.work).start()
                 try:
                     rounds["ref"].append(loadgen({**spec, "mongo_pids": [], "target": {
@@ -198,7 +226,6 @@ class Bench:
                     ref.stop()
             out[f"ref_{via}"] = min(rounds["ref"], key=lambda r: r["server_cpu_ms_per_post"])
             out[f"ours_{via}"] = min(rounds["ours"], key=lambda r: r["server_cpu_ms_per_post"])
-            out[f"mongo_ops_{via}"] = min(rounds["base"], key=lambda r: r["cpu_ms_per_post"])
             out[f"rounds_{via}"] = rounds
         return out
 

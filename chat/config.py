@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 class Config:
     address: str = "127.0.0.1"
     port: int = 8888
-    listen_backlog: int = 1024
+    listen_backlog: int = 4096
     behind_proxy: bool = False
     mongo_url: str = "mongodb://127.0.0.1:27017/chat"
     mongo_timeout_ms: int = 2500

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -54,6 +57,24 @@ class Metrics:
         self.delivery_latency = Histogram(
             "chat_delivery_seconds", "From storing a message to writing it to local sockets",
             buckets=LATENCY_BUCKETS, registry=r)
+
+    def watch_gc(self) -> None:
+        """Time the garbage collector's pauses (they stall the event loop)."""
+        self.gc_pauses = Histogram("chat_gc_pause_seconds", "Garbage collection pauses",
+                                   ["generation"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.gc_started = 0.0
+        gc.callbacks.append(self.on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self.on_gc in gc.callbacks:
+            gc.callbacks.remove(self.on_gc)
+
+    def on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.labels(str(info["generation"])).observe(
+                time.perf_counter() - self.gc_started)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

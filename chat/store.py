@@ -490,7 +490,10 @@ class Store:
     @guarded
     async def add_member(self, uri: str, user_id: str) -> dict | None:
         await self.rooms.update_one({"uri": uri}, {"$addToSet": {"members": user_id}})
-        return await self.rooms.find_one({"uri": uri})
+        room = await self.rooms.find_one({"uri": uri})
+        if room is not None and user_id in room.get("members", ()):
+            self.remember_member(uri, user_id, room["_id"])
+        return room
 
     @guarded
     async def check_member(self, uri: str, user_id: str) -> None:

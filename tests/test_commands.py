@@ -91,23 +91,29 @@ def test_round_trips_of_a_post_a_handshake_and_a_history_page(in_process):
                 assert posted.status_code == 200
                 post = commands.take()
 
-                # A handshake by a token and member this process has seen.
+                # Handshakes by a token and member this process has seen: a plain
+                # socket, and one resuming at the room's last seq (as the page does).
                 async with websockets.connect(ws_url) as second:
                     room = server.hub.rooms[uri]
                     await wait_for(lambda: len(room) == 2, 5, "the socket to join")
                     handshake = commands.take()
                     await second.close()
+                last = posted.json()["seq"]
+                async with websockets.connect(f"{ws_url}&since={last}") as third:
+                    ready = await next_frame(third, "ready")
+                    resumed = commands.take()
 
                 # A page of history.
                 page = await http.get(f"/api/chats/{uri}/messages/", headers=auth)
                 assert [m["message"] for m in page.json()["messages"]] == ["warm", "hello"]
                 history = commands.take()
                 await first.close()
-        return post, handshake, history
+        return post, handshake, ready, last, resumed, history
 
-    post, handshake, history = in_process(scenario)
+    post, handshake, ready, last, resumed, history = in_process(scenario)
     assert sorted(post) == ["insert", "update"]
     assert handshake == []
+    assert ready["seq"] == last and resumed == []
     assert history == ["find"]
 
 
@@ -120,4 +126,4 @@ def test_the_listen_backlog_is_the_configured_one(in_process):
 
     assert in_process(scenario, listen_backlog=700) == 700
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
-    assert in_process(scenario) == min(1024, somaxconn)
+    assert in_process(scenario) == min(4096, somaxconn)
