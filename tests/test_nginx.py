@@ -272,3 +272,5 @@ def rolling_restart(nginx: Nginx, servers) -> None:
     for listener in listeners:
         assert listener.seqs == list(range(1, total + 1))
     assert any(1001 in lst.closes for lst in listeners)  # sockets were moved, and resumed
+    for server in servers:  # every request, socket handshakes included, was seen to its end
+        assert "HTTP requests still running at shutdown" not in server.log_path.read_text()
