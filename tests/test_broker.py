@@ -4,6 +4,7 @@ a delivery the hub cannot handle, and a consumer the broker cancels."""
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 
 import httpx
 import pika
@@ -11,6 +12,7 @@ import pika
 from chat.broker import exchange_name
 from tests.helpers import (
     Listener,
+    free_port,
     local_rabbit,
     metric,
     rabbitmqctl,
@@ -87,3 +89,15 @@ def test_a_consumer_the_broker_cancels_is_recovered(start_server, fresh_db, amqp
     assert listener.seqs == [m["seq"] for m in sent] == [1, 2, 3]
     assert len(queues_after) == 1  # bound again
     assert reconnects(first) == 1
+
+
+def test_a_dead_node_in_the_list_is_passed_over_without_waiting(start_server, amqp_url):
+    """Whichever node the shuffle puts first, one cycle over the list reaches the
+    live one: no backoff pause until every node has failed in turn."""
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"  # nothing listens there
+    server = start_server(broker_url=f"{dead},{amqp_url}")
+    log = server.log_path.read_text()
+    assert httpx.get(f"{server.url}/healthz", timeout=5).json()["broker"] == "ok"
+    live = urllib.parse.urlsplit(amqp_url)
+    assert f"connected to RabbitMQ at {live.hostname}:{live.port or 5672}" in log
+    assert "reconnecting to RabbitMQ in" not in log
