@@ -503,6 +503,7 @@ class Hub:
         self.metrics.broker_reconnects.inc()
         if self.tokens is not None:
             self.tokens.forget_all()  # logout notices sent meanwhile never arrived
+        self.signals.reconnected()  # and presence notices: ask everyone again
         for uri in uris:
             room = self.rooms.get(uri)
             if room is not None:

@@ -133,6 +133,12 @@ class Signals:
             self.notify({"type": "signal.hello"})
             self.ticker = asyncio.ensure_future(self.tick())
 
+    def reconnected(self) -> None:
+        """Back on the broker after an outage: notices were lost both ways."""
+        if self.presence_enabled:
+            self.notify({"type": "signal.hello"})
+            self.send_snapshot()
+
     async def stop(self) -> None:
         """Say goodbye (the others keep our members for a grace) and save reads."""
         if self.ticker is not None:
