@@ -3,11 +3,16 @@ protection against login CSRF and forged cookie-authenticated writes."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
+
 import httpx
 import pytest
+import websockets
 
 from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess
+from tests.helpers import Api, ServerProcess, next_frame
 
 ALLOWED = "http://localhost:8080"  # chatire's dev server
 FOREIGN = "https://evil.example"
@@ -135,3 +140,92 @@ def test_a_cross_site_write_with_the_login_cookie_is_refused(cors_server, alice)
                                 "Sec-Fetch-Site": "same-origin"})
     assert own.status_code == 200, own.text
     assert [m["message"] for m in alice.history(uri)["messages"]] == ["mine"]
+
+
+# chatire's client, replayed -----------------------------------------------------------
+
+class ChatireBrowser:
+    """What chatire-frontend's page on localhost:8080 makes Chromium send: jQuery's
+    form-encoded $.post/$.ajax, `Authorization: JWT <token>` after login, and a
+    preflight before every request that carries it (or uses PATCH). Each answer
+    must let the page read it (Access-Control-Allow-Origin), as a browser checks."""
+
+    def __init__(self, base_url: str):
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+        self.token: str | None = None
+
+    def call(self, method: str, path: str, data: dict | None = None) -> dict | list:
+        headers = {"Origin": ALLOWED, "Sec-Fetch-Site": "same-site", "Accept": "*/*"}
+        if self.token is not None or method not in ("GET", "POST"):
+            asked = ["authorization"] if self.token is not None else []
+            check = self.http.options(path, headers={
+                **headers, "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": ",".join(asked)})
+            assert check.status_code == 204, (path, check.text)
+            assert check.headers["Access-Control-Allow-Origin"] == ALLOWED
+            assert method in check.headers["Access-Control-Allow-Methods"].split(", ")
+            allowed = check.headers["Access-Control-Allow-Headers"].lower()
+            assert all(h in allowed for h in asked)
+        if self.token is not None:
+            headers["Authorization"] = f"JWT {self.token}"
+        if data is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded; charset=UTF-8"
+        reply = self.http.request(method, path, data=data, headers=headers)
+        assert reply.status_code in (200, 201), (method, path, reply.text)
+        assert reply.headers["Access-Control-Allow-Origin"] == ALLOWED
+        self.http.cookies.clear()  # the page reads the JSON; cross-site, no cookie is kept
+        return reply.json()
+
+
+def test_chatires_client_works_as_it_is(cors_server):
+    names = [f"chatire{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    owner, guest = ChatireBrowser(cors_server.url), ChatireBrowser(cors_server.url)
+    for page, name in ((owner, names[0]), (guest, names[1])):
+        # Signup.vue: $.post('/auth/users/create/', this.$data), then signIn().
+        page.call("POST", "/auth/users/create/", {"username": name, "password": "pw-chatire",
+                                                  "email": ""})
+        # Signin: $.post('/auth/jwt/create/', ...) -> data.token into sessionStorage.
+        page.token = page.call("POST", "/auth/jwt/create/",
+                               {"username": name, "password": "pw-chatire"})["token"]
+    # Chat.vue startChatSession: $.post('/api/chats/') -> data.uri (the route).
+    created = owner.call("POST", "/api/chats/")
+    assert created["status"] == "SUCCESS" and created["message"]
+    uri = created["uri"]
+    # joinChatSession: $.ajax PATCH {username} -> data.members.find(m => m.username === me).
+    for page, name in ((owner, names[0]), (guest, names[1])):
+        joined = page.call("PATCH", f"/api/chats/{uri}/", {"username": name})
+        assert any(member["username"] == name for member in joined["members"])
+
+    async def talk() -> list[list[dict]]:
+        # A page of ours (a full socket) is in the room first, so the room has
+        # started and a plain socket is live from the moment it connects.
+        ours = f"{cors_server.ws_url}/ws/chats/{uri}/?token={owner.token}&since=0"
+        async with websockets.connect(ours, origin=cors_server.url, open_timeout=5) as page:
+            await next_frame(page, "ready")
+            # connectToWebSocket: new WebSocket(url), onmessage pushing every frame
+            # into the message list; the one change: /ws/chats/<uri>/?token=<its JWT>.
+            chatire = [await websockets.connect(
+                f"{cors_server.ws_url}/ws/chats/{uri}/?token={p.token}", origin=ALLOWED,
+                open_timeout=5) for p in (owner, guest)]
+            # fetchChatSessionHistory: $.get(messages/) -> data.messages.
+            assert guest.call("GET", f"/api/chats/{uri}/messages/")["messages"] == []
+            # postMessage: $.post(messages/, {message}); the sockets bring it back.
+            await asyncio.to_thread(owner.call, "POST", f"/api/chats/{uri}/messages/",
+                                    {"message": "hello from chatire"})
+            await asyncio.to_thread(guest.call, "POST", f"/api/chats/{uri}/messages/",
+                                    {"message": "hi back"})
+            received = []
+            for ws in chatire:
+                received.append([json.loads(await asyncio.wait_for(ws.recv(), 5))
+                                 for _ in range(2)])
+                with pytest.raises(TimeoutError):  # nothing else: no ready, no signals
+                    await asyncio.wait_for(ws.recv(), 0.5)
+                await ws.close()
+            return received
+
+    expected = [(names[0], "hello from chatire"), (names[1], "hi back")]
+    # Every frame is rendered as a message: {{ message.user.username }}: {{ message.message }}.
+    for frames in asyncio.run(talk()):
+        assert [(f["user"]["username"], f["message"]) for f in frames] == expected
+    history = guest.call("GET", f"/api/chats/{uri}/messages/")
+    assert [(m["user"]["username"], m["message"]) for m in history["messages"]] == expected

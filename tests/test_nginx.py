@@ -7,6 +7,7 @@ import re
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,8 +15,18 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from chat.config import Config
-from deploy.cluster import SITE, Nginx
-from tests.helpers import Api, Listener, free_port, metric, probe_joined, two_members, wait_for
+from deploy.cluster import SITE, Nginx, port_open
+from tests.helpers import (
+    Api,
+    Listener,
+    free_port,
+    metric,
+    next_frame,
+    probe_joined,
+    two_members,
+    wait_for,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -274,3 +285,36 @@ def rolling_restart(nginx: Nginx, servers) -> None:
     assert any(1001 in lst.closes for lst in listeners)  # sockets were moved, and resumed
     for server in servers:  # every request, socket handshakes included, was seen to its end
         assert "HTTP requests still running at shutdown" not in server.log_path.read_text()
+
+
+def test_the_readmes_snippet_serves_chatires_old_socket_url(server):
+    """README "Coming from chatire": ws://host:8081/<uri>?token= reaches the room."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Coming from chatire", 1)[1]
+    snippet = section.split("```nginx", 1)[1].split("```", 1)[0]
+    old_port = free_port()
+
+    class WithChatire(Nginx):
+        def write_config(self) -> Path:
+            conf = super().write_config()
+            with open(self.dir / "site.conf", "a") as site:
+                site.write(snippet.replace("listen 8081;", f"listen 127.0.0.1:{old_port};"))
+            return conf
+
+    nginx = WithChatire(free_port(), [server.port]).start()
+    try:
+        wait_until(lambda: port_open(old_port), 10, "nginx on chatire's port")
+        alice = Api(server.url).signup()
+        uri = alice.new_chat()
+
+        async def scenario() -> dict:
+            url = f"ws://127.0.0.1:{old_port}/{uri}?token={alice.token}"
+            async with websockets.connect(url, open_timeout=5) as ws:
+                await probe_joined(ws)
+                await asyncio.to_thread(alice.post, uri, "through the old URL")
+                return await next_frame(ws, "message")
+
+        frame = asyncio.run(scenario())
+        assert frame["message"] == "through the old URL" and frame["uri"] == uri
+    finally:
+        nginx.stop()
