@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             brokers = RabbitCluster(args.brokers, prefix="chat-cluster").start()
             env["CHAT_BROKER_URL"] = ",".join(brokers.urls)
             for node in brokers.nodes:
-                print(f"  RabbitMQ node {node.name} on port {node.port}", flush=True)
+                print(f"  RabbitMQ node {node.name} on port {node.port}, pid {node.process.pid}",
+                      flush=True)
         ports = [args.first_port + i for i in range(args.servers)]
         for port in ports:
             process = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--port", str(port)],
