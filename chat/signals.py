@@ -24,6 +24,7 @@ Nothing here costs a MongoDB write per typing frame or presence change.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import secrets
@@ -50,6 +51,12 @@ def encode(frame: dict[str, Any]) -> bytes:
 
 def ignore(*_args, **_kwargs) -> None:
     pass
+
+
+def background(coroutine) -> asyncio.Task:
+    """A task of this process's own, outside the context of whatever began it: the
+    writes a PUT starts outlive that request and its MongoDB time budget."""
+    return asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
 
 
 class LocalMember:
@@ -131,7 +138,7 @@ class Signals:
         if self.presence_enabled:
             # Everyone answers with a snapshot, so this process's view is whole at once.
             self.notify({"type": "signal.hello"})
-            self.ticker = asyncio.ensure_future(self.tick())
+            self.ticker = background(self.tick())
 
     def reconnected(self) -> None:
         """Back on the broker after an outage: notices were lost both ways."""
@@ -179,7 +186,7 @@ class Signals:
         self.publish(encode(notice))
 
     def spawn(self, coroutine) -> None:
-        task = asyncio.ensure_future(coroutine)
+        task = background(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -435,7 +442,7 @@ class Signals:
         unsaved = self.unsaved.setdefault(uri, {})
         unsaved[user["id"]] = max(seq, unsaved.get(user["id"], 0))
         if self.flushing is None:
-            self.flushing = asyncio.ensure_future(self.flush_reads())
+            self.flushing = background(self.flush_reads())
         self.notify({"type": "signal.read", "uri": uri, "user": [user["id"], user["username"]],
                      "seq": seq})
         self.raise_read(uri, user["id"], user["username"], seq)

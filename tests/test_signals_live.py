@@ -269,3 +269,25 @@ def test_the_chat_list_takes_the_same_four_commands_for_3_rooms_as_for_30(mongo_
     commands = ["find", "aggregate", "aggregate", "find"]  # rooms, unread, latest, names
     assert few == (3, commands) and many == (30, commands)
     assert sorted(chat["unread"] for chat in chats) == [0] * 27 + [3] * 3
+
+
+def test_read_positions_keep_being_saved_long_after_the_request_that_began_saving(two_servers):
+    """The first read of a quiet spell may come over HTTP; the writes it starts go on
+    while reads keep coming, past that request's MongoDB time budget (2 s here)."""
+    a, b = two_servers
+    alice, bob, uri = two_members(a.url, b.url)
+    last = [alice.post(uri, f"m{i}") for i in range(30)][-1]["seq"]
+
+    async def scenario():
+        bobs = Api(a.url, bob.username, bob.password).login()  # bob on a, like alice
+        assert alice.request("PUT", f"/api/chats/{uri}/read/", json={"seq": 1}).status_code == 204
+        async with websockets.connect(bobs.ws_url(uri, last)) as ws:
+            await next_frame(ws, "ready")
+            for seq in range(last - 29, last + 1):  # 3 s of reads, one every 0.1 s
+                await ws.send(json.dumps({"type": "read", "seq": seq}))
+                await asyncio.sleep(0.1)
+        # b reads read positions from MongoDB only
+        await wait_for(lambda: chat(alice, uri, b.url)["read"].get(bob.username) == last, 10,
+                       "bob's last read stored")
+
+    asyncio.run(scenario())
