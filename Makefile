@@ -2,7 +2,7 @@
 # make test  - install everything the tests need and run every test
 # make cluster - N=2 server processes behind nginx on RabbitMQ (PORT=8080);
 #                BROKERS=3 starts a RabbitMQ cluster of three nodes of its own for them
-# make bench - benchmarks against bare Tornado (quick, under 3 minutes; MODE=full for all of it)
+# make bench - benchmarks against bare Tornado (quick, about 4 minutes; MODE=full for all of it)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
