@@ -189,6 +189,7 @@ class Hub:
         if created:
             self.metrics.posted.inc()
         self.signals.stop_typing(uri, user)
+        self.signals.posted(uri, user, doc["seq"])
         return public_event(doc)
 
     async def append_event(self, uri: str, event: dict[str, Any], seen: int | None = None,

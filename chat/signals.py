@@ -439,13 +439,26 @@ class Signals:
         known = self.reads.get(uri)
         if known is not None and known.get(user["id"], 0) >= seq:
             return  # never down, and no news
-        unsaved = self.unsaved.setdefault(uri, {})
-        unsaved[user["id"]] = max(seq, unsaved.get(user["id"], 0))
-        if self.flushing is None:
-            self.flushing = background(self.flush_reads())
+        self.save_read(uri, user["id"], seq)
         self.notify({"type": "signal.read", "uri": uri, "user": [user["id"], user["username"]],
                      "seq": seq})
         self.raise_read(uri, user["id"], user["username"], seq)
+
+    def posted(self, uri: str, user: dict, seq: int) -> None:
+        """user posted seq: they have read what came before it. Stored, but told to
+        nobody: everyone gets the message itself and can tell as much from it."""
+        known = self.reads.get(uri)
+        if known is not None:
+            if known.get(user["id"], 0) >= seq:
+                return
+            known[user["id"]] = seq
+        self.save_read(uri, user["id"], seq)
+
+    def save_read(self, uri: str, user_id: str, seq: int) -> None:
+        unsaved = self.unsaved.setdefault(uri, {})
+        unsaved[user_id] = max(seq, unsaved.get(user_id, 0))
+        if self.flushing is None:
+            self.flushing = background(self.flush_reads())
 
     def raise_read(self, uri: str, user_id: str, username: str, seq: int) -> None:
         known = self.reads.get(uri)

@@ -268,6 +268,12 @@ def test_read_positions_are_coalesced_only_rise_and_reach_every_process(world):
         await wait_for(lambda: b.of("read") and b.of("read")[-1]["seq"] == 50, 2, "read on b")
         seqs = [f["seq"] for f in b.of("read")]
         assert seqs == sorted(seqs) and all(f["user"] == "alice" for f in b.of("read"))
+        def reads_told() -> int:
+            return len([n for n in bus.published if n["type"] == "signal.read"])
+        notices, frames = reads_told(), len(b.of("read"))
+        a.signals.posted("room", BOB, 60)  # his post: stored, but no notice and no frame
+        await wait_for(lambda: store.saved["room"].get("b2") == 60, 2, "bob's post as his read")
+        assert reads_told() == notices and len(b.of("read")) == frames
         b.signals.read("room", ALICE, 30)  # another device, behind: nobody hears of it
         await asyncio.sleep(0.1)
         assert [f["seq"] for f in a.of("read")][-1] == 50 and b.of("read")[-1]["seq"] == 50

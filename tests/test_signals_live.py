@@ -205,15 +205,16 @@ def test_unread_counts_and_latest_message_in_the_chat_list(two_servers):
     a, _b = two_servers
     alice, bob, uri = two_members(a.url)
     quiet = alice.new_chat()
-    first, *_ = [bob.post(uri, f"from bob {i}") for i in range(3)]
-    last = alice.post(uri, "x" * 150)
+    mine = alice.post(uri, "hi")  # posting: she has read everything before it
+    first, _, last = [bob.post(uri, text) for text in ("one", "two", "x" * 150)]
     rooms = chat_list(alice)
-    assert rooms[uri]["unread"] == 3 and rooms[uri]["last_read_seq"] == 0
+    assert rooms[uri]["unread"] == 3 and rooms[uri]["last_read_seq"] == mine["seq"]
     assert rooms[uri]["last_seq"] == last["seq"]
     assert rooms[uri]["last_message"] == {"id": last["id"], "seq": last["seq"], "user": last["user"],
                                           "text": "x" * 100, "created": last["created"]}
+    assert [p["username"] for p in rooms[uri]["people"]] == [alice.username, bob.username]
     assert rooms[quiet]["unread"] == 0 and rooms[quiet]["last_message"] is None
-    assert chat_list(bob)[uri]["unread"] == 1  # only others' messages count
+    assert chat_list(bob)[uri]["unread"] == 0  # his own messages never count
     read = {"seq": first["seq"]}
     assert alice.request("PUT", f"/api/chats/{uri}/read/", json=read).status_code == 204
     assert chat_list(alice)[uri]["unread"] == 2  # at once on the same process

@@ -417,7 +417,7 @@ export class ChatView {
       this.showPill();
     }
     if (!mine) incoming();
-    if (mine) this.showSeenBy();
+    this.signals.posted(message);
     this.seen();
   }
 

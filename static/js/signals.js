@@ -79,6 +79,14 @@ export class RoomSignals {
     this.onChange("read");
   }
 
+  // A member's message: they have read what came before it (the server sends
+  // no read frame for that).
+  posted(message) {
+    if (message.seq <= (this.reads.get(message.user.username) || 0)) return;
+    this.reads.set(message.user.username, message.seq);
+    this.onChange("read");
+  }
+
   // The socket dropped: presence and typing will come again after `ready`.
   reset() {
     this.online.clear();
