@@ -154,3 +154,23 @@ def test_a_bad_host_header_gets_a_400_with_the_security_headers(server, host):
     for name, value in SECURITY_HEADERS.items():
         assert headers.get(name) == value, name
     assert "Server" not in headers
+
+
+@pytest.mark.parametrize("cursor", ["after", "before", "limit"])
+@pytest.mark.parametrize("given", ["\uff11", "+1", " 1", "1_0", "-1", "0x1"])
+def test_history_cursors_are_ascii_digits_only(alice, uri, cursor, given):
+    # int() takes a full-width digit, a sign, spaces and underscores: the
+    # cursors took them too, unlike the socket's since.
+    reply = alice.request("GET", f"/api/chats/{uri}/messages/", params={cursor: given})
+    assert reply.status_code == 400, (cursor, given, reply.text)
+    assert list(reply.json()) == [cursor]
+
+
+def test_an_empty_client_id_is_no_client_id(alice, uri):
+    first = alice.request("POST", f"/api/chats/{uri}/messages/",
+                          json={"message": "one", "client_id": ""})
+    second = alice.request("POST", f"/api/chats/{uri}/messages/",
+                           json={"message": "two", "client_id": ""})
+    assert first.status_code == second.status_code == 200
+    assert first.json()["seq"] != second.json()["seq"]
+    assert "client_id" not in first.json()
