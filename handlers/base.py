@@ -131,12 +131,14 @@ def validated(model: type[models.Wire], data: Any, config, *, strict: bool) -> m
 
 
 def decoded_arguments(arguments: dict[str, list[bytes]]) -> dict[str, str]:
-    """A form's or query's fields (the last value of a repeated one), as sent:
-    not stripped, and invalid UTF-8 is a 400 naming the field."""
+    """A form's or query's fields, as sent: not stripped; a field given twice or
+    that is not UTF-8 is a 400 naming it."""
     fields = {}
     for name, values in arguments.items():
+        if len(values) > 1:
+            raise field_error(name, "Give this field once.")
         try:
-            fields[name] = values[-1].decode()
+            fields[name] = values[0].decode()
         except UnicodeDecodeError:
             raise field_error(name, "Not valid UTF-8.") from None
     return fields

@@ -166,6 +166,15 @@ def test_history_cursors_are_ascii_digits_only(alice, uri, cursor, given):
     assert list(reply.json()) == [cursor]
 
 
+def test_a_repeated_parameter_is_400_naming_it(alice, uri):
+    # Found by the fuzzer: ?before=x&before= took the last (empty) one as absent.
+    reply = alice.request("GET", f"/api/chats/{uri}/messages/?before=x&before=")
+    assert reply.status_code == 400 and list(reply.json()) == ["before"]
+    reply = alice.request("POST", f"/api/chats/{uri}/messages/", content=b"message=a&message=b",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status_code == 400 and list(reply.json()) == ["message"]
+
+
 def test_an_empty_client_id_is_no_client_id(alice, uri):
     first = alice.request("POST", f"/api/chats/{uri}/messages/",
                           json={"message": "one", "client_id": ""})
