@@ -71,8 +71,8 @@ def call(case, server, member, mode: str) -> None:
             case.path_parameters = {**case.path_parameters, "uri": uri}
     checks = CHECKS
     if case.media_type == "application/x-www-form-urlencoded":
-        # A form has no types: a generated array arrives as a repeated field (the last
-        # one counts), true as "true", so "invalid" data is often valid as sent.
+        # A form has no types: true arrives as "true", 5 as "5", so "invalid" data is
+        # often valid as sent (a generated array, a repeated field, is a 400).
         checks = [check for check in CHECKS if check is not negative_data_rejection]
     case.call_and_validate(base_url=server.url, headers=headers, checks=checks)
 
