@@ -85,7 +85,8 @@ def test_round_trips_of_a_post_a_handshake_and_a_history_page(in_process):
                 await next_frame(first, "message")
                 commands.take()
 
-                # A post by a known member in an open room: the insert, the room's seq.
+                # A post by a known member in an open room: the per-user message limit
+                # shared by every process (chat/limits.py), the insert, the room's seq.
                 posted = await http.post(f"/api/chats/{uri}/messages/", headers=auth,
                                          json={"message": "hello", "client_id": "c1"})
                 assert posted.status_code == 200
@@ -111,7 +112,7 @@ def test_round_trips_of_a_post_a_handshake_and_a_history_page(in_process):
         return post, handshake, ready, last, resumed, history
 
     post, handshake, ready, last, resumed, history = in_process(scenario)
-    assert sorted(post) == ["insert", "update"]
+    assert sorted(post) == ["findAndModify", "insert", "update"]
     assert handshake == []
     assert ready["seq"] == last and resumed == []
     assert history == ["find"]
