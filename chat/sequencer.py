@@ -38,12 +38,21 @@ class Pending:
         self.deadline = deadline
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
 
+    def answer(self, result: tuple[dict, bool]) -> None:
+        if not self.future.done():  # its caller may have given up (cancelled)
+            self.future.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
 
 class RoomQueue:
-    __slots__ = ("hint", "queue", "reread", "worker")
+    __slots__ = ("batch", "hint", "queue", "reread", "worker")
 
     def __init__(self):
         self.queue: list[Pending] = []
+        self.batch: list[Pending] = []  # in flight
         self.hint = 0  # the highest seq a caller has seen stored
         self.reread = False  # another process took a seq: what we know is behind
         self.worker: asyncio.Task | None = None
@@ -90,9 +99,9 @@ class Sequencer:
                 await self.send_batch(uri, room)
         finally:
             room.worker = None
-            for pending in room.queue:  # cancelled: the loop is stopping
-                if not pending.future.done():
-                    pending.future.cancel()
+            for pending in room.batch + room.queue:  # cancelled: the loop is stopping
+                pending.future.cancel()
+            room.batch = []
             if self.rooms.get(uri) is room and not room.queue:
                 del self.rooms[uri]
 
@@ -103,12 +112,13 @@ class Sequencer:
             if pending.future.done():
                 continue
             if pending.deadline <= moment:
-                pending.future.set_exception(Unavailable("no time left to store the event"))
+                pending.fail(Unavailable("no time left to store the event"))
             else:
                 batch.append(pending)
         room.queue.clear()
         if not batch:
             return
+        room.batch = batch
         try:
             last = max(room.hint, self.last.get(uri, 0))
             if room.reread or last == 0:
@@ -122,8 +132,8 @@ class Sequencer:
             # Nothing is known of what was stored: the next batch reads the last seq.
             room.reread = True
             for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+                pending.fail(error)
+            room.batch = []
             return
         retry: list[Pending] = []
         for pending, doc, result in zip(batch, docs, results, strict=True):
@@ -133,7 +143,7 @@ class Sequencer:
             self.metrics.event_inserts.inc()
             if result is None:
                 remember(self.last, uri, doc["seq"], KNOWN_ROOMS)
-                pending.future.set_result((doc, True))
+                pending.answer((doc, True))
             elif isinstance(result, SeqTaken):
                 self.metrics.seq_renumbered.inc()
                 room.reread = True
@@ -141,9 +151,10 @@ class Sequencer:
             elif isinstance(result, ClientIdTaken):
                 await self.resolve_repeat(uri, pending, retry)
             else:
-                pending.future.set_exception(result)
+                pending.fail(result)
         # What was not stored goes first in the next batch, in its order.
         room.queue[:0] = retry
+        room.batch = []
 
     async def resolve_repeat(self, uri: str, pending: Pending, retry: list[Pending]) -> None:
         """The event's client_id is taken: answer with the event stored under it."""
@@ -151,9 +162,9 @@ class Sequencer:
         try:
             stored = await self.store.event_by_client_id(uri, event["user_id"], event["client_id"])
         except Exception as error:
-            pending.future.set_exception(error)
+            pending.fail(error)
             return
         if stored is None:  # removed meanwhile: store it as new
             retry.append(pending)
         else:
-            pending.future.set_result((stored, False))
+            pending.answer((stored, False))

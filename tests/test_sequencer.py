@@ -114,3 +114,51 @@ def test_an_ordered_insert_stops_one_room_at_its_failure_and_not_the_others(fres
     assert results[1] == [None, None]
     assert stored == {"a": [1, 2], "b": [1, 2]}
     assert isinstance(repeat[0], ClientIdTaken)
+
+
+class GatedStore:
+    """The sequencer's store methods over a list; inserts wait for `gate`."""
+
+    def __init__(self):
+        self.docs: list[dict] = []
+        self.gate = asyncio.Event()
+
+    def deadline(self) -> float:
+        return asyncio.get_running_loop().time() + 5
+
+    async def last_seq(self, uri: str) -> int:
+        return max((d["seq"] for d in self.docs if d["room"] == uri), default=0)
+
+    async def insert_events(self, docs: list[dict], deadline: float | None = None) -> list:
+        await self.gate.wait()
+        results = []
+        for doc in docs:
+            if results and results[-1] is not None:
+                results.append(NotAttempted())
+            elif doc["seq"] != await self.last_seq(doc["room"]) + 1:
+                results.append(SeqTaken(doc["seq"]))
+            else:
+                self.docs.append(doc)
+                results.append(None)
+        return results
+
+
+def test_a_caller_that_gives_up_mid_insert_does_not_break_the_room():
+    """A post whose caller is cancelled while its insert is in flight is still
+    stored (it was sent); the others of its batch and later ones are answered."""
+
+    async def scenario():
+        store = GatedStore()
+        sequencer = Sequencer(store, Metrics())
+        posts = [asyncio.create_task(post(sequencer, "room", f"m{i}", seen=0)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        posts[0].cancel()
+        store.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*posts, return_exceptions=True), 5)
+        later = await asyncio.wait_for(post(sequencer, "room", "later"), 5)
+        return results, later, [d["seq"] for d in store.docs]
+
+    results, later, seqs = asyncio.run(scenario())
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert [doc["seq"] for doc, _ in results[1:]] == [2, 3]
+    assert later[0]["seq"] == 4 and seqs == [1, 2, 3, 4]
