@@ -21,6 +21,7 @@ import tornado.web
 from chat import config as chat_config
 from chat import embedded, logs
 from chat.broker import AmqpBroker, MemoryBroker
+from chat.events import RoomEvents
 from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import Limit
 from chat.metrics import Metrics
@@ -70,6 +71,11 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (rf"/api/chats/{URI}/", chats.ChatHandler),
         (rf"/api/chats/{URI}/messages/", messages.MessagesHandler),
         (rf"/api/chats/{URI}/read/", chats.ReadHandler),
+        (rf"/api/chats/{URI}/messages/([^/]+)/", messages.MessageHandler),
+        (rf"/api/chats/{URI}/messages/([^/]+)/reactions/([^/]+)/", messages.ReactionHandler),
+        (rf"/api/chats/{URI}/members/([^/]+)/", chats.MemberHandler),
+        (rf"/api/chats/{URI}/bans/", chats.BansHandler),
+        (rf"/api/chats/{URI}/bans/([^/]+)/", chats.BanHandler),
         (rf"/ws/chats/{URI}/", socket.ChatSocket),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
@@ -164,7 +170,8 @@ class ChatServer:
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens)
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
-                                 self.metrics, Limits(config, self.store))
+                                 self.metrics, Limits(config, self.store),
+                                 RoomEvents(self.store, self.hub))
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 

@@ -172,15 +172,20 @@ class Hub:
                 f"Ensure this field has no more than {self.max_message_chars} characters.")
         return text
 
+    async def check_rate(self, user: dict) -> None:
+        """Count one of the user's room actions against their limit (messages,
+        edits and reactions share it)."""
+        retry_after = await self.user_limit.hit(user["id"])
+        if retry_after:
+            raise RateLimited(retry_after)
+
     async def post(self, user: dict, uri: str, text: Any,
                    client_id: str | None = None) -> dict[str, Any]:
         """Store a message and publish it: the path of both HTTP and socket posts."""
         text = self.check_text(text)
         deadline = self.store.deadline()
         with self.store.budget(deadline):
-            retry_after = await self.user_limit.hit(user["id"])
-            if retry_after:
-                raise RateLimited(retry_after)
+            await self.check_rate(user)
             recorded = await self.store.member_seq(uri, user["id"])
         event = {"user_id": user["id"], "user": user, "message": text}
         if client_id:
@@ -521,6 +526,13 @@ class Hub:
         self.on_control(notice)  # here at once, even while RabbitMQ is down
         self.broker.publish_control(notice)
 
+    def expel(self, uri: str, user_id: str, reason: str) -> None:
+        """A member left, was removed or banned: every process forgets their
+        membership and closes their sockets of the room (1008, `reason`)."""
+        notice = encode({"type": "expel", "uri": uri, "user_id": user_id, "reason": reason})
+        self.on_control(notice)
+        self.broker.publish_control(notice)
+
     def on_control(self, body: bytes) -> None:
         try:
             notice = json.loads(body)
@@ -538,6 +550,16 @@ class Hub:
             for sock in list(self.sockets_by_user.get(notice.get("user_id"), ())):
                 if sock.token_id == notice.get("token_id"):
                     sock.close_with(CLOSE_POLICY, "logged out")
+        elif notice.get("type") == "expel":
+            uri, user_id = notice.get("uri"), notice.get("user_id")
+            if not isinstance(uri, str) or not isinstance(user_id, str):
+                return
+            self.store.forget_member(uri, user_id)
+            room = self.rooms.get(uri)
+            if room is not None:
+                for sock in [*room.plain, *room.full, *room.catching]:
+                    if sock.user["id"] == user_id:
+                        sock.close_with(CLOSE_POLICY, str(notice.get("reason", "removed")))
 
     # Lifecycle ---------------------------------------------------------
 

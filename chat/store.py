@@ -18,6 +18,7 @@ from typing import Any
 
 import pymongo
 from bson import ObjectId
+from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import (
     AutoReconnect,
@@ -98,6 +99,14 @@ def username_key(username: str) -> str:
     return username.casefold()
 
 
+class Banned(NotMember):
+    """Banned from the room: refused on every path, joining by link too."""
+
+
+class Forbidden(Exception):
+    """Not allowed; the message says why."""
+
+
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -150,7 +159,45 @@ def public_message(doc: dict[str, Any]) -> dict[str, Any]:
     }
     if doc.get("client_id"):
         message["client_id"] = doc["client_id"]
+    # Its current state: what its edit, delete and reaction events made of it.
+    message["last_event_seq"] = doc.get("last_event_seq", doc["seq"])
+    if doc.get("version"):
+        message["version"] = doc["version"]
+        message["edited"] = iso(doc["edited"])
+    if doc.get("deleted"):
+        message["deleted"] = True
+    if doc.get("reactions"):
+        message["reactions"] = doc["reactions"]
     return message
+
+
+def event_about(doc: dict[str, Any]) -> dict[str, Any]:
+    """The fields every event about a message has: `id` and `target_seq` are
+    the message's, `seq` the event's own."""
+    return {"seq": doc["seq"], "id": doc["target_id"], "target_seq": doc["target_seq"],
+            "uri": doc["room"], "created": iso(doc["created"])}
+
+
+def public_edit(doc: dict[str, Any]) -> dict[str, Any]:
+    # A deleted message's edits keep no text: theirs is erased with it.
+    return {**event_about(doc), "message": doc.get("message", ""), "edited": iso(doc["created"]),
+            "version": doc["version"], "user": doc["user"]}
+
+
+def public_delete(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**event_about(doc), "by": doc["by"]}
+
+
+def public_reaction(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**event_about(doc), "emoji": doc["emoji"], "op": doc["op"], "user": doc["user"]}
+
+
+def public_member(doc: dict[str, Any]) -> dict[str, Any]:
+    member = {"seq": doc["seq"], "uri": doc["room"], "created": iso(doc["created"]),
+              "op": doc["op"], "user": doc["user"], "by": doc["by"]}
+    if doc.get("role"):
+        member["role"] = doc["role"]
+    return member
 
 
 def public_other_event(doc: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +213,10 @@ def public_other_event(doc: dict[str, Any]) -> dict[str, Any]:
 # public_other_event; a document without `type` is a message.
 EVENT_RENDERERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "message": public_message,
+    "edit": public_edit,
+    "delete": public_delete,
+    "reaction": public_reaction,
+    "member": public_member,
 }
 
 
@@ -297,9 +348,13 @@ class Store:
         self.rate_counts = db.rate_counts
         self.rooms = db.rooms
         self.messages = db.messages
-        # (room, user) pairs known to be members. Nobody ever leaves a room, so
-        # a yes stays true; the oldest are forgotten past KNOWN_MEMBERS.
+        # (room, user) pairs known to be members; the oldest are forgotten past
+        # KNOWN_MEMBERS, and a member who leaves or is removed at once, in every
+        # process (forget_member, through the hub's control notice).
         self.known_members: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        # Counts forget_member calls: a membership read that a forget overtook
+        # (the read began before it) is not remembered.
+        self.forgotten = 0
         # uri -> _id of rooms read lately. A room's update goes by _id when it is
         # known: the cheapest lookup on any server, and some wire servers
         # (nx-27017) scan the collection for an update by a secondary key.
@@ -326,6 +381,10 @@ class Store:
         if room_id is not None:
             remember(self.room_ids, uri, room_id, KNOWN_ROOMS)
 
+    def forget_member(self, uri: str, user_id: str) -> None:
+        self.forgotten += 1
+        self.known_members.pop((uri, user_id), None)
+
     @guarded
     async def ensure_indexes(self) -> None:
         await self.users.create_index("username", unique=True, name="username")
@@ -348,6 +407,10 @@ class Store:
                                       name="members_updated")
         await self.messages.create_index([("room", ASCENDING), ("seq", ASCENDING)],
                                          unique=True, name="room_seq")
+        # The events about one message (edits, deletes, reactions), in seq order.
+        await self.messages.create_index(
+            [("room", ASCENDING), ("target_seq", ASCENDING), ("seq", ASCENDING)],
+            name="room_target_seq", partialFilterExpression={"target_seq": {"$exists": True}})
         await self.messages.create_index(
             [("room", ASCENDING), ("user_id", ASCENDING), ("client_id", ASCENDING)],
             unique=True, name="room_user_client_id",
@@ -487,13 +550,77 @@ class Store:
         cursor = self.rooms.find({"members": user_id}).sort("updated", DESCENDING).limit(limit)
         return await cursor.to_list(None)
 
+    # Membership. Conditions on fields a room may lack use $nin / $in [.., None]:
+    # nx-27017 does not match a missing field with $ne in an update.
+
     @guarded
-    async def add_member(self, uri: str, user_id: str) -> dict | None:
-        await self.rooms.update_one({"uri": uri}, {"$addToSet": {"members": user_id}})
-        room = await self.rooms.find_one({"uri": uri})
-        if room is not None and user_id in room.get("members", ()):
-            self.remember_member(uri, user_id, room["_id"])
-        return room
+    async def add_member(self, uri: str, user_id: str, by_link: bool) -> tuple[dict, bool]:
+        """Add user_id to the room: (the room after, True when they were not a
+        member before). NotFound, Banned, or Forbidden when joining a locked
+        room by link."""
+        condition: dict[str, Any] = {"uri": uri, "members": {"$nin": [user_id]},
+                                     "banned": {"$nin": [user_id]}}
+        if by_link:
+            condition["locked"] = {"$in": [False, None]}
+        room = await self.rooms.find_one_and_update(
+            condition, {"$addToSet": {"members": user_id}}, return_document=ReturnDocument.AFTER)
+        joined = room is not None
+        if room is None:
+            room = await self.rooms.find_one({"uri": uri})
+            if room is None:
+                raise NotFound(uri)
+            if user_id not in room["members"]:
+                if user_id in room.get("banned", ()):
+                    raise Banned(uri)
+                raise Forbidden("This chat is locked: its owner or a moderator can add you.")
+        self.remember_member(uri, user_id, room["_id"])
+        return room, joined
+
+    @guarded
+    async def remove_member(self, uri: str, user_id: str, ban: bool = False) -> dict | None:
+        """Take user_id out of the room's members (and roles), banning them too
+        when `ban`: the room as it was before, or None when nothing changed."""
+        update: dict[str, Any] = {"$pull": {"members": user_id},
+                                  "$unset": {f"roles.{user_id}": ""}}
+        if ban:
+            condition = {"uri": uri, "banned": {"$nin": [user_id]}}
+            # $push under that condition adds them once; nx-27017's $addToSet
+            # does not create a missing array.
+            update["$push"] = {"banned": user_id}
+        else:
+            condition = {"uri": uri, "members": user_id}
+        self.forget_member(uri, user_id)
+        return await self.rooms.find_one_and_update(condition, update)
+
+    @guarded
+    async def unban(self, uri: str, user_id: str) -> bool:
+        result = await self.rooms.update_one({"uri": uri, "banned": user_id},
+                                             {"$pull": {"banned": user_id}})
+        return result.modified_count > 0
+
+    @guarded
+    async def set_role(self, uri: str, user_id: str, role: str) -> bool:
+        """Make a member a moderator or a plain member; False when not a member."""
+        update = ({"$set": {f"roles.{user_id}": role}} if role != "member"
+                  else {"$unset": {f"roles.{user_id}": ""}})
+        result = await self.rooms.update_one({"uri": uri, "members": user_id}, update)
+        return result.matched_count > 0
+
+    @guarded
+    async def hand_over(self, uri: str, owner_id: str, user_id: str) -> bool:
+        """Make member user_id the owner; the old owner stays on as a moderator."""
+        result = await self.rooms.update_one(
+            {"uri": uri, "owner": owner_id, "members": user_id},
+            {"$set": {"owner": user_id, f"roles.{owner_id}": "moderator"},
+             "$unset": {f"roles.{user_id}": ""}})
+        return result.matched_count > 0
+
+    @guarded
+    async def set_locked(self, uri: str, locked: bool) -> None:
+        # Unlocked is no field at all: nx-27017 stores a boolean given to $set
+        # as 0 or 1, which a condition on false would not match.
+        await self.rooms.update_one(
+            {"uri": uri}, {"$set": {"locked": True}} if locked else {"$unset": {"locked": ""}})
 
     @guarded
     async def check_member(self, uri: str, user_id: str) -> None:
@@ -502,13 +629,17 @@ class Store:
             await self.member_room(uri, user_id, {"_id": 1})
 
     async def member_room(self, uri: str, user_id: str, fields: dict[str, int]) -> dict:
-        """The room (its _id and `fields`) if user_id is a member; else NotFound or NotMember."""
+        """The room (its _id and `fields`) if user_id is a member; else NotFound,
+        Banned or NotMember."""
+        forgotten = self.forgotten
         room = await self.rooms.find_one({"uri": uri, "members": user_id}, fields)
         if room is None:
-            if await self.rooms.find_one({"uri": uri}, {"_id": 1}) is None:
+            room = await self.rooms.find_one({"uri": uri}, {"banned": 1})
+            if room is None:
                 raise NotFound(uri)
-            raise NotMember(uri)
-        self.remember_member(uri, user_id, room["_id"])
+            raise (Banned if user_id in room.get("banned", ()) else NotMember)(uri)
+        if self.forgotten == forgotten:
+            self.remember_member(uri, user_id, room["_id"])
         return room
 
     # Room events -----------------------------------------------------
@@ -608,14 +739,24 @@ class Store:
         return last["seq"] if last else 0
 
     @guarded
-    async def messages_after(self, uri: str, after: int, limit: int) -> list[dict]:
-        cursor = self.messages.find({"room": uri, "seq": {"$gt": after}})
+    async def messages_after(self, uri: str, after: int, limit: int,
+                             events: bool = True) -> list[dict]:
+        """The room's events after seq `after`, oldest first; its messages alone
+        unless `events`."""
+        query: dict[str, Any] = {"room": uri, "seq": {"$gt": after}}
+        if not events:
+            query["type"] = None
+        cursor = self.messages.find(query)
         return await cursor.sort("seq", ASCENDING).limit(limit).to_list(None)
 
     @guarded
-    async def messages_before(self, uri: str, before: int | None, limit: int) -> list[dict]:
-        """The `limit` messages just below `before` (the latest when None), oldest first."""
+    async def messages_before(self, uri: str, before: int | None, limit: int,
+                              events: bool = True) -> list[dict]:
+        """The `limit` events just below `before` (the latest when None), oldest
+        first; messages alone unless `events`."""
         query: dict[str, Any] = {"room": uri}
+        if not events:
+            query["type"] = None
         if before is not None:
             query["seq"] = {"$lt": before}
         cursor = self.messages.find(query).sort("seq", DESCENDING).limit(limit)
@@ -710,3 +851,59 @@ class Store:
                 if found is not None:
                     latest[uri] = found
         return latest
+
+    # A message's state: the fold of its events --------------------------
+
+    @guarded
+    async def message_by_id(self, uri: str, message_id: str) -> dict | None:
+        """The message (not another kind of event) with this id in this room."""
+        try:
+            object_id = ObjectId(message_id)
+        except (InvalidId, TypeError):
+            return None
+        return await self.messages.find_one({"_id": object_id, "room": uri, "type": None})
+
+    @guarded
+    async def message_at(self, uri: str, seq: int) -> dict | None:
+        return await self.messages.find_one({"room": uri, "seq": seq, "type": None})
+
+    @guarded
+    async def events_about(self, uri: str, target_seq: int, after: int) -> list[dict]:
+        """The events about the message at target_seq after seq `after`, in order."""
+        cursor = self.messages.find({"room": uri, "target_seq": target_seq, "seq": {"$gt": after}})
+        return await cursor.sort("seq", ASCENDING).to_list(None)
+
+    @guarded
+    async def unsaved_events(self, messages: list[dict]) -> list[dict]:
+        """The events about these messages (of one room) that their saved state
+        may not include yet, in seq order."""
+        cursor = self.messages.find({"room": messages[0]["room"], "$or": [
+            {"target_seq": m["seq"], "seq": {"$gt": m.get("last_event_seq", m["seq"])}}
+            for m in messages]})
+        return await cursor.sort("seq", ASCENDING).to_list(None)
+
+    @guarded
+    async def count_change(self, message: dict, step: int) -> None:
+        """Count a change to the message as begun (1) or saved (-1)."""
+        await self.messages.update_one({"_id": message["_id"]}, {"$inc": {"changing": step}})
+
+    @guarded
+    async def save_message_state(self, message: dict, state: dict, saves_change: bool) -> bool:
+        """Write a message's new state if it is still as read (same last_event_seq),
+        counting one change as saved when `saves_change`: False when another
+        writer moved it on first."""
+        last = message.get("last_event_seq", message["seq"])
+        seen = [last, None] if last == message["seq"] else [last]
+        update: dict[str, Any] = {"$set": state}
+        if saves_change:
+            update["$inc"] = {"changing": -1}
+        result = await self.messages.update_one(
+            {"_id": message["_id"], "last_event_seq": {"$in": seen}}, update)
+        return result.matched_count > 0
+
+    @guarded
+    async def erase_edits(self, uri: str, target_seq: int) -> None:
+        """Remove the text of every edit of a deleted message."""
+        await self.messages.update_many(
+            {"room": uri, "target_seq": target_seq, "type": "edit", "message": {"$exists": True}},
+            {"$unset": {"message": ""}})

@@ -17,6 +17,7 @@ import tornado.httputil
 import tornado.web
 
 from chat import store as store_errors
+from chat.events import InvalidField
 from chat.hub import InvalidMessage, RateLimited
 from handlers import models
 
@@ -245,7 +246,7 @@ def endpoint(summary: str, operation_id: str, **declared: Any):
 class Services:
     """What every handler needs, built once in server.py."""
 
-    def __init__(self, config, store, tokens, passwords, hub, metrics, limits):
+    def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events):
         self.config = config
         self.store = store
         self.tokens = tokens
@@ -253,6 +254,7 @@ class Services:
         self.hub = hub
         self.metrics = metrics
         self.limits = limits
+        self.events = events
 
 
 class Authenticating:
@@ -304,10 +306,16 @@ def api_error(error: BaseException | None) -> ApiError | None:
                       {"Retry-After": RETRY_AFTER_UNAVAILABLE})
     if isinstance(error, store_errors.NotFound):
         return detail(404, "Not found.")
+    if isinstance(error, store_errors.Banned):
+        return detail(403, "You are banned from this chat.")
     if isinstance(error, store_errors.NotMember):
         return detail(403, "You are not a member of this chat.")
+    if isinstance(error, store_errors.Forbidden):
+        return detail(403, str(error))
     if isinstance(error, InvalidMessage):
         return field_error("message", str(error))
+    if isinstance(error, InvalidField):
+        return field_error(error.field, str(error))
     if isinstance(error, RateLimited):
         return detail(429, str(error), {"Retry-After": str(max(1, round(error.retry_after)))})
     return None
@@ -417,7 +425,8 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
 
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, (ApiError, store_errors.Unavailable, store_errors.NotFound,
-                              store_errors.NotMember, InvalidMessage, RateLimited)):
+                              store_errors.NotMember, store_errors.Forbidden, InvalidMessage,
+                              InvalidField, RateLimited)):
             return
         super().log_exception(typ, value, tb)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from chat.events import MODERATORS, role_of
 from chat.hub import InvalidMessage
 from chat.store import iso
 from handlers import models
-from handlers.base import ApiHandler, detail, endpoint, field_error
+from handlers.base import ApiHandler, endpoint, field_error
 
 
 def read_positions(services, room: dict) -> dict[str, int]:
@@ -17,14 +18,18 @@ def read_positions(services, room: dict) -> dict[str, int]:
     return positions
 
 
-async def room_view(services, room: dict) -> dict:
-    users = await services.store.users_by_id(room["members"])
-    members = [users[i] for i in room["members"] if i in users]
+async def room_view(services, room: dict, viewer_id: str) -> dict:
+    """A room with its members and their roles; its bans for the owner and moderators."""
+    moderating = role_of(room, viewer_id) in MODERATORS
+    banned = room.get("banned", []) if moderating else []
+    users = await services.store.users_by_id(room["members"] + banned)
+    members = [{**users[i], "role": role_of(room, i)} for i in room["members"] if i in users]
     read = read_positions(services, room)
-    return {
+    view = {
         "uri": room["uri"],
         "owner": users.get(room["owner"]),
         "members": members,
+        "locked": bool(room.get("locked")),
         "seq": room["seq"],
         "created": iso(room["created"]),
         "updated": iso(room["updated"]),
@@ -32,6 +37,9 @@ async def room_view(services, room: dict) -> dict:
         "read": {member["username"]: read[member["id"]] for member in members
                  if member["id"] in read},
     }
+    if moderating:
+        view["bans"] = [users[i] for i in banned if i in users]
+    return view
 
 
 class ChatsHandler(ApiHandler):
@@ -51,41 +59,33 @@ class ChatsHandler(ApiHandler):
 
 
 class ChatHandler(ApiHandler):
-    @endpoint("A chat with its owner and members", "getChat", response=models.Chat,
-              errors=(403, 404, 503))
+    @endpoint("A chat with its owner, members and their roles (and bans, for its owner and "
+              "moderators)", "getChat", response=models.Chat, errors=(403, 404, 503))
     async def get(self, uri: str) -> None:
         user = self.require_user()
-        room = await self.room_or_404(uri)
-        if user["id"] not in room["members"]:
-            raise detail(403, "You are not a member of this chat.")
-        self.reply(await room_view(self.services, room))
+        room = await self.services.events.member_room(uri, user["id"])
+        self.reply(await room_view(self.services, room, user["id"]))
 
-    @endpoint("Join; the owner may add a user by username", "joinChat", body=models.Join,
-              body_required=False, response=models.Joined, errors=(404, 503))
+    @endpoint("Join by the chat's link; an owner or moderator adds a user by username, or "
+              "locks the chat against joining by link (then the answer is the chat)",
+              "joinChat", body=models.Join, body_required=False,
+              response=models.Joined | models.Chat, errors=(403, 404, 503))
     async def patch(self, uri: str, body: models.Join) -> None:
         user = self.require_user()
-        store = self.services.store
-        room = await self.room_or_404(uri)
-        joining = user
-        username = body.username
-        if username and username != user["username"]:
-            if room["owner"] != user["id"]:
-                raise detail(403, "Only the chat's owner can add other users.")
-            other = await store.user_by_name(username)
-            if other is None:
-                raise field_error("username", "No user with that username.")
-            joining = {"id": str(other["_id"]), "username": other["username"]}
-        room = await store.add_member(uri, joining["id"])
-        view = await room_view(self.services, room)
+        events = self.services.events
+        if body.locked is not None:
+            await events.set_locked(user, uri, body.locked)
+            room = await events.member_room(uri, user["id"])
+            self.reply(await room_view(self.services, room, user["id"]))
+            return
+        if body.username and body.username != user["username"]:
+            room, joining = await events.add(user, uri, body.username)
+        else:
+            room, joining = await events.join(user, uri), user
+        view = await room_view(self.services, room, user["id"])
         self.reply({"status": "SUCCESS", "uri": uri, "members": view["members"],
                     "message": f"{joining['username']} joined the chat",
                     "user": next(m for m in view["members"] if m["id"] == joining["id"])})
-
-    async def room_or_404(self, uri: str) -> dict:
-        room = await self.services.store.room(uri)
-        if room is None:
-            raise detail(404, "Not found.")
-        return room
 
 
 class ReadHandler(ApiHandler):
@@ -98,5 +98,43 @@ class ReadHandler(ApiHandler):
             await self.services.hub.mark_read(user, uri, body.seq)
         except InvalidMessage as error:
             raise field_error("seq", str(error)) from None
+        self.set_status(204)
+        self.finish()
+
+
+class MemberHandler(ApiHandler):
+    @endpoint("The owner sets a member's role: moderator, member, or owner (handing the "
+              "chat over; the old owner stays on as a moderator)", "setMemberRole",
+              body=models.RoleBody, status=204, errors=(404, 503))
+    async def put(self, uri: str, username: str, body: models.RoleBody) -> None:
+        user = self.require_user()
+        await self.services.events.set_role(user, uri, username, body.role)
+        self.set_status(204)
+        self.finish()
+
+    @endpoint("Leave (your own username; not the owner), or remove a member (the owner, or "
+              "a moderator removing a member)", "removeMember", status=204, errors=(404, 503))
+    async def delete(self, uri: str, username: str) -> None:
+        user = self.require_user()
+        await self.services.events.remove(user, uri, username)
+        self.set_status(204)
+        self.finish()
+
+
+class BansHandler(ApiHandler):
+    @endpoint("Ban a user (owner or moderators): removed, and refused on every path",
+              "banUser", body=models.BanBody, status=204, errors=(404, 503))
+    async def post(self, uri: str, body: models.BanBody) -> None:
+        user = self.require_user()
+        await self.services.events.ban(user, uri, body.username)
+        self.set_status(204)
+        self.finish()
+
+
+class BanHandler(ApiHandler):
+    @endpoint("Lift a ban (owner or moderators)", "unbanUser", status=204, errors=(404, 503))
+    async def delete(self, uri: str, username: str) -> None:
+        user = self.require_user()
+        await self.services.events.unban(user, uri, username)
         self.set_status(204)
         self.finish()

@@ -193,8 +193,27 @@ class TokenBody(Wire):
 
 
 class Join(Wire):
-    username: Annotated[Text | None, Field(description="Whom the owner adds; absent, null or "
-                                                       "empty: the caller joins")] = None
+    username: Annotated[Text | None, Field(description="Whom the owner or a moderator adds; "
+                                                       "absent, null or empty: the caller "
+                                                       "joins")] = None
+    locked: Annotated[bool | None, Field(description="The owner or a moderator locks the chat "
+                                                     "(true: no joining by link) or unlocks "
+                                                     "it")] = None
+
+
+class EditBody(Wire):
+    message: Annotated[Required, Configured("max_message_chars")]
+
+
+Role = Literal["owner", "moderator", "member"]
+
+
+class RoleBody(Wire):
+    role: Annotated[Role, Field(description="owner hands the chat over")]
+
+
+class BanBody(Wire):
+    username: required(max_length=150)
 
 
 class NewMessage(Wire):
@@ -212,6 +231,9 @@ class MessagesQuery(Wire):
     before: Annotated[counter(1), Field(description="Messages with seq < before (the latest "
                                                     "when neither is given)")] | None = None
     limit: counter(1, MAX_PAGE) = DEFAULT_PAGE
+    events: Annotated[counter(0, 1), Field(description="1: every room event (edit, delete, "
+                                                       "reaction, member) in seq order, not "
+                                                       "messages alone")] = 0
 
     @field_validator("before")
     @classmethod
@@ -283,10 +305,17 @@ class ChatSummary(Wire):
     people: Annotated[list[Member], Field(description="The first few members, to name the chat")]
 
 
+class ChatMember(User):
+    role: Role
+
+
 class Chat(Wire):
     uri: Uri
     owner: User | None
-    members: list[User]
+    members: list[ChatMember]
+    locked: Annotated[bool, Field(description="No joining by link")]
+    bans: Annotated[list[User] | None, Field(description="Banned users, shown to the owner "
+                                                         "and moderators only")] = None
     seq: int = Field(ge=0)
     created: Timestamp
     updated: Timestamp
@@ -297,9 +326,9 @@ class Chat(Wire):
 class Joined(Wire):
     status: Literal["SUCCESS"]
     uri: Uri
-    members: list[User]
+    members: list[ChatMember]
     message: str
-    user: User
+    user: ChatMember
 
 
 class Message(Wire):
@@ -307,18 +336,79 @@ class Message(Wire):
     seq: int = Field(ge=1)
     uri: Uri
     user: User
-    message: str
+    message: Annotated[str, Field(description="Its current text; empty once deleted")]
     created: Timestamp
     client_id: str | None = None
+    last_event_seq: Annotated[int, Field(ge=1, description="The seq of the last event that "
+                                                           "changed it (its own seq if none): "
+                                                           "apply only events above it")]
+    version: Annotated[int, Field(ge=1, description="How many times it was edited")] | None = None
+    edited: Annotated[Timestamp, Field(description="When it was last edited")] | None = None
+    deleted: bool | None = None
+    reactions: Annotated[dict[str, list[str]], Field(
+        description="Emoji -> the usernames who reacted with it")] | None = None
 
 
 class Posted(Message):
     status: Literal["SUCCESS"]
 
 
+class MessageEvent(Wire):
+    """What every event about a message carries: `id` and `target_seq` name the
+    message, `seq` is the event's own."""
+    seq: int = Field(ge=1)
+    id: str
+    target_seq: int = Field(ge=1)
+    uri: Uri
+    created: Timestamp
+
+
+class EditEvent(MessageEvent):
+    """A message was edited (its text is empty once the message is deleted)."""
+    type: Literal["edit"]
+    message: str
+    edited: Timestamp
+    version: int = Field(ge=1)
+    user: Member
+
+
+class DeleteEvent(MessageEvent):
+    """A message was deleted (by its author, the owner or a moderator)."""
+    type: Literal["delete"]
+    by: Member
+
+
+class ReactionEvent(MessageEvent):
+    type: Literal["reaction"]
+    emoji: str
+    op: Literal["add", "remove"]
+    user: Member
+
+
+class MemberEvent(Wire):
+    """Someone joined, left, was removed, banned or unbanned, or got a role."""
+    type: Literal["member"]
+    seq: int = Field(ge=1)
+    uri: Uri
+    created: Timestamp
+    op: Literal["join", "leave", "remove", "ban", "unban", "role"]
+    user: Member
+    by: Member
+    role: Role | None = None
+
+
+class HistoryMessage(Message):
+    type: Literal["message"]
+
+
+RoomEvent = Annotated[HistoryMessage | EditEvent | DeleteEvent | ReactionEvent | MemberEvent,
+                      Field(discriminator="type")]
+
+
 class MessagePage(Wire):
     uri: Uri
-    messages: list[Message]
+    messages: Annotated[list[RoomEvent], Field(description="Messages; with events=1 every "
+                                                           "room event")]
     has_more: bool
 
 
@@ -399,7 +489,8 @@ class ReadFrame(Wire):
 
 
 CLIENT_FRAMES: list[type[Wire]] = [SendMessage, Typing, MarkRead]
-SERVER_FRAMES: list[type[Wire]] = [MessageFrame, ReadyFrame, ErrorFrame, PresenceFrame,
+SERVER_FRAMES: list[type[Wire]] = [MessageFrame, EditEvent, DeleteEvent, ReactionEvent,
+                                   MemberEvent, ReadyFrame, ErrorFrame, PresenceFrame,
                                    TypingFrame, ReadFrame]
 
 

@@ -255,9 +255,13 @@ async def refused_status(url: str, **kwargs) -> int:
     raise AssertionError(f"the handshake to {url} was accepted")
 
 
+# two_members' join of bob is its room's first event (seq 1): messages start at 2.
+FIRST_MESSAGE = 2
+
+
 def two_members(base_url: str, bob_url: str | None = None) -> tuple[Api, Api, str]:
     """(alice, bob, uri): two new users, members of alice's new chat; bob may
-    talk to another server of the same database."""
+    talk to another server of the same database. Bob's join is seq 1."""
     alice, bob = Api(base_url).signup(), Api(bob_url or base_url).signup()
     uri = alice.new_chat()
     bob.join(uri)

@@ -11,6 +11,7 @@ import pika
 
 from chat.broker import exchange_name
 from tests.helpers import (
+    FIRST_MESSAGE,
     Listener,
     free_port,
     local_rabbit,
@@ -53,7 +54,7 @@ def test_a_delivery_the_hub_cannot_handle_costs_only_itself(start_server, fresh_
         return listener, lost_connection
 
     listener, lost_connection = asyncio.run(scenario())
-    assert listener.seqs == [1]
+    assert listener.seqs == [FIRST_MESSAGE]
     assert listener.closes == [None]  # the socket was never dropped
     assert lost_connection == 0  # nor the process's RabbitMQ connection
     assert "dropped a delivery for room" in first.log()
@@ -86,7 +87,7 @@ def test_a_consumer_the_broker_cancels_is_recovered(start_server, fresh_db, amqp
         return listener, sent, queues_after
 
     listener, sent, queues_after = asyncio.run(scenario())
-    assert listener.seqs == [m["seq"] for m in sent] == [1, 2, 3]
+    assert listener.seqs == [m["seq"] for m in sent] == [FIRST_MESSAGE + n for n in range(3)]
     assert len(queues_after) == 1  # bound again
     assert reconnects(first) == 1
 

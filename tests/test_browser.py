@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ROOT, Api, two_members
+from tests.helpers import FIRST_MESSAGE, ROOT, Api, two_members
 
 pytestmark = pytest.mark.browser
 
@@ -209,7 +209,7 @@ def test_two_users_share_a_link_and_talk(server, tabs):
     expect(alice.confirmed("second line")).to_be_visible(timeout=SECOND)
 
     for tab in (alice, bob):
-        assert tab.seqs() == [1, 2]
+        assert tab.seqs() == [2, 3]  # Bob's join is seq 1
         expect(tab.page.locator(".outbox > li")).to_have_count(0)
 
     # Both see the chat in their list, newest activity first, with the last message.
@@ -276,7 +276,7 @@ def test_scrolling_up_loads_older_history(server, tabs):
         assert time.monotonic() < deadline, "older history did not load"
         scroller.evaluate("el => { el.scrollTop = 0; }")
         page.page.wait_for_timeout(100)
-    assert page.seqs() == list(range(1, total + 1))
+    assert page.seqs() == list(range(FIRST_MESSAGE, FIRST_MESSAGE + total))
     scroller.evaluate("el => { el.scrollTop = 0; }")
     expect(page.page.get_by_text("message number 1", exact=True)).to_be_in_viewport()
 
@@ -301,12 +301,12 @@ def test_a_message_arriving_while_history_loads_is_kept(server, tabs):
     page.page.goto(f"/chats/{uri}/")
     expect(page.page.locator(".chat-view")).to_have_attribute("data-connection", "live")
     bob.post(uri, "raced the history")
-    expect(page.page.locator('.messages > li[data-seq="4"]')).to_have_count(1)
+    expect(page.page.locator('.messages > li[data-seq="5"]')).to_have_count(1)  # join is 1
     assert held, "the history request was not held"
     for route in held:
         route.continue_()
     expect(page.messages()).to_have_count(4)
-    assert page.seqs() == [1, 2, 3, 4]
+    assert page.seqs() == [2, 3, 4, 5]
 
 
 def test_a_wrong_link_says_so_in_words(server, tabs):
@@ -399,7 +399,7 @@ def test_a_silent_socket_is_replaced_and_resumed(server, tabs):
     expect(page.page.locator(".outbox > li")).to_have_count(0)
     bob.post(uri, "I hear you")
     expect(page.message("I hear you")).to_be_visible(timeout=SECOND)
-    assert page.seqs() == alice.all_seqs(uri) == [1, 2, 3]
+    assert page.seqs() == alice.all_seqs(uri) == [2, 3, 4]  # Bob's join is seq 1
 
 
 def test_a_socket_that_never_gets_ready_is_given_up_and_retried(server, tabs):

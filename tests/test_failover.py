@@ -17,7 +17,7 @@ import time
 import pytest
 
 from deploy import rabbit
-from tests.helpers import Api, Listener, wait_for
+from tests.helpers import FIRST_MESSAGE, Api, Listener, wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not rabbit.available(), reason="needs Debian's rabbitmq-server")]
@@ -126,7 +126,7 @@ def assert_every_message_once(listeners: dict[int, list[Listener]], total: int) 
             missing = total - len(set(listener.seqs))
             doubled = len(listener.seqs) - len(set(listener.seqs))
             assert (missing, doubled) == (0, 0), f"{missing} missing, {doubled} duplicated"
-            assert listener.seqs == list(range(1, total + 1))
+            assert listener.seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + total))
             assert listener.closes == [None]  # the socket itself was never dropped
 
 

@@ -37,8 +37,12 @@ class FakeStore:
 
     def add_event(self, uri: str, event_type: str, **fields) -> dict:
         """A stored room event other than a message (an edit, a reaction, ...)."""
-        doc = {"_id": f"id{len(self.messages)}", "room": uri, "seq": self.next_seq(uri),
-               "type": event_type, **fields}
+        alice = {"id": "u1", "username": "alice"}
+        # What each type needs to be rendered (chat.store.EVENT_RENDERERS), unless given.
+        defaults = {"created": datetime.datetime.now(datetime.UTC), "user": alice, "by": alice,
+                    "target_id": "id0", "version": 1, "op": "add"}
+        doc = {**defaults, "_id": f"id{len(self.messages)}", "room": uri,
+               "seq": self.next_seq(uri), "type": event_type, **fields}
         self.messages.append(doc)
         return doc
 

@@ -17,6 +17,7 @@ from websockets.exceptions import InvalidStatus
 from chat.config import Config
 from deploy.cluster import SITE, Nginx, port_open
 from tests.helpers import (
+    FIRST_MESSAGE,
     Api,
     Listener,
     free_port,
@@ -96,8 +97,8 @@ def test_sockets_through_nginx_on_both_processes_get_every_message(cluster):
         return listeners
 
     for listener in asyncio.run(scenario()):
-        assert listener.seqs == list(range(1, posts + 1))
-    assert alice.all_seqs(uri) == list(range(1, posts + 1))
+        assert listener.seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + posts))
+    assert alice.all_seqs(uri) == list(range(FIRST_MESSAGE, FIRST_MESSAGE + posts))
 
 
 @pytest.mark.slow
@@ -161,8 +162,8 @@ def test_clients_of_a_killed_process_reconnect_through_nginx_and_miss_nothing(cl
     reconnected = [lst for lst in listeners if len(lst.closes) >= 2]
     assert len(reconnected) >= victims, "the killed process's sockets reconnected"
     for listener in listeners:
-        assert listener.seqs == list(range(1, posts + 1))
-    assert alice.all_seqs(uri) == list(range(1, posts + 1))
+        assert listener.seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + posts))
+    assert alice.all_seqs(uri) == list(range(FIRST_MESSAGE, FIRST_MESSAGE + posts))
     # Failed upstreams made nginx log, and the sockets' URLs carried ?token=.
     logs = nginx.access_log.read_text() + nginx.error_log.read_text()
     assert "/ws/chats/" in logs
@@ -279,9 +280,9 @@ def rolling_restart(nginx: Nginx, servers) -> None:
     assert sum(n for status, n in traffic.statuses.items() if status >= 500) == 0, traffic.statuses
     assert traffic.errors == []
     assert sum(traffic.statuses.values()) > 100
-    assert alice.all_seqs(uri) == list(range(1, total + 1))
+    assert alice.all_seqs(uri) == list(range(FIRST_MESSAGE, FIRST_MESSAGE + total))
     for listener in listeners:
-        assert listener.seqs == list(range(1, total + 1))
+        assert listener.seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + total))
     assert any(1001 in lst.closes for lst in listeners)  # sockets were moved, and resumed
     for server in servers:  # every request, socket handshakes included, was seen to its end
         assert "HTTP requests still running at shutdown" not in server.log_path.read_text()

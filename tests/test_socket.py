@@ -11,6 +11,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import (
+    FIRST_MESSAGE,
     PROBE,
     Api,
     Listener,
@@ -59,7 +60,7 @@ def test_two_members_see_each_others_messages_in_order_exactly_once(room):
 
     received = asyncio.run(scenario())
     for frames in received.values():
-        assert [f["seq"] for f in frames] == list(range(1, 11))
+        assert [f["seq"] for f in frames] == list(range(FIRST_MESSAGE, FIRST_MESSAGE + 10))
         assert [f["message"] for f in frames] == [f"m{i}" for i in range(10)]
         assert [f["user"]["username"] for f in frames] == [
             (alice if i % 2 == 0 else bob).username for i in range(10)]
@@ -84,7 +85,7 @@ def test_every_socket_gets_every_message_once_in_seq_order(room):
 
     listeners = asyncio.run(scenario())
     for listener in listeners:
-        assert listener.seqs == list(range(1, 51))
+        assert listener.seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + 50))
         texts = [f["message"] for f in listener.frames if f["type"] == "message"]
         assert texts == [f"m{i}" for i in range(50)]
         message = next(f for f in listener.frames if f["type"] == "message")
@@ -107,7 +108,7 @@ def test_http_posts_reach_the_socket(room):
 
 def test_since_sends_what_was_missed_then_ready_then_live(room):
     alice, bob, uri = room
-    for i in range(1, 8):
+    for i in range(FIRST_MESSAGE, 8):
         alice.post(uri, f"old{i}")
 
     async def scenario():
@@ -133,7 +134,7 @@ def test_without_since_the_socket_gets_live_messages_only_and_no_ready(room):
             first = await next_frame(b)
             assert probe_answer(first), first  # no ready before it, and no history
             await asyncio.to_thread(alice.post, uri, "live")
-            assert (await next_frame(b))["seq"] == 4
+            assert (await next_frame(b))["seq"] == FIRST_MESSAGE + 3
             with pytest.raises(TimeoutError):
                 await next_frame(b, wait=0.5)
 
@@ -145,7 +146,7 @@ def test_a_long_catch_up_is_complete_and_in_order(room):
     for i in range(1, 1201):
         alice.post(uri, f"m{i}")
 
-    assert catch_up(bob, uri).seqs == list(range(1, 1201))
+    assert catch_up(bob, uri).seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + 1200))
 
 
 def test_messages_racing_a_catch_up_are_kept_once(room):
@@ -167,7 +168,7 @@ def test_messages_racing_a_catch_up_are_kept_once(room):
         return listener
 
     listener = asyncio.run(scenario())
-    assert listener.seqs == list(range(1, 701))
+    assert listener.seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + 700))
 
 
 def test_socket_posts_take_the_http_path_with_idempotency(room):
@@ -187,7 +188,7 @@ def test_socket_posts_take_the_http_path_with_idempotency(room):
         assert reply["seq"] == first["seq"]
 
     asyncio.run(scenario())
-    assert alice.all_seqs(uri) == [1]
+    assert alice.all_seqs(uri) == [FIRST_MESSAGE]
 
 
 @pytest.mark.parametrize("frame, expected", [
@@ -213,7 +214,7 @@ def test_bad_frames_get_an_error_frame_and_store_nothing(room, frame, expected):
             assert (await next_frame(a, "message"))["message"] == "fine"
 
     asyncio.run(scenario())
-    assert alice.all_seqs(uri) == [1]
+    assert alice.all_seqs(uri) == [FIRST_MESSAGE]
 
 
 def test_a_frame_over_64_kib_closes_with_1009(room):
@@ -331,7 +332,7 @@ def test_a_client_that_stops_reading_is_closed_with_4008_others_keep_going(start
 
     close_code, seqs, metrics = asyncio.run(scenario())
     assert close_code == 4008
-    assert seqs == list(range(1, count + 1))
+    assert seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + count))
     assert metric(metrics, "chat_slow_consumer_closes_total") == 1
     assert metric(metrics, "chat_open_sockets") == 0
 
@@ -344,7 +345,7 @@ def test_a_catch_up_larger_than_the_send_buffer_completes(start_server):
         alice.post(uri, f"{i:04d}" + "z" * 1990)  # 1.2 MB of history
 
     listener = catch_up(bob, uri)
-    assert listener.seqs == list(range(1, 601))
+    assert listener.seqs == list(range(FIRST_MESSAGE, FIRST_MESSAGE + 600))
     assert listener.closes == [None]  # one connection, closed by us, never as slow
 
 
@@ -375,7 +376,7 @@ def test_a_socket_whose_room_cannot_start_is_closed_with_1011_and_can_come_back(
             await wait_for(lambda: not server.hub.rooms, 5, "the room to go")
             broken["subscribe"] = False
             async with websockets.connect(alice.ws_url(uri, 0)) as ws:
-                assert (await next_frame(ws, "ready"))["seq"] == 0
+                assert (await next_frame(ws, "ready"))["seq"] == 1  # bob's join
                 alice.post(uri, "it works")
                 assert (await next_frame(ws, "message"))["message"] == "it works"
 
@@ -408,6 +409,7 @@ def test_a_join_whose_catch_up_read_raises_is_closed_with_1011(fresh_db):
                     await next_frame(ws, wait=10)
                 assert ws.close_code == 1011
             async with websockets.connect(alice.ws_url(uri, 0)) as ws:
+                assert (await next_frame(ws))["type"] == "member"  # bob's join
                 assert (await next_frame(ws))["message"] == "stored"
                 assert (await next_frame(ws))["type"] == "ready"
 
