@@ -30,10 +30,11 @@ rabbitmq:
 	fi
 
 # Debian's Chromium for the browser tests (Playwright's own download does not work here).
+# With a colour emoji font, so reactions show (and are screenshotted) as emoji.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); }
+	@{ command -v chromium && dpkg -s fonts-noto-color-emoji; } >/dev/null 2>&1 || { \
+	  echo "installing chromium and an emoji font"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null); }
 
 # Debian's nginx, run by `make cluster` and the tests as a foreground child with
 # its own config; the system service is never started.

@@ -75,4 +75,14 @@ export const api = {
   markRead: (uri, seq, options) => request("PUT", `/api/chats/${uri}/read/`, { seq }, options),
   post: (uri, message, clientId, options) =>
     request("POST", `/api/chats/${uri}/messages/`, { message, client_id: clientId }, options),
+  edit: (uri, id, message) => request("PATCH", `/api/chats/${uri}/messages/${id}/`, { message }),
+  deleteMessage: (uri, id) => request("DELETE", `/api/chats/${uri}/messages/${id}/`),
+  react: (uri, id, emoji, on) =>
+    request(on ? "PUT" : "DELETE", `/api/chats/${uri}/messages/${id}/reactions/${encodeURIComponent(emoji)}/`),
+  // Your own username leaves; another's removes them (owner and moderators).
+  removeMember: (uri, username) => request("DELETE", `/api/chats/${uri}/members/${encodeURIComponent(username)}/`),
+  setRole: (uri, username, role) => request("PUT", `/api/chats/${uri}/members/${encodeURIComponent(username)}/`, { role }),
+  ban: (uri, username) => request("POST", `/api/chats/${uri}/bans/`, { username }),
+  unban: (uri, username) => request("DELETE", `/api/chats/${uri}/bans/${encodeURIComponent(username)}/`),
+  lock: (uri, locked) => request("PATCH", `/api/chats/${uri}/`, { locked }),
 };

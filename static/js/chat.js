@@ -3,6 +3,7 @@
 
 import { api, ApiError } from "./api.js";
 import { avatar, clear, h, icon } from "./dom.js";
+import { closePopover, showMenu } from "./menu.js";
 import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
 import { RoomSocket } from "./socket.js";
@@ -13,6 +14,14 @@ const GAP_PAGE = 200;
 const SEND_TIMEOUT_MS = 10_000;
 const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 400;
+// Room events that change a shown message.
+const MESSAGE_EVENTS = new Set(["edit", "delete", "reaction"]);
+// Why the server closed our socket (1008) when we stopped being a member.
+const EXPELLED = {
+  "removed from the chat": "You were removed from this chat.",
+  "banned from the chat": "You were banned from this chat.",
+};
+const ROLE_NAMES = { owner: "owner", moderator: "moderator" };
 
 function newClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
@@ -20,7 +29,11 @@ function newClientId() {
 }
 
 function shareLink(uri) {
-  return `${location.origin}/chats/${uri}/`;
+  return `${location.origin}${chatPath(uri)}`;
+}
+
+function chatPath(uri) {
+  return `/chats/${uri}/`;
 }
 
 // The chat's name from its members; `count` is how many it has when `members`
@@ -52,7 +65,13 @@ export class ChatView {
     this.uri = uri;
     this.room = null;
     this.socket = null;
-    this.timeline = new Timeline(this.me);
+    this.timeline = new Timeline(this.me, {
+      canModerate: () => this.moderating(),
+      edit: (message, text) => this.editMessage(message, text),
+      editDone: () => this.input.focus(),
+      remove: (message) => this.deleteMessage(message),
+      react: (message, emoji, on) => this.react(message, emoji, on),
+    });
     this.baseSeq = 0; // the room's seq when the view opened: history covers up to it
     this.streamSeq = 0; // the last seq the socket delivered: where a reconnect resumes
     this.hasMore = false;
@@ -119,6 +138,7 @@ export class ChatView {
 
   unmount() {
     this.stopped = true;
+    closePopover(false);
     clearInterval(this.countdown);
     window.removeEventListener("pagehide", this.onLeave);
     window.removeEventListener("focus", this.onBack);
@@ -166,7 +186,11 @@ export class ChatView {
       h("div", { class: "chat-heading" }, this.titleEl, this.subtitle),
       h("button", { type: "button", class: "icon-button invite", "aria-label": "Copy invite link",
         title: "Copy invite link", onclick: () => this.copyLink() }, icon("link"), h("span", { text: "Invite" })),
-      this.membersButton);
+      this.membersButton,
+      this.roomMenuButton = h("button", {
+        type: "button", class: "icon-button", "aria-label": "Chat menu", title: "Chat menu",
+        "aria-haspopup": "menu", "aria-expanded": "false", onclick: () => this.openRoomMenu(),
+      }, icon("more")));
 
     this.bannerText = h("span");
     this.banner = h("div", { class: "banner", role: "status", hidden: true }, this.bannerText,
@@ -202,6 +226,7 @@ export class ChatView {
         h("button", { type: "button", class: "icon-button side-close", "aria-label": "Close",
           onclick: () => this.toggleSide(false) }, icon("close"))),
       this.memberList,
+      this.moderation = h("div", { class: "moderation", hidden: true }),
       h("h2", { text: "Invite link" }),
       this.linkBox("side-link"));
 
@@ -252,22 +277,114 @@ export class ChatView {
     if (open) this.side.querySelector(".side-close").focus();
   }
 
+  myRole() {
+    const me = this.room.members.find((m) => m.id === this.me.id);
+    return me ? me.role : "member";
+  }
+
+  moderating() {
+    return Boolean(this.room) && ["owner", "moderator"].includes(this.myRole());
+  }
+
   renderMembers() {
-    const owner = this.room.owner && this.room.owner.id;
-    clear(this.memberList).append(...this.room.members.map((member) => h("li", {
-      class: `member${this.signals.isOnline(member.id) ? " online" : ""}`,
-      dataset: { user: member.id },
-    },
-      avatar(member.username),
-      h("span", { class: "member-name", text: member.username }),
-      this.signals.isOnline(member.id) ? h("span", { class: "visually-hidden", text: "(online)" }) : null,
-      member.id === this.me.id ? h("span", { class: "tag", text: "you" }) : null,
-      member.id === owner ? h("span", { class: "tag", text: "owner" }) : null)));
+    const myRole = this.myRole();
+    clear(this.memberList).append(...this.room.members.map((member) => {
+      const actions = this.memberActions(member, myRole);
+      const tag = ROLE_NAMES[member.role];
+      const online = this.signals.isOnline(member.id);
+      return h("li", { class: `member${online ? " online" : ""}`,
+        dataset: { user: member.id, username: member.username } },
+        avatar(member.username),
+        h("span", { class: "member-name", text: member.username }),
+        online ? h("span", { class: "visually-hidden", text: "(online)" }) : null,
+        member.id === this.me.id ? h("span", { class: "tag", text: "you" }) : null,
+        tag ? h("span", { class: `tag role-${member.role}`, text: tag }) : null,
+        actions.length ? this.memberMenuButton(member, actions) : null);
+    }));
+    this.renderModeration();
+    this.timeline.refreshTools();
     const title = chatTitle(this.room.members, this.me);
     this.titleEl.textContent = title;
     setTitle(`${title} · Chat`);
     this.updateEmptyState();
     this.updateSubtitle();
+  }
+
+  // What I may do to a member: the owner anything, a moderator remove or ban plain members.
+  memberActions(member, myRole) {
+    if (member.id === this.me.id || member.role === "owner") return [];
+    const name = member.username;
+    const actions = [];
+    if (myRole === "owner") {
+      actions.push(member.role === "moderator"
+        ? { label: "Make member", onSelect: () => this.moderate(api.setRole(this.uri, name, "member"), `${name} is a member now`) }
+        : { label: "Make moderator", onSelect: () => this.moderate(api.setRole(this.uri, name, "moderator"), `${name} is a moderator now`) });
+      actions.push({ label: "Make owner", onSelect: () => this.moderate(api.setRole(this.uri, name, "owner"), `${name} owns this chat now`) });
+    }
+    if (myRole === "owner" || (myRole === "moderator" && member.role === "member")) {
+      actions.push({ label: "Remove from chat", danger: true, onSelect: () => this.moderate(api.removeMember(this.uri, name), `${name} was removed`) });
+      actions.push({ label: "Ban from chat", danger: true, onSelect: () => this.moderate(api.ban(this.uri, name), `${name} was banned`) });
+    }
+    return actions;
+  }
+
+  memberMenuButton(member, actions) {
+    const button = h("button", {
+      type: "button", class: "icon-button small member-menu", "aria-label": `Manage ${member.username}`,
+      title: `Manage ${member.username}`, "aria-haspopup": "menu", "aria-expanded": "false",
+      onclick: () => showMenu(button, `Manage ${member.username}`, actions),
+    }, icon("more"));
+    return button;
+  }
+
+  // Lock and bans, for the owner and moderators.
+  renderModeration() {
+    this.moderation.hidden = !this.moderating();
+    if (this.moderation.hidden) return;
+    const lock = h("input", { type: "checkbox", id: "room-locked", checked: this.room.locked,
+      onchange: () => this.moderate(api.lock(this.uri, lock.checked),
+        lock.checked ? "Chat locked: only the owner and moderators can add people" : "Chat unlocked") });
+    const bans = this.room.bans || [];
+    this.moderation.replaceChildren(...[
+      h("h2", { text: "Moderation" }),
+      h("label", { class: "lock-toggle", for: "room-locked" }, lock, icon("lock"),
+        h("span", { text: "Locked: the link no longer lets people join" })),
+      bans.length ? h("h3", { text: "Banned" }) : null,
+      bans.length ? h("ul", { class: "ban-list" }, bans.map((user) => h("li", { class: "member banned" },
+        avatar(user.username), h("span", { class: "member-name", text: user.username }),
+        h("button", { type: "button", class: "button small", text: "Unban",
+          "aria-label": `Unban ${user.username}`,
+          onclick: () => this.moderate(api.unban(this.uri, user.username), `${user.username} was unbanned`) })))) : null,
+    ].filter(Boolean));
+  }
+
+  async moderate(request, done) {
+    try {
+      await request;
+      this.app.toast(done);
+    } catch (error) {
+      this.app.toast(error.message);
+    }
+    this.refreshMembers();
+  }
+
+  openRoomMenu() {
+    const owner = this.myRole() === "owner";
+    showMenu(this.roomMenuButton, "Chat menu", [
+      { label: "Copy invite link", onSelect: () => this.copyLink() },
+      owner ? null : { label: "Leave chat", danger: true, onSelect: () => this.leave() },
+    ]);
+  }
+
+  async leave() {
+    try {
+      await api.removeMember(this.uri, this.me.username);
+    } catch (error) {
+      this.app.toast(error.message);
+      return;
+    }
+    this.app.toast("You left the chat");
+    if (!this.stopped) this.app.navigate("/");
   }
 
   updateSubtitle() {
@@ -355,8 +472,8 @@ export class ChatView {
   async fillGap(from, to) {
     let after = from;
     while (after < to - 1 && !this.stopped) {
-      const page = await api.history(this.uri, { after, limit: GAP_PAGE });
-      for (const message of page.messages) this.timeline.add(message);
+      const page = await api.history(this.uri, { after, limit: GAP_PAGE, events: 1 });
+      for (const event of page.messages) this.onRoomEvent(event);
       if (!page.messages.length) return;
       after = page.messages[page.messages.length - 1].seq;
     }
@@ -393,16 +510,22 @@ export class ChatView {
 
   onFrame(frame) {
     if (this.signals.onFrame(frame)) return;
-    if (frame.type === "message") this.onMessage(frame);
-    else if (frame.type === "ready") this.onReady(frame);
+    if (typeof frame.seq === "number" && frame.type !== "ready") {
+      if (frame.seq > this.streamSeq + 1) this.fillGap(this.streamSeq, frame.seq).catch(() => {});
+      this.streamSeq = Math.max(this.streamSeq, frame.seq);
+      this.onRoomEvent(frame);
+    } else if (frame.type === "ready") this.onReady(frame);
     else if (frame.type === "error") this.onError(frame);
   }
 
-  onMessage(message, fromStream = true) {
-    if (fromStream) {
-      if (message.seq > this.streamSeq + 1) this.fillGap(this.streamSeq, message.seq).catch(() => {});
-      this.streamSeq = Math.max(this.streamSeq, message.seq);
-    }
+  // A room event, from the stream or a gap's history.
+  onRoomEvent(event) {
+    if (event.type === "message") this.onMessage(event);
+    else if (MESSAGE_EVENTS.has(event.type)) this.timeline.apply(event);
+    else if (event.type === "member") this.refreshMembers();
+  }
+
+  onMessage(message) {
     const wasAtBottom = this.atBottom();
     const mine = message.user.id === this.me.id;
     const sentHere = Boolean(message.client_id && this.timeline.pending.has(message.client_id));
@@ -515,6 +638,12 @@ export class ChatView {
       this.app.signedOut(reason === "logged out" ? "You were signed out." : "Your session ended. Sign in again.");
     } else if (error && error.status === 404) {
       this.showProblem("This chat no longer exists.");
+    } else if (reason === "left the chat") {
+      if (chatPath(this.uri) === location.pathname) this.app.navigate("/");
+    } else if (EXPELLED[reason] || (error && error.status === 403)) {
+      // No longer a member (removed, banned, or left elsewhere): stop knocking.
+      this.socket.stop();
+      this.showProblem(EXPELLED[reason] || error.message);
     } else if (reason) {
       this.showProblem(`The chat closed the connection: ${reason}.`);
     }
@@ -535,6 +664,40 @@ export class ChatView {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
       event.preventDefault();
       this.send();
+    } else if (event.key === "ArrowUp" && !this.input.value && !event.isComposing) {
+      // Up in an empty composer edits my last message, as in most chat apps.
+      const last = this.timeline.lastEditable();
+      if (last) {
+        event.preventDefault();
+        this.timeline.startEdit(last.seq);
+      }
+    }
+  }
+
+  // Message actions (from the timeline) ----------------------------------
+
+  async editMessage(message, text) {
+    try {
+      return await api.edit(this.uri, message.id, text);
+    } catch (error) {
+      this.app.toast(error.message);
+      throw error;
+    }
+  }
+
+  async deleteMessage(message) {
+    try {
+      await api.deleteMessage(this.uri, message.id);
+    } catch (error) {
+      this.app.toast(error.message);
+    }
+  }
+
+  async react(message, emoji, on) {
+    try {
+      await api.react(this.uri, message.id, emoji, on);
+    } catch (error) {
+      this.app.toast(error.message);
     }
   }
 
@@ -598,7 +761,7 @@ export class ChatView {
     this.timeline.setPendingState(clientId, "retrying", "Sending…");
     try {
       const message = await api.post(this.uri, entry.text, clientId);
-      if (!this.stopped) this.onMessage(message, false);
+      if (!this.stopped) this.onMessage(message);
     } catch (error) {
       if (error.status === 401) this.app.signedOut();
       else this.fail(clientId, error.message);

@@ -2,8 +2,15 @@
 // seq whatever the mix of history pages, catch-up and live frames that brings
 // them; the sender's own pending messages sit below them until their client_id
 // comes back on the stream.
+//
+// A message changes through events (edit, delete, reaction), each with its
+// own seq. Every message carries the seq of the last event that changed it
+// (last_event_seq): an event applies only when it is newer, and a copy of the
+// message (a history page, a catch-up) replaces the shown one only when newer,
+// so nothing is applied twice and an older page never undoes a change.
 
 import { avatar, h, icon, richText } from "./dom.js";
+import { showPicker } from "./menu.js";
 
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 
@@ -27,10 +34,42 @@ function dayLabel(ms) {
   return date.getFullYear() === new Date().getFullYear() ? dayFormat.format(date) : yearDayFormat.format(date);
 }
 
+// Events that arrived before their message was shown, kept to apply when it is.
+const EARLY_LIMIT = 2000;
+
+function lastChange(message) {
+  return message.last_event_seq ?? message.seq;
+}
+
+// A message after one of its events (the server folds them the same way).
+export function applyEvent(message, event) {
+  const next = { ...message, last_event_seq: event.seq };
+  if (message.deleted) return next;
+  if (event.type === "edit") {
+    Object.assign(next, { message: event.message, version: event.version, edited: event.edited });
+  } else if (event.type === "delete") {
+    Object.assign(next, { message: "", deleted: true, reactions: {} });
+  } else if (event.type === "reaction") {
+    const reactions = { ...(message.reactions || {}) };
+    const users = (reactions[event.emoji] || []).filter((name) => name !== event.user.username);
+    if (event.op === "add") users.push(event.user.username);
+    if (users.length) reactions[event.emoji] = users;
+    else delete reactions[event.emoji];
+    next.reactions = reactions;
+  }
+  return next;
+}
+
 export class Timeline {
-  constructor(me) {
+  // actions: canModerate(), edit(message, text) -> Promise, remove(message), react(message, emoji, on)
+  constructor(me, actions) {
     this.me = me;
-    this.bySeq = new Map();
+    this.actions = actions;
+    this.bySeq = new Map(); // seq -> element
+    this.states = new Map(); // seq -> the message as shown
+    this.early = new Map(); // target seq -> [events]
+    this.earlyCount = 0;
+    this.editing = null; // seq of the message being edited
     this.pending = new Map(); // client_id -> {text, el, state}
     this.confirmed = h("ol", { class: "messages", "aria-label": "Messages" });
     this.outbox = h("ol", { class: "messages outbox", "aria-label": "Messages being sent" });
@@ -47,9 +86,14 @@ export class Timeline {
     return first ? Number(first.dataset.seq) : 0;
   }
 
-  // Insert a stored message unless its seq is already shown; true if it was new.
+  // Insert a stored message unless its seq is already shown (a newer copy of a
+  // shown one updates it); true if it was new.
   add(message) {
-    if (this.bySeq.has(message.seq)) return false;
+    const shown = this.states.get(message.seq);
+    if (shown) {
+      if (lastChange(message) > lastChange(shown)) this.update(message);
+      return false;
+    }
     const pending = message.client_id && message.user.id === this.me.id && this.pending.get(message.client_id);
     if (pending) {
       clearTimeout(pending.timer);
@@ -58,11 +102,50 @@ export class Timeline {
     }
     const el = this.render(message);
     this.bySeq.set(message.seq, el);
+    this.states.set(message.seq, message);
     const next = this.nextAfter(message.seq);
     this.confirmed.insertBefore(el, next);
     this.decorate(el);
     this.decorate(next || this.outbox.firstElementChild);
+    const waiting = this.early.get(message.seq);
+    if (waiting) {
+      this.early.delete(message.seq);
+      this.earlyCount -= waiting.length;
+      for (const event of waiting) this.apply(event);
+    }
     return true;
+  }
+
+  // An edit, delete or reaction from the stream.
+  apply(event) {
+    const message = this.states.get(event.target_seq);
+    if (!message) {
+      // Its message is not shown (yet): a history page may bring it older than this.
+      if (this.earlyCount >= EARLY_LIMIT) return;
+      const list = this.early.get(event.target_seq) || [];
+      list.push(event);
+      this.early.set(event.target_seq, list);
+      this.earlyCount += 1;
+      return;
+    }
+    if (event.seq > lastChange(message)) this.update(applyEvent(message, event));
+  }
+
+  update(message) {
+    const el = this.bySeq.get(message.seq);
+    this.states.set(message.seq, message);
+    if (this.editing === message.seq && message.deleted) this.editing = null;
+    if (this.editing !== message.seq) this.fill(el, message);
+    else this.fillReactions(el, message);
+  }
+
+  // The last message of mine that can still be edited.
+  lastEditable() {
+    for (let el = this.confirmed.lastElementChild; el; el = el.previousElementSibling) {
+      const message = this.states.get(Number(el.dataset.seq));
+      if (message.user.id === this.me.id && !message.deleted) return message;
+    }
+    return null;
   }
 
   // The first shown element with a larger seq (binary search: seqs are sorted).
@@ -87,7 +170,153 @@ export class Timeline {
     el.dataset.seq = String(message.seq);
     el.dataset.id = message.id;
     if (message.client_id) el.dataset.clientId = message.client_id;
+    el.querySelector(".msg-main").after(this.toolbar(message.seq));
+    this.fill(el, message);
     return el;
+  }
+
+  // The parts of a shown message that its events change.
+  fill(el, message) {
+    el.classList.toggle("deleted", Boolean(message.deleted));
+    const text = el.querySelector(".text");
+    if (message.deleted) {
+      text.replaceChildren(icon("block"), h("span", { text: "message deleted" }));
+    } else {
+      text.replaceChildren(...richText(message.message));
+    }
+    const mark = el.querySelector(".edited-mark");
+    if (message.version && !message.deleted) {
+      const edited = Date.parse(message.edited);
+      const title = `Edited ${fullFormat.format(edited)}`;
+      if (mark) mark.title = title;
+      else el.querySelector(".foot time").before(h("span", { class: "edited-mark", text: "edited", title }));
+    } else if (mark) {
+      mark.remove();
+    }
+    this.fillReactions(el, message);
+    el.querySelector(".msg-tools").hidden = Boolean(message.deleted);
+  }
+
+  fillReactions(el, message) {
+    const old = el.querySelector(".reactions");
+    const entries = Object.entries(message.deleted ? {} : message.reactions || {});
+    if (!entries.length) {
+      if (old) old.remove();
+      return;
+    }
+    const row = h("div", { class: "reactions" }, entries.map(([emoji, users]) => {
+      const mine = users.includes(this.me.username);
+      return h("button", {
+        type: "button", class: `reaction${mine ? " mine" : ""}`, "aria-pressed": String(mine),
+        title: users.join(", "), "aria-label": `${emoji} ${users.length}: ${users.join(", ")}`,
+        onclick: () => this.actions.react(this.states.get(message.seq), emoji, !mine),
+      }, h("span", { class: "reaction-emoji", text: emoji }), h("span", { class: "reaction-count", text: String(users.length) }));
+    }));
+    if (old) old.replaceWith(row);
+    else el.querySelector(".msg-main").append(row);
+  }
+
+  // Hover (or focus) tools of a stored message: react, and edit or delete when allowed.
+  toolbar(seq) {
+    const current = () => this.states.get(seq);
+    const react = h("button", {
+      type: "button", class: "tool", "aria-label": "Add a reaction", title: "Add a reaction", "aria-expanded": "false",
+      onclick: () => {
+        const message = current();
+        const chosen = new Set(Object.entries(message.reactions || {})
+          .filter(([, users]) => users.includes(this.me.username)).map(([emoji]) => emoji));
+        showPicker(react, chosen, (emoji) => this.actions.react(current(), emoji, !chosen.has(emoji)));
+      },
+    }, icon("smile"));
+    const edit = h("button", {
+      type: "button", class: "tool tool-edit", "aria-label": "Edit message", title: "Edit",
+      onclick: () => this.startEdit(seq),
+    }, icon("edit"));
+    const remove = h("button", {
+      type: "button", class: "tool tool-delete", "aria-label": "Delete message", title: "Delete",
+      onclick: () => this.confirmDelete(seq),
+    }, icon("trash"));
+    return h("div", { class: "msg-tools" }, react, edit, remove);
+  }
+
+  // Edit and delete show only where they are allowed (moderation can change).
+  refreshTools() {
+    const moderator = this.actions.canModerate();
+    this.confirmed.classList.toggle("moderating", moderator);
+  }
+
+  startEdit(seq) {
+    const message = this.states.get(seq);
+    if (!message || message.deleted || message.user.id !== this.me.id) return;
+    if (this.editing !== null) this.stopEdit();
+    this.editing = seq;
+    const el = this.bySeq.get(seq);
+    const field = h("textarea", { class: "edit-field", rows: "1", "aria-label": "Edit your message" });
+    field.value = message.message;
+    const save = async () => {
+      const text = field.value.trim();
+      if (!text || text === message.message) {
+        this.stopEdit();
+        return;
+      }
+      field.disabled = true;
+      try {
+        const stored = await this.actions.edit(message, text);
+        this.stopEdit();
+        this.add(stored);
+      } catch {
+        field.disabled = false;
+        field.focus();
+      }
+    };
+    field.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        save();
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        this.stopEdit();
+      }
+    });
+    field.addEventListener("input", () => {
+      field.style.height = "auto";
+      field.style.height = `${Math.min(field.scrollHeight, 200)}px`;
+    });
+    el.classList.add("editing");
+    el.querySelector(".text").replaceChildren(field, h("div", { class: "edit-actions" },
+      h("span", { class: "edit-hint", text: "Enter to save, Esc to cancel" }),
+      h("button", { type: "button", class: "link-button", text: "Cancel", onclick: () => this.stopEdit() }),
+      h("button", { type: "button", class: "button small primary", text: "Save", onclick: save })));
+    field.focus();
+    field.setSelectionRange(field.value.length, field.value.length);
+    field.dispatchEvent(new Event("input"));
+  }
+
+  stopEdit() {
+    const seq = this.editing;
+    if (seq === null) return;
+    this.editing = null;
+    const el = this.bySeq.get(seq);
+    el.classList.remove("editing");
+    this.fill(el, this.states.get(seq));
+    this.actions.editDone();
+  }
+
+  confirmDelete(seq) {
+    const el = this.bySeq.get(seq);
+    if (el.querySelector(".confirm-delete")) return;
+    const no = h("button", { type: "button", class: "link-button", text: "Cancel" });
+    const yes = h("button", { type: "button", class: "button small danger", text: "Delete" });
+    const box = h("div", { class: "confirm-delete", role: "group", "aria-label": "Delete this message?" },
+      h("span", { text: "Delete this message for everyone?" }), no, yes);
+    no.addEventListener("click", () => box.remove());
+    yes.addEventListener("click", () => {
+      box.remove();
+      this.actions.remove(this.states.get(seq));
+    });
+    el.querySelector(".msg-row").after(box);
+    yes.focus();
   }
 
   shell(user, mine, created, text) {
@@ -107,10 +336,14 @@ export class Timeline {
         mine ? null : avatar(user.username, "msg-avatar"),
         h(
           "div",
-          { class: "bubble" },
-          mine ? null : h("div", { class: "author", text: user.username }),
-          body,
-          h("div", { class: "foot" }, time, h("span", { class: "status" })),
+          { class: "msg-main" },
+          h(
+            "div",
+            { class: "bubble" },
+            mine ? null : h("div", { class: "author", text: user.username }),
+            body,
+            h("div", { class: "foot" }, time, h("span", { class: "status" })),
+          ),
         ),
       ),
     );
