@@ -130,8 +130,8 @@ def rows(results: dict) -> list[tuple]:
                         "", ""))
         out.append(("4 post path", "MongoDB commands: a post by a known member in an open room; "
                     "a handshake by a known token and member; a history page",
-                    "3; 0; 1", "-", "", "counted in tests/test_commands.py (a post: the "
-                    "shared rate limit, the insert, the room's seq)", ""))
+                    "2; 0; 1", "-", "", "counted in tests/test_commands.py; the shared "
+                    "per-user limit adds one per 5 posts (tests/test_limits.py)", ""))
 
     hot = sc.get("hot_room")
     if hot:

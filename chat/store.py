@@ -506,12 +506,12 @@ class Store:
     # Rate limits ---------------------------------------------------------
 
     @guarded
-    async def count_hit(self, key: str, expires: datetime.datetime) -> int:
-        """Count one hit on key (a counter that MongoDB drops after expires):
-        how many it has now, over every process. One command."""
+    async def count_hit(self, key: str, expires: datetime.datetime, hits: int = 1) -> int:
+        """Add hits to key's counter (which MongoDB drops after expires): its
+        count now, over every process. One command."""
         def hit():
             return self.rate_counts.find_one_and_update(
-                {"_id": key}, {"$inc": {"n": 1}, "$setOnInsert": {"expires": expires}},
+                {"_id": key}, {"$inc": {"n": hits}, "$setOnInsert": {"expires": expires}},
                 upsert=True, return_document=ReturnDocument.AFTER)
         try:
             doc = await hit()

@@ -85,8 +85,10 @@ def test_round_trips_of_a_post_a_handshake_and_a_history_page(in_process):
                 await next_frame(first, "message")
                 commands.take()
 
-                # A post by a known member in an open room: the per-user message limit
-                # shared by every process (chat/limits.py), the insert, the room's seq.
+                # A post by a known member in an open room: the insert, the room's seq.
+                # (The per-user message limit shared by every process takes one more
+                # command per share of posts, 5 of the default 100 a minute: not here,
+                # where the share taken by the "warm" post is not spent yet.)
                 posted = await http.post(f"/api/chats/{uri}/messages/", headers=auth,
                                          json={"message": "hello", "client_id": "c1"})
                 assert posted.status_code == 200
@@ -112,7 +114,7 @@ def test_round_trips_of_a_post_a_handshake_and_a_history_page(in_process):
         return post, handshake, ready, last, resumed, history
 
     post, handshake, ready, last, resumed, history = in_process(scenario)
-    assert sorted(post) == ["findAndModify", "insert", "update"]
+    assert sorted(post) == ["insert", "update"]
     assert handshake == []
     assert ready["seq"] == last and resumed == []
     assert history == ["find"]

@@ -46,8 +46,8 @@ class FakeStore:
         self.messages.append(doc)
         return doc
 
-    async def count_hit(self, key: str, expires) -> int:
-        self.counts[key] = self.counts.get(key, 0) + 1
+    async def count_hit(self, key: str, expires, hits: int = 1) -> int:
+        self.counts[key] = self.counts.get(key, 0) + hits
         return self.counts[key]
 
     async def hit_count(self, key: str) -> int:

@@ -23,11 +23,13 @@ class CountingStore:
     def __init__(self):
         self.counts: dict[str, int] = {}
         self.fail = False
+        self.commands = 0
 
-    async def count_hit(self, key: str, expires: datetime.datetime) -> int:
+    async def count_hit(self, key: str, expires: datetime.datetime, hits: int = 1) -> int:
         if self.fail:
             raise Unavailable("down")
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.counts[key] = self.counts.get(key, 0) + hits
+        self.commands += 1
         return self.counts[key]
 
     async def hit_count(self, key: str) -> int:
@@ -77,15 +79,28 @@ def test_a_burst_across_a_windows_edge_is_still_limited():
     assert hits(limit, "a", 1) == [0.0]
 
 
-def test_the_wait_it_gives_is_enough_and_not_much_more():
+@pytest.mark.parametrize("limit_size", [3, 10, 100])
+def test_the_wait_it_gives_is_enough_and_not_much_more(limit_size):
     clock = Clock(6030.0)
-    limit = Limit(CountingStore(), "t", 10, 60.0, clock)
-    hits(limit, "a", 10)
+    limit = Limit(CountingStore(), "t", limit_size, 60.0, clock)
+    assert set(hits(limit, "a", limit_size)) == {0.0}
     wait = hits(limit, "a", 1)[0]
+    assert wait > 0
     clock.now += wait - 1
-    assert hits(limit, "a", 1)[0] > 0  # too early (and this refused try counts)
+    assert hits(limit, "a", 1)[0] > 0  # too early
     clock.now += hits(limit, "a", 1)[0] + 0.01
     assert hits(limit, "a", 1) == [0.0]
+
+
+def test_a_process_reserves_a_share_and_never_lets_the_total_pass_the_limit():
+    store, clock = CountingStore(), Clock(6000.0)
+    processes = [Limit(store, "t", 100, 60.0, clock) for _ in range(3)]
+    first = [w for _ in range(30) for p in processes for w in hits(p, "a", 1)]
+    assert set(first) == {0.0}
+    assert store.commands == 3 * 6  # a command per share of 5, not per hit
+    more = [w for _ in range(30) for p in processes for w in hits(p, "a", 1)]
+    allowed = len(first) + more.count(0.0)
+    assert 96 <= allowed <= 100  # what a process reserved and did not spend is lost
 
 
 def test_mongodb_down_is_unavailable_not_allowed():
@@ -121,9 +136,10 @@ def test_sign_up_and_message_limits_hold_across_processes(start_server, fresh_db
     assert len(alice.history(uri)["messages"]) == 4
 
 
-def test_one_post_costs_one_more_mongodb_command_for_the_shared_limit(fresh_db):
-    """The per-user message limit is one findAndModify per post (and a read of
-    the previous window's count once per user and minute)."""
+def test_the_shared_limit_costs_one_mongodb_command_per_share_of_posts(fresh_db):
+    """The per-user message limit (100 a minute) takes a 5-post share of it in
+    one findAndModify, and reads the previous window's count once per user and
+    minute: 10 posts cost 2 commands."""
     commands: list[str] = []
 
     class Listener(monitoring.CommandListener):
@@ -140,7 +156,9 @@ def test_one_post_costs_one_more_mongodb_command_for_the_shared_limit(fresh_db):
         store = Store(fresh_db, fresh_db.rsplit("/", 1)[1], 2000, event_listeners=[Listener()])
         await store.ensure_indexes()
         limit = Limit(store, "messages", 100, 60.0)
-        await limit.hit("user")  # the first reads the previous window once
+        await limit.hit("user")  # reserves a share and reads the previous window once
+        for _ in range(4):  # the rest of that share
+            assert await limit.hit("user") == 0.0
         commands.clear()
         for _ in range(10):
             assert await limit.hit("user") == 0.0
@@ -148,7 +166,7 @@ def test_one_post_costs_one_more_mongodb_command_for_the_shared_limit(fresh_db):
         await store.close()
         return counted
 
-    assert asyncio.run(scenario()) == ["findAndModify"] * 10
+    assert asyncio.run(scenario()) == ["findAndModify"] * 2
 
 
 # Failed logins slow a username down; they never lock it ------------------------------
