@@ -149,10 +149,13 @@ def listen_backlog(wanted: int) -> int:
 class ChatServer:
     """Everything one process runs; start() and stop() in that order."""
 
-    def __init__(self, config: chat_config.Config):
+    def __init__(self, config: chat_config.Config, mongo_listeners: list | None = None):
+        """mongo_listeners: pymongo event listeners for the store's client (tests count
+        commands with them)."""
         self.config = config
         self.store = Store(config.mongo_url, config.mongo_db, config.mongo_timeout_ms,
-                           config.mongo_write_concern, config.mongo_read_concern)
+                           config.mongo_write_concern, config.mongo_read_concern,
+                           event_listeners=mongo_listeners)
         if config.broker_in_memory:
             self.broker = MemoryBroker()
         else:

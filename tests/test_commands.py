@@ -21,7 +21,7 @@ SECRET = "command-count-test-secret-0123456789"
 
 
 class Commands(pymongo.monitoring.CommandListener):
-    """The commands sent to the test database, by name."""
+    """The commands the server sent to its database, by name."""
 
     def __init__(self, database: str):
         self.database = database
@@ -50,20 +50,16 @@ def in_process(fresh_db):
         config = chat_config.load(None, env={}, mongo_url=fresh_db, broker_url="memory://",
                                   secret=SECRET, port=free_port(), bcrypt_rounds=4, **settings)
         commands = Commands(config.mongo_db)
-        pymongo.monitoring.register(commands)  # for the clients created from now on
 
         async def main():
-            server = ChatServer(config.validate())
+            server = ChatServer(config.validate(), mongo_listeners=[commands])
             await server.start()
             try:
                 return await scenario(server, f"http://127.0.0.1:{config.port}", commands)
             finally:
                 await server.stop()
 
-        try:
-            return asyncio.run(main())
-        finally:
-            commands.database = None  # pymongo has no unregister: stop recording
+        return asyncio.run(main())
 
     return run
 
