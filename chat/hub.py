@@ -30,7 +30,7 @@ from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
 from chat.signals import NOTICE_PREFIX, Signals
-from chat.store import Store, now, public_event
+from chat.store import Store, Unavailable, now, public_event
 from chat.tokens import Tokens
 
 log = logging.getLogger("chat.hub")
@@ -509,12 +509,30 @@ class Hub:
         self.metrics.broker_reconnects.inc()
         if self.tokens is not None:
             self.tokens.forget_all()  # logout notices sent meanwhile never arrived
+        self.store.forget_members()  # nor "expel" notices
         self.signals.reconnected()  # and presence notices: ask everyone again
         for uri in uris:
             room = self.rooms.get(uri)
             if room is not None:
                 room.stale = True
                 self.start_repair(room)
+                self.spawn(self.recheck_members(room))
+
+    async def recheck_members(self, room: Room) -> None:
+        """Close the sockets of users who left the room, or were removed or
+        banned, while this process could not hear of it."""
+        try:
+            doc = await self.store.room(room.uri)
+        except Unavailable:
+            log.warning("room %s: MongoDB unavailable to recheck its members", room.uri)
+            return
+        members = set(doc["members"]) if doc else set()
+        banned = set(doc.get("banned", ())) if doc else set()
+        for sock in [*room.plain, *room.full, *room.catching]:
+            user_id = sock.user["id"]
+            if user_id not in members:
+                sock.close_with(CLOSE_POLICY, "banned from the chat" if user_id in banned
+                                else "removed from the chat")
 
     # Control notices (across processes) ---------------------------------
 

@@ -41,6 +41,10 @@ UNREACHABLE = (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeou
 # Failed logins older than this are never counted (the window is at most a day).
 LOGIN_FAILURE_TTL = 24 * 3600
 KNOWN_MEMBERS = 100_000
+# How long a membership found in MongoDB is believed without reading it again:
+# a bound on what a lost "expel" notice could cost (the hub forgets them all
+# after a broker outage, when notices are known to have been lost).
+MEMBER_RECHECK_SECONDS = 300.0
 KNOWN_ROOMS = 100_000
 # The most writes one group commit sends in one command.
 GROUP_COMMIT_MAX = 500
@@ -348,10 +352,12 @@ class Store:
         self.rate_counts = db.rate_counts
         self.rooms = db.rooms
         self.messages = db.messages
-        # (room, user) pairs known to be members; the oldest are forgotten past
-        # KNOWN_MEMBERS, and a member who leaves or is removed at once, in every
-        # process (forget_member, through the hub's control notice).
-        self.known_members: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        # (room, user) pairs known to be members -> until when (loop time) that
+        # is believed; the oldest are forgotten past KNOWN_MEMBERS, and a member
+        # who leaves or is removed at once, in every process (forget_member,
+        # through the hub's control notice).
+        self.known_members: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        self.member_recheck = MEMBER_RECHECK_SECONDS
         # Counts forget_member calls: a membership read that a forget overtook
         # (the read began before it) is not remembered.
         self.forgotten = 0
@@ -377,13 +383,23 @@ class Store:
         return pymongo.timeout(max(0.001, deadline - asyncio.get_running_loop().time()))
 
     def remember_member(self, uri: str, user_id: str, room_id: ObjectId | None = None) -> None:
-        remember(self.known_members, (uri, user_id), None, KNOWN_MEMBERS)
+        until = asyncio.get_running_loop().time() + self.member_recheck
+        remember(self.known_members, (uri, user_id), until, KNOWN_MEMBERS)
         if room_id is not None:
             remember(self.room_ids, uri, room_id, KNOWN_ROOMS)
+
+    def known_member(self, uri: str, user_id: str) -> bool:
+        until = self.known_members.get((uri, user_id))
+        return until is not None and until > asyncio.get_running_loop().time()
 
     def forget_member(self, uri: str, user_id: str) -> None:
         self.forgotten += 1
         self.known_members.pop((uri, user_id), None)
+
+    def forget_members(self) -> None:
+        """Believe no membership without reading it again."""
+        self.forgotten += 1
+        self.known_members.clear()
 
     @guarded
     async def ensure_indexes(self) -> None:
@@ -625,7 +641,7 @@ class Store:
     @guarded
     async def check_member(self, uri: str, user_id: str) -> None:
         """Raise NotFound or NotMember unless user_id may read and post in uri."""
-        if (uri, user_id) not in self.known_members:
+        if not self.known_member(uri, user_id):
             await self.member_room(uri, user_id, {"_id": 1})
 
     async def member_room(self, uri: str, user_id: str, fields: dict[str, int]) -> dict:
@@ -648,7 +664,7 @@ class Store:
     async def member_seq(self, uri: str, user_id: str) -> int | None:
         """Raise NotFound or NotMember unless user_id may post in uri. Returns
         the room's recorded seq when it had to be read, None for a known member."""
-        if (uri, user_id) in self.known_members:
+        if self.known_member(uri, user_id):
             return None
         room = await self.member_room(uri, user_id, {"seq": 1})
         return room.get("seq", 0)

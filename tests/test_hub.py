@@ -27,6 +27,9 @@ class FakeStore:
         self.insert_error: Exception | None = None
         self.touch_error: Exception | None = None
         self.counts: dict[str, int] = {}  # rate limit counters
+        self.members = ["u1", "u2"]  # of every room, as room() reads them
+        self.banned: list[str] = []
+        self.forgotten_all = 0
 
     def add(self, uri: str, text: str) -> dict:
         doc = {"_id": f"id{len(self.messages)}", "room": uri, "seq": self.next_seq(uri),
@@ -97,6 +100,12 @@ class FakeStore:
 
     async def event_by_client_id(self, uri: str, user_id: str, client_id: str) -> dict | None:
         return None
+
+    async def room(self, uri: str) -> dict | None:
+        return {"uri": uri, "members": self.members, "banned": self.banned}
+
+    def forget_members(self) -> None:
+        self.forgotten_all += 1
 
     async def touch_room(self, event: dict, deadline: float | None = None) -> None:
         if self.touch_error is not None:
@@ -203,6 +212,27 @@ def test_after_a_broker_outage_the_room_is_backfilled(hub_and_store):
 
     sock = asyncio.run(scenario())
     assert sock.seqs == [1, 2, 3]
+
+
+def test_after_a_broker_outage_members_who_left_meanwhile_are_closed_out(hub_and_store):
+    """Their "expel" notices were sent while this process could not hear them:
+    the hub forgets every cached membership and rechecks its rooms' sockets."""
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        staying, banned, removed = FakeSocket("a", "u1"), FakeSocket("b", "u2"), FakeSocket("c", "u3")
+        for sock in (staying, banned, removed):
+            await hub.join(sock, "room", 0)
+        store.members, store.banned = ["u1"], ["u2"]
+        hub.on_recovered(["room"])
+        await settle()
+        return staying, banned, removed
+
+    staying, banned, removed = asyncio.run(scenario())
+    assert staying.closed is None
+    assert banned.closed == (1008, "banned from the chat")
+    assert removed.closed == (1008, "removed from the chat")
+    assert store.forgotten_all == 1
 
 
 def test_a_broker_outage_during_a_gap_repair_is_backfilled_too(hub_and_store):

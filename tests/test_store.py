@@ -12,7 +12,7 @@ from pymongo.errors import BulkWriteError
 
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
-from chat.store import GroupCommit, Store, Unavailable, now, public_user
+from chat.store import GroupCommit, NotMember, Store, Unavailable, now, public_user
 
 
 class FakeCommand:
@@ -298,3 +298,26 @@ def test_writes_that_matter_are_sent_with_the_configured_write_concern(fresh_db,
     assert {c["insert"] for c in inserts} >= {"rooms", "messages", "users", "tokens"}
     assert all(c["writeConcern"] == expected for c in inserts)
     assert all(c["readConcern"] == {"level": "majority"} for c in commands.sent["find"])
+
+
+def test_a_cached_membership_is_read_again_after_its_recheck_or_a_forget(fresh_db):
+    """A member removed behind this process's back (its "expel" notice lost) is
+    refused once the membership's recheck time has passed, or at once after
+    forget_members (what the hub does after a broker outage)."""
+    async def scenario(store):
+        room = await store.create_room("owner")
+        uri = room["uri"]
+        await store.add_member(uri, "u2", by_link=True)
+        await store.check_member(uri, "u2")  # remembered
+        await store.rooms.update_one({"uri": uri}, {"$pull": {"members": "u2"}})  # elsewhere
+        await store.check_member(uri, "u2")  # still believed: no read
+        store.forget_members()
+        with pytest.raises(NotMember):
+            await store.check_member(uri, "u2")
+        store.member_recheck = 0.0
+        await store.add_member(uri, "u2", by_link=True)
+        await store.rooms.update_one({"uri": uri}, {"$pull": {"members": "u2"}})
+        with pytest.raises(NotMember):
+            await store.check_member(uri, "u2")  # remembered, but not believed past its recheck
+
+    run_store(fresh_db, scenario)
