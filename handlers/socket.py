@@ -11,7 +11,7 @@ import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from chat.hub import CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
-from chat.store import NotFound, NotMember, Unavailable
+from chat.store import Banned, NotFound, NotMember, Unavailable
 from handlers import models
 from handlers.base import (
     ApiError,
@@ -134,6 +134,19 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         if self.closing:
             self.services.hub.leave(self, uri)  # closed while joining
             return
+        if not self.services.store.known_member(uri, self.user["id"]):
+            # Removed or banned since the handshake's check, before the join: the
+            # notice found no socket of theirs to close. Read it again.
+            try:
+                await self.services.store.check_member(uri, self.user["id"])
+            except Banned:
+                self.close_with(1008, "banned from the chat")
+                return
+            except (NotFound, NotMember):
+                self.close_with(1008, "removed from the chat")
+                return
+            except Unavailable:
+                pass  # believed a member, as at the handshake
         if self.since is not None:
             # Only a client that asked for a catch-up is told where it ends, and
             # gets signals: a plain client (chatire's) takes every frame for a message.

@@ -4,6 +4,7 @@ server process (RabbitMQ, the MongoDB wire server)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import urllib.parse
 
 import pymongo
@@ -12,7 +13,14 @@ import websockets
 from bson import ObjectId
 from websockets.exceptions import ConnectionClosed
 
-from tests.helpers import Api, next_frame, probe_joined, refused_status, two_members
+from tests.helpers import (
+    Api,
+    next_frame,
+    probe_joined,
+    refused_status,
+    server_in_thread,
+    two_members,
+)
 
 
 @pytest.fixture
@@ -438,3 +446,37 @@ def test_history_folds_in_an_event_its_writer_did_not_save(room, db):
     saved = db.messages.find_one({"_id": ObjectId(posted["id"])})
     assert saved["message"] == "edited, then the writer died" and saved["version"] == 1
     assert saved["reactions"] == {"👀": [bob.username]} and saved["last_event_seq"] == seq + 1
+
+
+def test_a_ban_between_a_sockets_handshake_and_its_join_still_closes_it(fresh_db):
+    """The ban's notice finds no socket to close while the handshake is still
+    joining the room: the join itself sees the membership is gone."""
+    release = threading.Event()
+
+    def hold_bobs_join(server):
+        join = server.hub.join
+
+        async def held(sock, uri, since):
+            if sock.user["username"].startswith("held"):
+                await asyncio.to_thread(release.wait, 10)
+            return await join(sock, uri, since)
+        server.hub.join = held
+
+    with server_in_thread(fresh_db, hold_bobs_join) as (_server, url):
+        alice = Api(url).signup()
+        bob = Api(url, f"held{alice.username}").signup()
+        uri = alice.new_chat()
+        bob.join(uri)
+
+        async def scenario():
+            async with websockets.connect(bob.ws_url(uri, since=0)) as b:  # held in its join
+                reply = await asyncio.to_thread(alice.request, "POST", f"/api/chats/{uri}/bans/",
+                                                json={"username": bob.username})
+                assert reply.status_code == 204
+                release.set()
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await next_frame(b, wait=5)
+                return b.close_code, b.close_reason
+
+        assert asyncio.run(scenario()) == (1008, "banned from the chat")
