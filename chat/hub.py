@@ -578,6 +578,7 @@ class Hub:
                 for sock in [*room.plain, *room.full, *room.catching]:
                     if sock.user["id"] == user_id:
                         sock.close_with(CLOSE_POLICY, str(notice.get("reason", "removed")))
+            self.signals.forget_member(uri, user_id)  # gone at once: no grace, not typing
 
     # Lifecycle ---------------------------------------------------------
 

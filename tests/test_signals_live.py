@@ -292,3 +292,55 @@ def test_read_positions_keep_being_saved_long_after_the_request_that_began_savin
                        "bob's last read stored")
 
     asyncio.run(scenario())
+
+
+def test_a_member_who_leaves_is_gone_at_once_and_stops_typing(start_server):
+    # A grace far longer than the test: a leave must not wait for it.
+    a = start_server(**{**FAST, "presence_grace_seconds": 60, "typing_ttl_seconds": 60})
+    b = start_server(mongo_url=a.mongo_url, **{**FAST, "presence_grace_seconds": 60,
+                                                 "typing_ttl_seconds": 60})
+    alice, bob, uri = two_members(a.url, b.url)
+
+    async def scenario():
+        watcher = Listener(alice, uri).start()
+        async with websockets.connect(bob.ws_url(uri, 0)) as ws:
+            await next_frame(ws, "ready")
+            await ws.send(json.dumps({"type": "typing"}))
+            await wait_for(lambda: of(watcher, "typing")
+                           and of(watcher, "typing")[-1]["users"] == [bob.username], 10,
+                           "bob typing")
+            assert bob.request("DELETE", f"/api/chats/{uri}/members/{bob.username}/").status_code == 204
+            await wait_for(lambda: presence(watcher) == {alice.username}, 10, "bob gone")
+            await wait_for(lambda: of(watcher, "typing")[-1]["users"] == [], 10, "bob not typing")
+        assert chat(alice, uri)["online"] == [alice.username]
+        await watcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_unread_counts_leave_out_edits_deletes_and_other_events(two_servers):
+    a, b = two_servers
+    alice, bob, uri = two_members(a.url, b.url)
+    carol = Api(b.url).signup()
+    carol.join(uri)  # a member event: not a message
+    posts = [bob.post(uri, f"m{i}") for i in range(4)]
+    assert chat_list(alice)[uri]["unread"] == 4
+    edited = bob.request("PATCH", f"/api/chats/{uri}/messages/{posts[0]['id']}/",
+                         json={"message": "m0, edited"})
+    assert edited.status_code == 200, edited.text
+    assert bob.request("PUT", f"/api/chats/{uri}/messages/{posts[1]['id']}/reactions/👍/"
+                       ).status_code == 204
+    rooms = chat_list(alice)
+    assert rooms[uri]["unread"] == 4  # an edit and a reaction are no new messages
+    assert rooms[uri]["last_message"]["text"] == "m3"
+    for post in posts[2:]:
+        assert bob.request("DELETE", f"/api/chats/{uri}/messages/{post['id']}/").status_code == 204
+    rooms = chat_list(alice)
+    assert rooms[uri]["unread"] == 2  # deleted ones are not waiting to be read
+    assert rooms[uri]["last_message"]["text"] == "m1"
+    assert rooms[uri]["last_seq"] > posts[-1]["seq"]  # the deletes are events with seqs
+    assert alice.request("PUT", f"/api/chats/{uri}/read/",
+                         json={"seq": rooms[uri]["last_seq"]}).status_code == 204
+    assert chat_list(alice)[uri]["unread"] == 0
+    on_b = Api(b.url, alice.username, alice.password).login()  # b has it from MongoDB
+    asyncio.run(wait_for(lambda: chat_list(on_b)[uri]["unread"] == 0, 10, "read on b"))
