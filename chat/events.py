@@ -307,6 +307,10 @@ class RoomEvents:
     async def settle(self, uri: str, message: dict, saves_change: bool = False) -> dict:
         """The message with every stored event about it folded in, and saved so;
         `saves_change`: the caller's counted change is among them."""
+        if not saves_change and not message.get("changing"):
+            # No change in flight: every stored event about it is in its state
+            # (an event is stored only once counted, and uncounted once saved).
+            return message
         for _ in range(SETTLE_ATTEMPTS):
             events = await self.store.events_about(
                 uri, message["seq"], message.get("last_event_seq", message["seq"]))
