@@ -161,3 +161,81 @@ def test_round_trips_of_an_edit_a_reaction_and_a_history_page_after_them(in_proc
     for commands in (edit, reaction):
         assert sorted(c for c in commands if c != "findAndModify") == sorted(change), commands
     assert history == ["find"]
+
+
+def test_the_chat_list_sends_four_commands_for_3_chats_as_for_30(in_process):
+    """Each chat's unread count, latest message and names, in one request."""
+    async def scenario(server, base, commands):
+        async with httpx.AsyncClient(base_url=base) as http:
+            auth = {}
+            for name in ("ann", "bob"):
+                await http.post("/auth/users/create/", json={"username": name, "password": "pw-12345"})
+                token = (await http.post("/auth/jwt/create/", json={
+                    "username": name, "password": "pw-12345"})).json()["token"]
+                http.cookies.clear()  # by header from now on, as an API client
+                auth[name] = {"Authorization": f"JWT {token}"}
+            counts = []
+            for chats in (3, 27):
+                for _ in range(chats):
+                    uri = (await http.post("/api/chats/", headers=auth["ann"])).json()["uri"]
+                    await http.patch(f"/api/chats/{uri}/", headers=auth["bob"], json={})
+                    await http.post(f"/api/chats/{uri}/messages/", headers=auth["bob"],
+                                    json={"message": "hi"})
+                await http.get("/api/chats/", headers=auth["ann"])  # the token, cached
+                commands.take()
+                listed = (await http.get("/api/chats/", headers=auth["ann"])).json()
+                counts.append((len(listed), commands.take(), {c["unread"] for c in listed}))
+        return counts
+
+    few, many = in_process(scenario)
+    # the rooms, their unread counts, their latest messages, the members who name them
+    assert few == (3, ["find", "aggregate", "aggregate", "find"], {1})
+    assert many == (30, ["find", "aggregate", "aggregate", "find"], {1})
+
+
+def test_typing_and_presence_cost_no_command_and_reads_are_written_together(in_process):
+    async def scenario(server, base, commands):
+        async with httpx.AsyncClient(base_url=base) as http:
+            auth, ids = {}, {}
+            for name in ("ann", "bob"):
+                created = await http.post("/auth/users/create/",
+                                          json={"username": name, "password": "pw-12345"})
+                assert created.status_code == 201, created.text
+                ids[name] = created.json()["id"]
+                token = (await http.post("/auth/jwt/create/", json={
+                    "username": name, "password": "pw-12345"})).json()["token"]
+                http.cookies.clear()  # by header from now on, as an API client
+                auth[name] = token
+            ann = {"Authorization": f"JWT {auth['ann']}"}
+            uri = (await http.post("/api/chats/", headers=ann)).json()["uri"]
+            await http.patch(f"/api/chats/{uri}/", json={},
+                             headers={"Authorization": f"JWT {auth['bob']}"})
+            for i in range(20):
+                await http.post(f"/api/chats/{uri}/messages/", json={"message": f"m{i}"}, headers=ann)
+            ws_url = f"{base.replace('http', 'ws')}/ws/chats/{uri}/?token="
+            async with websockets.connect(f"{ws_url}{auth['bob']}&since=0") as ws:
+                last = (await next_frame(ws, "ready"))["seq"]
+                ws_url += f"{auth['ann']}&since={last}"  # ann's page, resuming at the end
+                await asyncio.sleep(1.5)  # ann's posts count as her reads: written by now
+                commands.take()
+                for _ in range(3):  # ann's tab comes and goes: presence, no write
+                    async with websockets.connect(ws_url) as tab:
+                        await next_frame(tab, "ready")
+                for _ in range(5):
+                    await ws.send('{"type": "typing"}')
+                    await asyncio.sleep(0.3)
+                await ws.send('{"type": "typing", "stop": true}')
+                await asyncio.sleep(1.2)
+                quiet = commands.take()
+                for seq in range(last - 19, last + 1):  # twenty reads within one read_flush
+                    await ws.send(f'{{"type": "read", "seq": {seq}}}')
+                signals = server.hub.signals
+                await wait_for(lambda: signals.read_positions(uri).get(ids["bob"]) == last
+                               and signals.flushing is None, 5, "the reads written")
+                reads = commands.take()
+        return quiet, reads
+
+    quiet, reads = in_process(scenario, read_flush_seconds=1.0)
+    assert quiet == []
+    # the first at once, the other nineteen together
+    assert 1 <= reads.count("update") <= 2 and set(reads) == {"update"}

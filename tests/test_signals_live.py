@@ -8,10 +8,7 @@ import json
 
 import pytest
 import websockets
-from pymongo import monitoring
 
-from chat.store import Store, now
-from tests.conftest import database_url
 from tests.helpers import Api, Listener, next_frame, two_members, wait_for
 
 # Short but real: the same code paths as the defaults, on a test's time scale.
@@ -218,58 +215,6 @@ def test_unread_counts_and_latest_message_in_the_chat_list(two_servers):
     read = {"seq": first["seq"]}
     assert alice.request("PUT", f"/api/chats/{uri}/read/", json=read).status_code == 204
     assert chat_list(alice)[uri]["unread"] == 2  # at once on the same process
-
-
-class CommandCounter(monitoring.CommandListener):
-    """Counts the commands sent to one database."""
-
-    def __init__(self, database: str):
-        self.database = database
-        self.commands: list[str] = []
-
-    def started(self, event):
-        if event.database_name == self.database:
-            self.commands.append(event.command_name)
-
-    def succeeded(self, event):
-        pass
-
-    def failed(self, event):
-        pass
-
-
-def test_the_chat_list_takes_the_same_four_commands_for_3_rooms_as_for_30(mongo_base):
-    url = database_url(mongo_base)
-    name = url.rsplit("/", 1)[1]
-    counter = CommandCounter(name)
-    monitoring.register(counter)  # for clients made from now on: the one below
-
-    async def scenario():
-        store = Store(url, name)
-        try:
-            user, other = [{"id": str(doc["_id"]), "username": doc["username"]}
-                           for doc in [await store.create_user(n, "", b"-") for n in ("ann", "bob")]]
-            uris = [(await store.create_room(user["id"]))["uri"] for _ in range(3)]
-            for uri in uris:
-                await store.messages.insert_many([
-                    {"room": uri, "seq": seq, "user_id": other["id"], "user": other,
-                     "message": f"m{seq}", "created": now()} for seq in (1, 2, 3)])
-                await store.rooms.update_one({"uri": uri}, {"$set": {"seq": 3}})
-            counts = []
-            for _ in range(2):
-                counter.commands.clear()
-                chats = await store.chat_list(user["id"], {})
-                counts.append((len(chats), list(counter.commands)))
-                for _ in range(27):
-                    await store.create_room(user["id"])
-            return counts, chats
-        finally:
-            await store.close()
-
-    (few, many), chats = asyncio.run(scenario())
-    commands = ["find", "aggregate", "aggregate", "find"]  # rooms, unread, latest, names
-    assert few == (3, commands) and many == (30, commands)
-    assert sorted(chat["unread"] for chat in chats) == [0] * 27 + [3] * 3
 
 
 def test_read_positions_keep_being_saved_long_after_the_request_that_began_saving(two_servers):
