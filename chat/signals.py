@@ -138,7 +138,8 @@ class Signals:
         if self.presence_enabled:
             # Everyone answers with a snapshot, so this process's view is whole at once.
             self.notify({"type": "signal.hello"})
-            self.ticker = background(self.tick())
+        # Without presence here, others' still arrive: they must expire as well.
+        self.ticker = background(self.tick())
 
     def reconnected(self) -> None:
         """Back on the broker after an outage: notices were lost both ways."""
@@ -172,7 +173,8 @@ class Signals:
         """Re-announce this process's rooms and forget peers that went quiet."""
         while True:
             await asyncio.sleep(self.presence_ttl / 3)
-            self.send_snapshot()
+            if self.presence_enabled:
+                self.send_snapshot()
             now = self.clock()
             for process, peer in list(self.peers.items()):
                 if peer.expires <= now:
