@@ -20,6 +20,7 @@ from handlers.base import (
     api_error,
     decoded_arguments,
     detail,
+    outermost_field,
     unauthorized,
     validated,
 )
@@ -159,7 +160,8 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         try:
             data = json.loads(text)
         except RecursionError:
-            self.send_error_frame("invalid", "Nested too deeply.")
+            raw = text.encode() if isinstance(text, str) else text
+            self.send_error_frame("invalid", f"{outermost_field(raw) or 'frame'}: Nested too deeply.")
             return None
         except ValueError:
             self.send_error_frame("invalid", "Frames must be JSON objects.")
