@@ -313,6 +313,42 @@ def test_logout_notice_closes_only_that_tokens_sockets(hub_and_store):
     assert a.closed == (1008, "logged out") and b.closed is None
 
 
+class TokenCache:
+    """What the hub asks of chat.tokens.Tokens: forget one, forget all."""
+
+    def __init__(self):
+        self.forgotten: list[str | None] = []
+
+    def forget(self, token_id: str) -> None:
+        self.forgotten.append(token_id)
+
+    def forget_all(self) -> None:
+        self.forgotten.append(None)
+
+
+def test_logout_refresh_and_a_broker_outage_reach_the_token_cache():
+    """Logout and refresh notices drop the token from this process's cache (a
+    refresh leaves its sockets open); after a broker outage, notices may have
+    been lost, so every cached token is dropped."""
+    tokens = TokenCache()
+    hub = Hub(FakeStore(), MemoryBroker(), Metrics(), tokens=tokens)
+
+    async def scenario():
+        sock = FakeSocket("a")
+        await hub.join(sock, "room", None)
+        hub.revoke_token(sock.user["id"], "rotated", close_sockets=False)
+        hub.revoke_token(sock.user["id"], sock.token_id)
+        hub.on_recovered(["room"])
+        await settle()
+        return sock
+
+    sock = asyncio.run(scenario())
+    # At once here; then the broker hands the notices back, as RabbitMQ does.
+    assert tokens.forgotten[:3] == ["rotated", "t-a", None]
+    assert set(tokens.forgotten[3:]) <= {"rotated", "t-a"}
+    assert sock.closed == (1008, "logged out")
+
+
 def test_post_validates_the_text(hub_and_store):
     hub, _, _ = hub_and_store
     user = {"id": "u1", "username": "alice"}
