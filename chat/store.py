@@ -306,12 +306,16 @@ def write_error(doc: dict, failure: dict) -> Exception:
     """The exception for one failed insert of an insert command."""
     if failure.get("code") != 11000:
         return OperationFailure(failure.get("errmsg", ""), failure.get("code"), failure)
-    # Which unique index refused it: MongoDB names it in keyPattern and errmsg,
-    # some wire servers (nx-27017) only in errmsg.
-    names = f"{failure.get('keyPattern', '')} {failure.get('errmsg', '')}"
+    # Which unique index refused it: MongoDB names its keys in keyPattern, some
+    # wire servers (nx-27017) only the index in errmsg.
+    pattern = failure.get("keyPattern")
+    names = " ".join(pattern) if isinstance(pattern, dict) else failure.get("errmsg", "")
     if doc.get("client_id") and "client_id" in names:
         return ClientIdTaken(doc["client_id"])
-    return SeqTaken(doc["seq"])
+    if "seq" in names:
+        return SeqTaken(doc["seq"])
+    # Another unique index: renumbering would not help.
+    return DuplicateKeyError(failure.get("errmsg", ""), 11000, failure)
 
 
 def remember(recent: collections.OrderedDict, key: Any, value: Any, limit: int) -> None:

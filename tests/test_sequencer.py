@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
 from chat.store import ClientIdTaken, NotAttempted, SeqTaken, Store
@@ -162,3 +164,24 @@ def test_a_caller_that_gives_up_mid_insert_does_not_break_the_room():
     assert isinstance(results[0], asyncio.CancelledError)
     assert [doc["seq"] for doc, _ in results[1:]] == [2, 3]
     assert later[0]["seq"] == 4 and seqs == [1, 2, 3, 4]
+
+
+def test_a_duplicate_on_another_unique_index_fails_the_event_without_renumbering(fresh_db):
+    """Only a taken seq is worth renumbering for; any other unique index that
+    refuses an event fails it at once (no retry loop until the deadline)."""
+
+    async def scenario(store):
+        await store.messages.create_index("tag", unique=True, name="tag",
+                                          partialFilterExpression={"tag": {"$type": "string"}})
+        metrics = Metrics()
+        sequencer = Sequencer(store, metrics)
+        first = await sequencer.append("room", {"tag": "t", "message": "a"}, 0)
+        with pytest.raises(Exception) as refused:
+            await sequencer.append("room", {"tag": "t", "message": "b"}, 0)
+        after = await sequencer.append("room", {"message": "c"}, 0)
+        return first, refused.value, after, metrics
+
+    first, refused, after, metrics = run_store(fresh_db, scenario)
+    assert first[0]["seq"] == 1 and after[0]["seq"] == 2
+    assert "tag" in str(refused) and not isinstance(refused, (SeqTaken, ClientIdTaken))
+    assert counted(metrics, "seq_renumbered") == 0
