@@ -219,6 +219,23 @@ def test_the_owner_moderates_from_the_member_list(server, tabs):
     expect(alice.page.get_by_role("menuitem", name="Leave chat")).to_have_count(0)
 
 
+def test_on_a_phone_a_tap_on_a_message_shows_its_tools(server, tabs):
+    alice_api, bob_api, uri = two_members(server.url)
+    alice_api.post(uri, "tap me")
+    phone = tabs(server.url, viewport={"width": 390, "height": 844}, is_mobile=True,
+                 has_touch=True).sign_in(bob_api).open_chat(uri)
+    item = message_item(phone, "tap me")
+    react = item.get_by_role("button", name="Add a reaction")
+    expect(react).to_be_hidden()
+    item.locator(".bubble").tap()
+    expect(react).to_be_visible()
+    react.tap()
+    phone.page.get_by_role("button", name="React with 🎉").tap()
+    expect(reaction(phone, "tap me", "🎉")).to_contain_text("1")
+    item.locator(".bubble").tap()
+    expect(react).to_be_hidden()
+
+
 def test_screenshots_of_edits_reactions_and_moderation(start_server, tabs):
     """docs/screenshot-events.png and docs/screenshot-moderation.png (with
     UPDATE_SCREENSHOTS=1; tests/artifacts/ otherwise)."""

@@ -171,8 +171,17 @@ export class Timeline {
     el.dataset.id = message.id;
     if (message.client_id) el.dataset.clientId = message.client_id;
     el.querySelector(".msg-main").after(this.toolbar(message.seq));
+    el.querySelector(".bubble").addEventListener("click", (event) => this.onTap(el, event));
     this.fill(el, message);
     return el;
+  }
+
+  // Touch screens have no hover: a tap on a message shows (or hides) its tools.
+  onTap(el, event) {
+    if (!matchMedia("(hover: none)").matches || event.target.closest("a, button, textarea")) return;
+    const open = !el.classList.contains("tools-open");
+    for (const other of this.confirmed.querySelectorAll(".tools-open")) other.classList.remove("tools-open");
+    el.classList.toggle("tools-open", open);
   }
 
   // The parts of a shown message that its events change.
