@@ -119,15 +119,17 @@ class Sequencer:
         if not batch:
             return
         room.batch = batch
+        deadline = min(pending.deadline for pending in batch)
         try:
             last = max(room.hint, self.last.get(uri, 0))
             if room.reread or last == 0:
-                last = max(last, await self.store.last_seq(uri))
+                with self.store.budget(deadline):  # the read counts against the batch's time
+                    last = max(last, await self.store.last_seq(uri))
                 room.reread = False
             created = now()
             docs = [{**pending.event, "room": uri, "seq": last + 1 + i, "created": created}
                     for i, pending in enumerate(batch)]
-            results = await self.store.insert_events(docs, min(p.deadline for p in batch))
+            results = await self.store.insert_events(docs, deadline)
         except Exception as error:
             # Nothing is known of what was stored: the next batch reads the last seq.
             room.reread = True
@@ -160,7 +162,9 @@ class Sequencer:
         """The event's client_id is taken: answer with the event stored under it."""
         event = pending.event
         try:
-            stored = await self.store.event_by_client_id(uri, event["user_id"], event["client_id"])
+            with self.store.budget(pending.deadline):
+                stored = await self.store.event_by_client_id(uri, event["user_id"],
+                                                             event["client_id"])
         except Exception as error:
             pending.fail(error)
             return
