@@ -465,9 +465,13 @@ class Hub:
             del room.pending[:done]
             if not room.pending and not room.stale:
                 break
-            room.stale = False
+            stale, room.stale = room.stale, False
             try:
-                await self.backfill(room)
+                # A gap: read only the missing range, since what follows it is
+                # in pending already (in a room posted to by several processes,
+                # a delivery often overtakes another's by a few ms). Stale (the
+                # broker was away): read everything stored.
+                await self.backfill(room, None if stale else room.pending[0][0] - 1)
             except Exception as error:
                 room.stale = True
                 failures += 1
@@ -492,16 +496,19 @@ class Hub:
             misses = 0
         room.busy = False
 
-    async def backfill(self, room: Room) -> None:
-        """Deliver every stored event after the room's last seq."""
+    async def backfill(self, room: Room, upto: int | None = None) -> None:
+        """Deliver the stored events after the room's last seq (up to `upto`, or all)."""
         while True:
-            docs = await self.store.messages_after(room.uri, room.last_seq, BACKFILL_PAGE)
+            limit = BACKFILL_PAGE if upto is None else min(BACKFILL_PAGE, upto - room.last_seq)
+            if limit <= 0:
+                return
+            docs = await self.store.messages_after(room.uri, room.last_seq, limit)
             for doc in docs:
                 if doc["seq"] == room.last_seq + 1:
                     event_type, body = stored_event(doc)
                     self.deliver(room, doc["seq"], body, None, event_type)
             self.metrics.backfilled.inc(len(docs))
-            if len(docs) < BACKFILL_PAGE:
+            if len(docs) < limit:
                 return
 
     def on_recovered(self, uris: list[str]) -> None:

@@ -198,6 +198,30 @@ def test_a_lost_delivery_is_filled_in_when_the_next_one_arrives(hub_and_store):
     assert [f["message"] for f in sock.frames] == ["a", "b", "c"]
 
 
+def test_a_gap_repair_reads_only_the_missing_range():
+    """Seqs 2-4 skipped, 5 arrived: MongoDB is asked for 2-4, not for 5 and
+    what follows (they are on their way, or waiting here already)."""
+    store, broker = FakeStore(), MemoryBroker()
+    metrics = Metrics()
+    hub = Hub(store, broker, metrics)
+
+    async def scenario():
+        sock = FakeSocket()
+        await hub.join(sock, "room", None)
+        docs = [store.add("room", f"m{i}") for i in range(1, 8)]
+        hub.on_message("room", payload(docs[0]))
+        hub.on_message("room", payload(docs[4]))
+        await settle()
+        for doc in docs[5:]:
+            hub.on_message("room", payload(doc))
+        await settle()
+        return sock
+
+    sock = asyncio.run(scenario())
+    assert sock.seqs == [1, 2, 3, 4, 5, 6, 7]
+    assert metrics.registry.get_sample_value("chat_messages_backfilled_total") == 3
+
+
 def test_after_a_broker_outage_the_room_is_backfilled(hub_and_store):
     hub, store, _ = hub_and_store
 
