@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pika
 
-from deploy.rabbit import RabbitNode
+from deploy.rabbit import RabbitNode, unique_name
 
 THREADS = 4
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queues", type=int, default=10_000)
     args = parser.parse_args(argv)
 
-    node = RabbitNode("chat-bench-memory", Path(tempfile.mkdtemp(prefix="chat-bench-rabbit-")))
+    node = RabbitNode(unique_name("chat-bench-memory"), Path(tempfile.mkdtemp(prefix="chat-bench-rabbit-")))
     node.start()
     vhost = "chat-bench-memory"
     held: list[pika.BlockingConnection] = []

@@ -43,6 +43,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def unique_name(prefix: str) -> str:
+    """A node name no other run on this machine uses: nodes share the local epmd."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -167,9 +172,9 @@ class RabbitCluster:
         cookie = self.home / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(20))
         cookie.chmod(0o400)
-        tag = uuid.uuid4().hex[:6]
-        first = f"{prefix}-{tag}-1@localhost"
-        self.nodes = [RabbitNode(f"{prefix}-{tag}-{i}", self.home, [first] if i > 1 else None)
+        name = unique_name(prefix)
+        first = f"{name}-1@localhost"
+        self.nodes = [RabbitNode(f"{name}-{i}", self.home, [first] if i > 1 else None)
                       for i in range(1, size + 1)]
 
     @property

@@ -154,7 +154,7 @@ def test_a_killed_cluster_node_costs_no_message_and_delivery_resumes_within_3_s(
 
 def test_a_restarted_single_node_resumes_delivery_within_2_s(start_server, fresh_db,
                                                               record_property, tmp_path):
-    node = rabbit.RabbitNode("chat-test-single", tmp_path).start()
+    node = rabbit.RabbitNode(rabbit.unique_name("chat-test-single"), tmp_path).start()
     try:
         servers = [start_server(mongo_url=fresh_db, broker_url=node.url) for _ in range(2)]
         alice = Api(servers[0].url).signup()
