@@ -46,7 +46,8 @@ SOCKET_DESCRIPTION = (
     "?token=). With ?since=N: every message after N, then a ready frame, then the live "
     "stream. Without since (chatire's client): live message frames only, no ready. "
     "Close codes: 1001 going away, 1007 a frame that is not UTF-8, 1008 policy, "
-    "1009 frame too big, 4008 slow consumer (reconnect with since).")
+    "1009 frame too big, 1011 the room could not be joined (reconnect), 4008 slow consumer "
+    "(reconnect with since).")
 
 
 def operations(routes: list) -> list[tuple[str, str, Endpoint]]:
