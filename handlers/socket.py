@@ -10,7 +10,7 @@ import pydantic
 import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
-from chat.hub import CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
+from chat.hub import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
 from chat.store import Banned, NotFound, NotMember, Unavailable
 from handlers import models
 from handlers.base import (
@@ -28,12 +28,18 @@ from handlers.base import (
 log = logging.getLogger("chat.socket")
 
 CLOSE_INVALID_TEXT = 1007
+CLOSE_INTERNAL_ERROR = 1011  # the room could not be joined: the client reconnects
 
 
 class TextFrameChecking(tornado.websocket.WebSocketProtocol13):
     """Tornado drops the TCP connection when a text frame is not UTF-8; RFC 6455
     says to close it with 1007. (Compression is never negotiated, so the frame's
-    data is the text itself.)"""
+    data is the text itself.)
+
+    A private method, because there is no public hook: Tornado decodes the
+    frame and aborts the connection before on_message is called. Text frames
+    are decoded twice (here and by Tornado): they are client frames, small and
+    rate-limited, not the broadcast path."""
 
     def _handle_message(self, opcode: int, data: bytes):
         if opcode == 0x1:
@@ -123,14 +129,14 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             seq = await asyncio.wait_for(self.services.hub.join(self, uri, self.since),
                                          self.services.config.ws_ready_timeout)
         except TimeoutError:
-            self.close_with(1011, "room not ready; reconnect")
+            self.close_with(CLOSE_INTERNAL_ERROR, "room not ready; reconnect")
             return
         except Unavailable:
-            self.close_with(1011, "database unavailable")
+            self.close_with(CLOSE_INTERNAL_ERROR, "database unavailable")
             return
         except Exception:
             log.exception("joining the room failed", extra=self.log_context())
-            self.close_with(1011, "server error")
+            self.close_with(CLOSE_INTERNAL_ERROR, "server error")
             return
         if self.closing:
             self.services.hub.leave(self, uri)  # closed while joining
@@ -141,10 +147,10 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             try:
                 await self.services.store.check_member(uri, self.user["id"])
             except Banned:
-                self.close_with(1008, "banned from the chat")
+                self.close_with(CLOSE_POLICY, "banned from the chat")
                 return
             except (NotFound, NotMember):
-                self.close_with(1008, "removed from the chat")
+                self.close_with(CLOSE_POLICY, "removed from the chat")
                 return
             except Unavailable:
                 pass  # believed a member, as at the handshake
@@ -200,7 +206,7 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             self.send_error_frame("unavailable", "The database is unavailable; try again shortly.",
                                   client_id)
         except (NotFound, NotMember):
-            self.close_with(1008, "no longer a member")
+            self.close_with(CLOSE_POLICY, "no longer a member")
 
     async def handle_message(self, frame: models.SendMessage) -> None:
         await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)
@@ -227,7 +233,7 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return False
         stream = self.ws_connection.stream
         try:
-            if self.plain_stream and not stream._write_buffer and not stream.closed():
+            if self.plain_stream and not stream.writing() and not stream.closed():
                 # Nothing queued: hand the bytes straight to the socket. IOStream.write
                 # would do the same send() but also make a Future whose resolution is a
                 # loop callback, per socket per message: most of a broadcast's cost.
