@@ -30,7 +30,7 @@ from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
 from chat.signals import NOTICE_PREFIX, Signals
-from chat.store import Store, Unavailable, now, public_event
+from chat.store import Store, Unavailable, budget, now, public_event
 from chat.tokens import Tokens
 
 log = logging.getLogger("chat.hub")
@@ -184,7 +184,7 @@ class Hub:
         """Store a message and publish it: the path of both HTTP and socket posts."""
         text = self.check_text(text)
         deadline = self.store.deadline()
-        with self.store.budget(deadline):
+        with budget(deadline):
             await self.check_rate(user)
             recorded = await self.store.member_seq(uri, user["id"])
         event = {"user_id": user["id"], "user": user, "message": text}

@@ -25,6 +25,7 @@ from chat.store import (
     SeqTaken,
     Store,
     Unavailable,
+    budget,
     now,
     remember,
 )
@@ -123,7 +124,7 @@ class Sequencer:
         try:
             last = max(room.hint, self.last.get(uri, 0))
             if room.reread or last == 0:
-                with self.store.budget(deadline):  # the read counts against the batch's time
+                with budget(deadline):  # the read counts against the batch's time
                     last = max(last, await self.store.last_seq(uri))
                 room.reread = False
             created = now()
@@ -162,7 +163,7 @@ class Sequencer:
         """The event's client_id is taken: answer with the event stored under it."""
         event = pending.event
         try:
-            with self.store.budget(pending.deadline):
+            with budget(pending.deadline):
                 stored = await self.store.event_by_client_id(uri, event["user_id"],
                                                              event["client_id"])
         except Exception as error:

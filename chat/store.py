@@ -115,6 +115,11 @@ def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def budget(deadline: float) -> pymongo.timeout:
+    """Bound every MongoDB operation in the block by deadline (event loop time), all together."""
+    return pymongo.timeout(max(0.001, deadline - asyncio.get_running_loop().time()))
+
+
 def guarded(method):
     @functools.wraps(method)
     async def call(*args, **kwargs):
@@ -122,7 +127,7 @@ def guarded(method):
         try:
             if deadline is None:
                 return await method(*args, **kwargs)
-            with pymongo.timeout(max(0.001, deadline - asyncio.get_running_loop().time())):
+            with budget(deadline):
                 return await method(*args, **kwargs)
         except PyMongoError as exc:
             # `timeout` covers every way the client-side operation timeout
@@ -281,7 +286,7 @@ class GroupCommit:
                 if not batch:
                     continue
                 try:
-                    with pymongo.timeout(min(deadline for _, deadline, _ in batch) - moment):
+                    with budget(min(deadline for _, deadline, _ in batch)):
                         results = await self.send([item for item, _, _ in batch])
                 except Exception as error:
                     # What waited meanwhile fails too, rather than wait out
@@ -381,10 +386,6 @@ class Store:
     def begin_request(self) -> None:
         """Start the MongoDB time budget of an HTTP request (in its own task)."""
         REQUEST_DEADLINE.set(asyncio.get_running_loop().time() + self.timeout)
-
-    def budget(self, deadline: float) -> pymongo.timeout:
-        """Bound every MongoDB operation in the block by deadline, all together."""
-        return pymongo.timeout(max(0.001, deadline - asyncio.get_running_loop().time()))
 
     def remember_member(self, uri: str, user_id: str, room_id: ObjectId | None = None) -> None:
         until = asyncio.get_running_loop().time() + self.member_recheck
