@@ -132,6 +132,10 @@ class Room:
     def __len__(self) -> int:
         return len(self.plain) + len(self.full) + len(self.catching)
 
+    def sockets(self) -> list[Socket]:
+        """Every socket of the room, whatever its stream (a copy: closing one changes the room)."""
+        return [*self.plain, *self.full, *self.catching]
+
 
 class Hub:
     def __init__(self, store: Store, broker: AmqpBroker | MemoryBroker, metrics: Metrics,
@@ -535,7 +539,7 @@ class Hub:
             return
         members = set(doc["members"]) if doc else set()
         banned = set(doc.get("banned", ())) if doc else set()
-        for sock in [*room.plain, *room.full, *room.catching]:
+        for sock in room.sockets():
             user_id = sock.user["id"]
             if user_id not in members:
                 sock.close_with(CLOSE_POLICY, "banned from the chat" if user_id in banned
@@ -546,17 +550,20 @@ class Hub:
     def revoke_token(self, user_id: str, token_id: str, close_sockets: bool = True) -> None:
         """Make every process forget the token (logout, refresh) and, on logout,
         close its sockets."""
-        notice = encode({"type": "logout" if close_sockets else "token_revoked",
-                         "user_id": user_id, "token_id": token_id})
-        self.on_control(notice)  # here at once, even while RabbitMQ is down
-        self.broker.publish_control(notice)
+        self.notify({"type": "logout" if close_sockets else "token_revoked",
+                     "user_id": user_id, "token_id": token_id})
 
     def expel(self, uri: str, user_id: str, reason: str) -> None:
         """A member left, was removed or banned: every process forgets their
         membership and closes their sockets of the room (1008, `reason`)."""
-        notice = encode({"type": "expel", "uri": uri, "user_id": user_id, "reason": reason})
-        self.on_control(notice)
-        self.broker.publish_control(notice)
+        self.notify({"type": "expel", "uri": uri, "user_id": user_id, "reason": reason})
+
+    def notify(self, notice: dict[str, Any]) -> None:
+        """Act on a control notice here at once (even while RabbitMQ is down),
+        and send it to every other process."""
+        body = encode(notice)
+        self.on_control(body)
+        self.broker.publish_control(body)
 
     def on_control(self, body: bytes) -> None:
         try:
@@ -582,7 +589,7 @@ class Hub:
             self.store.forget_member(uri, user_id)
             room = self.rooms.get(uri)
             if room is not None:
-                for sock in [*room.plain, *room.full, *room.catching]:
+                for sock in room.sockets():
                     if sock.user["id"] == user_id:
                         sock.close_with(CLOSE_POLICY, str(notice.get("reason", "removed")))
             self.signals.forget_member(uri, user_id)  # gone at once: no grace, not typing
