@@ -108,3 +108,11 @@ def start_server(mongo_base, amqp_url, tmp_path):
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture
+def two_servers(start_server):
+    """Two server processes on one database and broker (tests may override it)."""
+    first = start_server()
+    second = start_server(mongo_url=first.mongo_url)
+    return first, second

@@ -21,13 +21,6 @@ pytestmark = pytest.mark.slow
 LOG_TYPES = ("message", "edit", "delete", "reaction", "member")
 
 
-@pytest.fixture
-def two_servers(start_server):
-    first = start_server()
-    second = start_server(mongo_url=first.mongo_url)
-    return first, second
-
-
 def log_of(listener: Listener) -> list[dict]:
     return [f for f in listener.frames if f["type"] in LOG_TYPES]
 

@@ -66,13 +66,6 @@ def room_sizes(api: Api, uris: list[str]) -> dict[str, int]:
     return {uri: len(api.all_seqs(uri)) for uri in uris}
 
 
-@pytest.fixture
-def two_servers(start_server):
-    first = start_server()
-    second = start_server(mongo_url=first.mongo_url)
-    return first, second
-
-
 def make_rooms(first, second, count: int) -> tuple[list[Api], list[Api], list[str]]:
     """Members of `count` rooms, each user with an Api on both servers."""
     owner = Api(first.url).signup()
