@@ -18,14 +18,19 @@ from tests.helpers import Api, wait_until
 
 class CountingStore:
     """The store's two counter methods over a dict; `fail` makes them raise like
-    a MongoDB that does not answer."""
+    a MongoDB that does not answer, and while `answer` is cleared they hang."""
 
     def __init__(self):
         self.counts: dict[str, int] = {}
         self.fail = False
         self.commands = 0
+        self.answer = asyncio.Event()
+        self.answer.set()
+        self.asked = 0  # count_hit calls, answered or not
 
     async def count_hit(self, key: str, expires: datetime.datetime, hits: int = 1) -> int:
+        self.asked += 1
+        await self.answer.wait()
         if self.fail:
             raise Unavailable("down")
         self.counts[key] = self.counts.get(key, 0) + hits
@@ -110,6 +115,57 @@ def test_mongodb_down_is_unavailable_not_allowed():
         hits(Limit(store, "t", 3, 60.0), "a", 1)
 
 
+def test_concurrent_hits_that_find_a_reservation_failing_all_fail_and_the_key_recovers():
+    """One reservation in flight when MongoDB gives up: every hit waiting for it
+    gets Unavailable (no hit is allowed, none waits for a retry of its own), and
+    the next hit reserves again."""
+    async def scenario():
+        store = CountingStore()
+        store.answer.clear()
+        limit = Limit(store, "t", 100, 60.0, Clock(6000.0))
+        waiting = [asyncio.ensure_future(limit.hit("a")) for _ in range(50)]
+        await wait_for_calls(store, 1)
+        store.fail = True
+        store.answer.set()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        asked = store.asked
+        store.fail = False
+        return outcomes, asked, await limit.hit("a"), store.counts
+
+    outcomes, asked, after, counts = asyncio.run(scenario())
+    assert [type(o) for o in outcomes] == [Unavailable] * 50
+    assert asked == 1
+    assert after == 0.0 and list(counts.values()) == [5]
+
+
+def test_a_cancelled_reservation_hands_over_to_a_waiting_hit():
+    async def scenario():
+        store = CountingStore()
+        store.answer.clear()
+        limit = Limit(store, "t", 100, 60.0, Clock(6000.0))
+        first = asyncio.ensure_future(limit.hit("a"))
+        await wait_for_calls(store, 1)
+        others = [asyncio.ensure_future(limit.hit("a")) for _ in range(9)]
+        await asyncio.sleep(0)
+        first.cancel()
+        await wait_for_calls(store, 2)  # a waiting hit reserves in its place
+        store.answer.set()
+        return await asyncio.gather(*others), store.asked
+
+    waits, asked = asyncio.run(scenario())
+    assert waits == [0.0] * 9
+    assert asked == 3  # the cancelled one, then two shares of 5 for 9 hits
+
+
+async def wait_for_calls(store: CountingStore, count: int) -> None:
+    """Let the event loop run until the store has been asked count times."""
+    for _ in range(1000):
+        if store.asked >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"the store was asked {store.asked} times, not {count}")
+
+
 # Across real processes -----------------------------------------------------------
 
 def test_sign_up_and_message_limits_hold_across_processes(start_server, fresh_db):
@@ -167,6 +223,62 @@ def test_the_shared_limit_costs_one_mongodb_command_per_share_of_posts(fresh_db)
         return counted
 
     assert asyncio.run(scenario()) == ["findAndModify"] * 2
+
+
+class CountedCommands(monitoring.CommandListener):
+    """The commands a Store sends, by name."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def started(self, event):
+        self.names.append(event.command_name)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+def concurrent_hits(fresh_db: str, limit_size: int, count: int) -> tuple[list[float], list[str], int]:
+    """count hits at once for one key on a fresh limit over real MongoDB: their
+    waits, the commands sent, and the key's count in MongoDB afterwards."""
+    commands = CountedCommands()
+
+    async def scenario():
+        store = Store(fresh_db, fresh_db.rsplit("/", 1)[1], 5000, event_listeners=[commands])
+        await store.ensure_indexes()
+        limit = Limit(store, "messages", limit_size, 60.0)
+        commands.names.clear()
+        waits = await asyncio.gather(*(limit.hit("user") for _ in range(count)))
+        sent = list(commands.names)
+        number = int(limit.clock() // limit.window)
+        counted = await store.hit_count(limit.counter("user", number))
+        await store.close()
+        return list(waits), sent, counted
+
+    return asyncio.run(scenario())
+
+
+def test_concurrent_hits_for_one_key_share_one_reservation(fresh_db):
+    """200 posts at once by one user, far below the limit: all allowed, for one
+    reservation (a findAndModify) and one read of the previous window's count,
+    not one reservation per post that pushes the shared count past the limit."""
+    waits, sent, counted = concurrent_hits(fresh_db, 10_000_000, 200)
+    assert waits == [0.0] * 200
+    assert sent == ["findAndModify", "find"]
+    assert counted == 10_000_000 // 20
+
+
+@pytest.mark.parametrize("limit_size", [10, 100])
+def test_more_concurrent_hits_than_the_limit_allow_exactly_the_limit(fresh_db, limit_size):
+    waits, sent, counted = concurrent_hits(fresh_db, limit_size, 3 * limit_size)
+    assert waits.count(0.0) == limit_size
+    assert all(0 < wait <= 120 for wait in waits if wait)
+    assert counted == limit_size  # refused hits gave back what they reserved
+    # A command per share while it lasts; the refusal is shared by those waiting.
+    assert sent.count("findAndModify") <= 20 + 2
 
 
 # Failed logins slow a username down; they never lock it ------------------------------
