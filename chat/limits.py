@@ -11,11 +11,15 @@ key and window and kept.
 A process does not ask MongoDB for every hit: it reserves a share of the limit
 (1/SHARES of it) in one command and spends it locally. What it reserved and did
 not spend counts as spent, so the limit can be reached a little early (by at
-most a share per process), never passed.
+most a share per process), never passed. One reservation per key is in flight at
+a time: hits that find none left wait for it and spend from it (a burst of posts
+by one user costs a command per share, not one per post), share its refusal, and
+fail with it when MongoDB does not answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import math
 import time
@@ -40,18 +44,51 @@ class Limit:
         self.share = max(1, limit // SHARES)
         self.reserved: dict[str, tuple[int, int]] = {}  # key -> (window number, hits left)
         self.previous: dict[str, tuple[int, int]] = {}  # key -> (window number, its count)
+        # key -> the wait its reservation in flight ends with (0 when granted)
+        self.reserving: dict[str, asyncio.Future[float]] = {}
 
     def counter(self, key: str, number: int) -> str:
         return f"{self.name}:{number}:{key}"
 
     async def hit(self, key: str) -> float:
         """Count a hit: 0 when allowed, else the seconds until one is."""
+        while True:
+            number = int(self.clock() // self.window)
+            left = self.reserved.get(key)
+            if left is not None and left[0] == number and left[1] > 0:
+                self.reserved[key] = (number, left[1] - 1)
+                return 0.0
+            in_flight = self.reserving.get(key)
+            if in_flight is None:
+                return await self.reserve(key)
+            # shield: a waiter that is cancelled must not cancel the reservation.
+            wait = await asyncio.shield(in_flight)
+            if wait:
+                return wait
+
+    async def reserve(self, key: str) -> float:
+        """Reserve a share for key and spend one hit of it; what hits waiting
+        meanwhile get: 0 to spend the rest, the wait if refused, or the error."""
+        outcome: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.reserving[key] = outcome
+        try:
+            wait = await self.take_share(key)
+        except asyncio.CancelledError:
+            outcome.set_result(0.0)  # a waiter reserves in its place
+            raise
+        except Exception as error:
+            outcome.set_exception(error)
+            outcome.exception()  # no waiter is fine: the caller gets the error
+            raise
+        else:
+            outcome.set_result(wait)
+            return wait
+        finally:
+            del self.reserving[key]
+
+    async def take_share(self, key: str) -> float:
         now = self.clock()
         number = int(now // self.window)
-        left = self.reserved.get(key)
-        if left is not None and left[0] == number and left[1] > 0:
-            self.reserved[key] = (number, left[1] - 1)
-            return 0.0
         fraction = now / self.window - number
         counter = self.counter(key, number)
         expires = datetime.datetime.fromtimestamp((number + 2) * self.window, datetime.UTC)
