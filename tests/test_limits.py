@@ -43,6 +43,22 @@ class CountingStore:
         return self.counts.get(key, 0)
 
 
+class CountedCommands(monitoring.CommandListener):
+    """The commands a Store sends, by name."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def started(self, event):
+        self.names.append(event.command_name)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
 class Clock:
     def __init__(self, now: float):
         self.now = now
@@ -196,49 +212,23 @@ def test_the_shared_limit_costs_one_mongodb_command_per_share_of_posts(fresh_db)
     """The per-user message limit (100 a minute) takes a 5-post share of it in
     one findAndModify, and reads the previous window's count once per user and
     minute: 10 posts cost 2 commands."""
-    commands: list[str] = []
-
-    class Listener(monitoring.CommandListener):
-        def started(self, event):
-            commands.append(event.command_name)
-
-        def succeeded(self, event):
-            pass
-
-        def failed(self, event):
-            pass
+    commands = CountedCommands()
 
     async def scenario():
-        store = Store(fresh_db, fresh_db.rsplit("/", 1)[1], 2000, event_listeners=[Listener()])
+        store = Store(fresh_db, fresh_db.rsplit("/", 1)[1], 2000, event_listeners=[commands])
         await store.ensure_indexes()
         limit = Limit(store, "messages", 100, 60.0)
         await limit.hit("user")  # reserves a share and reads the previous window once
         for _ in range(4):  # the rest of that share
             assert await limit.hit("user") == 0.0
-        commands.clear()
+        commands.names.clear()
         for _ in range(10):
             assert await limit.hit("user") == 0.0
-        counted = list(commands)
+        counted = list(commands.names)
         await store.close()
         return counted
 
     assert asyncio.run(scenario()) == ["findAndModify"] * 2
-
-
-class CountedCommands(monitoring.CommandListener):
-    """The commands a Store sends, by name."""
-
-    def __init__(self):
-        self.names: list[str] = []
-
-    def started(self, event):
-        self.names.append(event.command_name)
-
-    def succeeded(self, event):
-        pass
-
-    def failed(self, event):
-        pass
 
 
 def concurrent_hits(fresh_db: str, limit_size: int, count: int) -> tuple[list[float], list[str], int]:
