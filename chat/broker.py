@@ -222,9 +222,8 @@ class AmqpBroker:
         jitter so processes do not all come back at the same instant."""
         if self.closing or self.reconnect_timer is not None:
             return
-        delay = min(self.backoff_max, self.backoff_min * 2 ** self.attempt)
-        delay *= random.uniform(0.5, 1.0)
         self.attempt += 1
+        delay = backoff_delay(self.attempt, self.backoff_min, self.backoff_max)
         log.info("reconnecting to RabbitMQ in %.2f s", delay)
         self.reconnect_timer = asyncio.get_running_loop().call_later(delay, self.connect)
 
@@ -406,6 +405,14 @@ class AmqpBroker:
             self.on_control(body)
         except Exception:
             log.exception("dropped a control notice that could not be handled")
+
+
+def backoff_delay(failures: int, first: float, maximum: float) -> float:
+    """The pause after `failures` failures in a row (1 or more): doubling from
+    `first`, capped at `maximum`, with jitter (half to all of it) so that what
+    failed together does not retry together."""
+    ceiling = min(maximum, first * 2 ** (failures - 1))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def node_parameters(url: str, heartbeat: int) -> pika.URLParameters:

@@ -21,11 +21,10 @@ import asyncio
 import datetime
 import json
 import logging
-import random
 import struct
 from typing import Any, Protocol
 
-from chat.broker import AmqpBroker, MemoryBroker
+from chat.broker import AmqpBroker, MemoryBroker, backoff_delay
 from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
@@ -359,8 +358,7 @@ class Hub:
         await self.repair(room)
 
     def retry_delay(self, failures: int) -> float:
-        ceiling = min(self.retry_max, self.retry_first * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_delay(failures, self.retry_first, self.retry_max)
 
     # Delivery ----------------------------------------------------------
 
