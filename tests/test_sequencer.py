@@ -4,7 +4,6 @@ inserts, and races between processes decided by the unique (room, seq) index."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -128,9 +127,6 @@ class GatedStore:
 
     def deadline(self) -> float:
         return asyncio.get_running_loop().time() + 5
-
-    def budget(self, deadline: float):
-        return contextlib.nullcontext()
 
     async def last_seq(self, uri: str) -> int:
         return max((d["seq"] for d in self.docs if d["room"] == uri), default=0)
