@@ -296,6 +296,24 @@ def test_a_guesser_cannot_lock_the_owner_out(start_server):
     assert owner_login.json()["token"]
 
 
+def test_concurrent_guesses_from_one_address_get_no_more_tries_than_one_by_one(start_server):
+    """Guesses sent at once all used to read the failures before any was
+    recorded, so each had its password checked: login_max_failures did not
+    hold for a guesser who does not wait for the answers."""
+    server = start_server(behind_proxy=True, login_max_failures=3, login_delay_max_seconds=30)
+    owner = Api(server.url).signup()
+
+    async def guesses():
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            return await asyncio.gather(*(
+                http.post("/auth/jwt/create/", headers={"X-Real-IP": "198.51.100.66"},
+                          json={"username": owner.username, "password": f"guess{n}"})
+                for n in range(20)))
+
+    statuses = [answer.status_code for answer in asyncio.run(guesses())]
+    assert statuses.count(400) <= 3 and statuses.count(400) + statuses.count(429) == 20
+
+
 def test_guesses_from_many_addresses_are_slowed_per_username(start_server):
     server = start_server(behind_proxy=True, login_max_failures=3, login_delay_max_seconds=30)
     owner = Api(server.url).signup()
