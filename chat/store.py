@@ -509,20 +509,38 @@ class Store:
         await self.tokens.delete_one({"_id": token_id})
 
     @guarded
-    async def record_login_failure(self, username: str, address: str) -> None:
-        await self.login_failures.insert_one({"username": username_key(username),
-                                              "address": address, "at": now()})
+    async def record_login_attempt(self, username: str, address: str) -> Any:
+        """A login attempt before its password is checked: it counts as a failure
+        from its address (`pending`) until settled or forgotten, so attempts made
+        at once see each other. Its id."""
+        result = await self.login_failures.insert_one(
+            {"username": username_key(username), "address": address, "at": now(),
+             "pending": True})
+        return result.inserted_id
+
+    @guarded
+    async def settle_login_failure(self, attempt_id: Any) -> None:
+        await self.login_failures.update_one({"_id": attempt_id}, {"$unset": {"pending": ""}})
+
+    @guarded
+    async def forget_login_attempt(self, attempt_id: Any) -> None:
+        await self.login_failures.delete_one({"_id": attempt_id})
 
     @guarded
     async def login_failures_since(self, username: str, since: datetime.datetime) -> list[dict]:
-        """The failed logins ({at, address}) for username after since, oldest first."""
+        """The failed and pending logins ({_id, at, address, pending}) for
+        username after since, oldest first."""
         return await self.login_failures.find(
             {"username": username_key(username), "at": {"$gt": since}},
-            {"_id": 0, "at": 1, "address": 1}).sort("at", ASCENDING).to_list(None)
+            {"at": 1, "address": 1, "pending": 1}).sort("at", ASCENDING).to_list(None)
 
     @guarded
-    async def clear_login_failures(self, username: str) -> None:
-        await self.login_failures.delete_many({"username": username_key(username)})
+    async def clear_login_failures(self, username: str, attempt_id: Any) -> None:
+        """After attempt_id logged in: its failures and itself, not the attempts
+        still in flight (those that fail still count)."""
+        await self.login_failures.delete_many(
+            {"username": username_key(username),
+             "$or": [{"pending": {"$exists": False}}, {"_id": attempt_id}]})
 
     # Rate limits ---------------------------------------------------------
 

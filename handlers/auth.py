@@ -49,15 +49,24 @@ class LoginHandler(ApiHandler):
             raise detail(429, "Too many login attempts from this address; try again later.",
                          retry_after(wait))
         store = self.services.store
-        failures = await store.login_failures_since(
-            username, now() - datetime.timedelta(seconds=self.services.config.login_window_seconds))
-        self.check_failures(failures, address)
-        doc = await store.user_by_name(username)
-        if not await self.services.passwords.check(password, doc["password"] if doc else None):
-            await store.record_login_failure(username, address)
+        # Recorded before the failures are read, so guesses sent at once (in any
+        # process) count each other rather than all read none.
+        attempt = await store.record_login_attempt(username, address)
+        try:
+            failures = await store.login_failures_since(
+                username,
+                now() - datetime.timedelta(seconds=self.services.config.login_window_seconds))
+            self.check_failures([f for f in failures if f["_id"] != attempt], address)
+            doc = await store.user_by_name(username)
+            right = await self.services.passwords.check(password,
+                                                        doc["password"] if doc else None)
+        except Exception:
+            await store.forget_login_attempt(attempt)
+            raise
+        if not right:
+            await store.settle_login_failure(attempt)
             raise ApiError(400, LOGIN_FAILED)
-        if failures:
-            await store.clear_login_failures(username)
+        await store.clear_login_failures(username, attempt)
         token = await self.services.tokens.issue(public_user(doc))
         self.set_token_cookie(token)
         self.reply({"token": token})
@@ -68,18 +77,21 @@ class LoginHandler(ApiHandler):
         username) until the window passes. From everywhere together, each failure
         past login_max_failures doubles the wait before the next attempt, up to
         login_delay_max_seconds: a guesser gets a few tries a minute, while the
-        owner, who never waits longer than that, can always log in."""
+        owner, who never waits longer than that, can always log in. Attempts in
+        flight count as failures from their address only: others' cannot delay
+        the owner."""
         config = self.services.config
         mine = [f["at"] for f in failures if f.get("address") == address]
+        settled = [f for f in failures if not f.get("pending")]
         if len(mine) >= config.login_max_failures:
             ends = mine[-config.login_max_failures] + datetime.timedelta(
                 seconds=config.login_window_seconds)
             raise detail(429, "Too many failed logins from this address; try again later.",
                          retry_after((ends - now()).total_seconds()))
-        excess = len(failures) - config.login_max_failures
+        excess = len(settled) - config.login_max_failures
         if excess >= 0:
             delay = min(config.login_delay_max_seconds, 2.0 ** excess)
-            wait = (failures[-1]["at"] - now()).total_seconds() + delay
+            wait = (settled[-1]["at"] - now()).total_seconds() + delay
             if wait > 0:
                 raise detail(429, "Too many failed logins for this username; try again "
                                   "shortly.", retry_after(wait))
