@@ -49,7 +49,7 @@ class ChannelLost(Exception):
     """The AMQP channel closed while an operation waited for its reply."""
 
 
-def ignore(*_args) -> None:
+def ignore(*_args, **_kwargs) -> None:
     pass
 
 

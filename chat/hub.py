@@ -21,10 +21,10 @@ import asyncio
 import datetime
 import json
 import logging
-import struct
 from typing import Any, Protocol
 
 from chat.broker import AmqpBroker, MemoryBroker, backoff_delay
+from chat.frames import encode, text_frame
 from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
@@ -80,22 +80,6 @@ class Socket(Protocol):
         """Wait until what was written has reached the kernel; False when closed."""
 
     def close_with(self, code: int, reason: str) -> None: ...
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented RFC 6455 text frame (server to client)."""
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x81, size)
-    elif size <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
-
-
-def encode(frame: dict[str, Any]) -> bytes:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def stored_event(doc: dict[str, Any]) -> tuple[str, bytes]:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
+from chat.broker import ignore
+from chat.frames import encode
 from chat.store import Store, Unavailable
 
 log = logging.getLogger("chat.signals")
@@ -43,14 +44,6 @@ TYPING_THROTTLE = 1.0
 # otherwise be a frame to every socket).
 TYPING_EVERY = 0.5
 NOTICE_PREFIX = "signal."
-
-
-def encode(frame: dict[str, Any]) -> bytes:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def ignore(*_args, **_kwargs) -> None:
-    pass
 
 
 def background(coroutine) -> asyncio.Task:

@@ -10,7 +10,8 @@ import pydantic
 import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
-from chat.hub import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited, encode, text_frame
+from chat.frames import encode, text_frame
+from chat.hub import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited
 from chat.store import Banned, NotFound, NotMember, Unavailable
 from handlers import models
 from handlers.base import (
