@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 
 from chat.metrics import Metrics
 from chat.store import (
@@ -25,6 +24,7 @@ from chat.store import (
     SeqTaken,
     Store,
     Unavailable,
+    background,
     budget,
     now,
     remember,
@@ -89,9 +89,8 @@ class Sequencer:
         pending = Pending(event, self.store.deadline() if deadline is None else deadline)
         room.queue.append(pending)
         if room.worker is None:
-            # A context of its own: the worker outlives this caller and must not
-            # inherit its MongoDB time budget.
-            room.worker = asyncio.create_task(self.run(uri, room), context=contextvars.Context())
+            # The worker outlives this caller and serves the posts queued after it.
+            room.worker = background(self.run(uri, room))
         return await pending.future
 
     async def run(self, uri: str, room: RoomQueue) -> None:

@@ -24,7 +24,6 @@ Nothing here costs a MongoDB write per typing frame or presence change.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import secrets
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 from chat.broker import ignore
 from chat.frames import encode
-from chat.store import Store, Unavailable
+from chat.store import Store, Unavailable, background
 
 log = logging.getLogger("chat.signals")
 
@@ -44,12 +43,6 @@ TYPING_THROTTLE = 1.0
 # otherwise be a frame to every socket).
 TYPING_EVERY = 0.5
 NOTICE_PREFIX = "signal."
-
-
-def background(coroutine) -> asyncio.Task:
-    """A task of this process's own, outside the context of whatever began it: the
-    writes a PUT starts outlive that request and its MongoDB time budget."""
-    return asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
 
 
 class LocalMember:

@@ -98,6 +98,13 @@ REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "request_deadline", default=None)
 
 
+def background(coroutine) -> asyncio.Task:
+    """A task in a context of its own: work that outlives the request (or the
+    caller) that began it must not inherit its REQUEST_DEADLINE or
+    pymongo.timeout, and may serve later callers too."""
+    return asyncio.get_running_loop().create_task(coroutine, context=contextvars.Context())
+
+
 def username_key(username: str) -> str:
     """What makes two usernames the same account: case is ignored."""
     return username.casefold()
@@ -266,9 +273,8 @@ class GroupCommit:
             deadline = REQUEST_DEADLINE.get() or loop.time() + self.timeout
         self.queue.append((item, deadline, future))
         if self.flushing is None:
-            # A context of its own: the flush serves later submitters too and
-            # must not inherit this one's pymongo.timeout.
-            self.flushing = asyncio.create_task(self.flush(), context=contextvars.Context())
+            # The flush serves later submitters too.
+            self.flushing = background(self.flush())
         return await future
 
     async def flush(self) -> None:

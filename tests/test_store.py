@@ -12,7 +12,7 @@ from pymongo.errors import BulkWriteError
 
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
-from chat.store import GroupCommit, NotMember, Store, Unavailable, now, public_user
+from chat.store import REQUEST_DEADLINE, GroupCommit, NotMember, Store, Unavailable, now, public_user
 
 
 class FakeCommand:
@@ -231,6 +231,26 @@ def test_a_write_whose_deadline_passed_in_the_queue_is_failed_unsent():
     batches, (first, late) = asyncio.run(scenario())
     assert batches == [[1]] and first == 10
     assert isinstance(late, Unavailable)
+
+
+def test_a_flush_does_not_inherit_the_request_deadline_of_who_began_it():
+    """The flush (like every store.background task) runs in a context of its
+    own: it serves later submitters too, so the first one's request deadline
+    must not bound it."""
+
+    async def scenario():
+        seen = []
+
+        async def command(items: list) -> list:
+            seen.append(REQUEST_DEADLINE.get())
+            return items
+
+        commit = GroupCommit(command, 5.0)
+        REQUEST_DEADLINE.set(asyncio.get_running_loop().time() + 1.0)
+        await commit.submit(1)
+        return seen
+
+    assert asyncio.run(scenario()) == [None]
 
 
 class UnacknowledgedInserts:
