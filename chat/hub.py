@@ -177,12 +177,12 @@ class Hub:
         event = {"user_id": user["id"], "user": user, "message": text}
         if client_id:
             event["client_id"] = client_id
-        doc, created = await self.append_event(uri, event, recorded, deadline)
+        public, created = await self.append_event(uri, event, recorded, deadline)
         if created:
             self.metrics.posted.inc()
         self.signals.stop_typing(uri, user)
-        self.signals.posted(uri, user, doc["seq"])
-        return public_event(doc)
+        self.signals.posted(uri, user, public["seq"])
+        return public
 
     async def append_event(self, uri: str, event: dict[str, Any], seen: int | None = None,
                            deadline: float | None = None) -> tuple[dict[str, Any], bool]:
@@ -192,8 +192,9 @@ class Hub:
 
         `event` holds the fields of its type (a `type` other than "message",
         `user_id`, `client_id` when the client gave one, ...); room, seq and
-        created are added here. Returns (stored document, True when new); a
-        repeated client_id returns the document stored under it and False.
+        created are added here. Returns (the event as clients see it, rendered
+        once by store.public_event; True when new); a repeated client_id returns
+        the event stored under it and False.
         `seen` is a seq the caller knows is stored (saves a read when current).
         Raises Unavailable when MongoDB does not store it by `deadline` (loop
         time; the store's timeout from now by default).
@@ -218,7 +219,7 @@ class Hub:
             self.deliver(room, doc["seq"], payload, public["created"], public["type"])
         if created:
             await self.record_on_room(doc, deadline)
-        return doc, created
+        return public, created
 
     async def record_on_room(self, doc: dict[str, Any], deadline: float | None) -> None:
         """Note the room's seq and activity: best effort, since the event is

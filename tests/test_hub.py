@@ -12,7 +12,7 @@ import pytest
 from chat.broker import MemoryBroker
 from chat.hub import Hub, stored_event
 from chat.metrics import Metrics
-from chat.store import NotAttempted, NotMember, SeqTaken, Unavailable
+from chat.store import NotAttempted, NotMember, SeqTaken, Unavailable, public_event
 
 
 class FakeStore:
@@ -730,6 +730,23 @@ def test_a_post_is_answered_and_published_only_once_stored():
     assert (done, published, stored) == (False, [], [])
     assert message["seq"] == 1 and message["type"] == "message"
     assert [doc["message"] for doc in store.messages] == ["hello"]
+
+
+def test_a_post_is_rendered_for_clients_once(monkeypatch):
+    """Per-message work happens once: the answer to the poster is the event
+    that was published, not a second rendering of the stored document."""
+    store, broker = FakeStore(), HeldBroker()
+    hub = Hub(store, broker, Metrics())
+    rendered = []
+
+    def counting_public_event(doc):
+        rendered.append(doc["seq"])
+        return public_event(doc)
+
+    monkeypatch.setattr("chat.hub.public_event", counting_public_event)
+    message = asyncio.run(hub.post({"id": "u1", "username": "alice"}, "room", "hello"))
+    assert rendered == [1]
+    assert json.loads(broker.held[0][1]) == message
 
 
 def test_a_post_that_is_not_stored_fails_and_publishes_nothing():
