@@ -495,9 +495,7 @@ SERVER_FRAMES: list[type[Wire]] = [MessageFrame, EditEvent, DeleteEvent, Reactio
 
 
 def one_of(kinds: list[type[Wire]]) -> Any:
-    """The frame models as one type, told apart by their `type`."""
-    if len(kinds) == 1:
-        return kinds[0]
+    """The frame models (two or more) as one type, told apart by their `type`."""
     union = kinds[0]
     for kind in kinds[1:]:
         union = union | kind

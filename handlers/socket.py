@@ -182,9 +182,9 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return models.client_frame.validate_python(
                 data, strict=True, context={"config": self.services.config, "strict": True})
         except (pydantic.ValidationError, models.Invalid) as error:
-            skip = 0 if len(models.CLIENT_FRAMES) == 1 else 1  # a union's errors start with the tag
+            # skip=1: the frame union's errors start with its tag.
             problems = error.problems if isinstance(error, models.Invalid) else \
-                models.field_errors(models.ClientFrame, error, skip)
+                models.field_errors(models.ClientFrame, error, skip=1)
             client_id = data.get("client_id") if "client_id" not in problems else None
             self.send_error_frame("invalid", "; ".join(
                 f"{field}: {' '.join(messages)}" for field, messages in problems.items()),
