@@ -15,6 +15,7 @@ from tests.helpers import wait_for
 
 ALICE = {"id": "a1", "username": "alice"}
 BOB = {"id": "b2", "username": "bob"}
+CAROL = {"id": "c3", "username": "carol"}
 
 
 class Bus:
@@ -135,30 +136,46 @@ def test_a_reconnect_within_the_grace_announces_nothing(world):
 
     async def scenario():
         a, b = alice_and_bob(process, presence_grace=0.5)
-        await wait_for(lambda: online(b) == ["alice", "bob"], 5, "both online")
+        a.signals.joined("room", CAROL)
+        await wait_for(lambda: online(b) == ["alice", "bob", "carol"], 5, "all online")
         frames, notices = len(b.frames), len(bus.published)
-        a.signals.left("room", ALICE, room_empty=True)
-        await asyncio.sleep(0.2)
-        a.signals.joined("room", ALICE)
-        await asyncio.sleep(0.6)  # past the grace, which the reconnect cancelled
-        assert b.frames[frames:] == [] and online(b) == ["alice", "bob"]
-        assert [n for n in bus.published[notices:] if n["type"] == "signal.presence"] == []
+        a.signals.left("room", ALICE, room_empty=False)
+        a.signals.left("room", CAROL, room_empty=True)  # her grace ends after alice's would
+        a.signals.joined("room", ALICE)  # back within the grace
+        # Once carol is announced gone, alice's leave would have been too, had her
+        # reconnect not cancelled it: proven by the order of events, not by sleeps.
+        await wait_for(lambda: online(b) == ["alice", "bob"], 5, "carol gone after the grace")
+        assert b.frames[frames:] == [{"type": "presence", "joined": [], "left": [CAROL]}]
+        told = [n for n in bus.published[notices:] if n["type"] == "signal.presence"]
+        assert told and all(["a1", "alice"] in n["users"] for n in told)
 
     run(bus, scenario)
 
 
 def test_a_process_that_goes_silent_has_its_members_expire(world):
     bus, _store, process = world
+    now = [0.0]  # b's clock, moved by hand: the expiry does not depend on the machine's speed
+
+    def snapshots_of(process: Process) -> int:
+        return len([n for n in bus.published if n["type"] == "signal.snapshot"
+                    and n["process"] == process.signals.process])
 
     async def scenario():
-        a, b = alice_and_bob(process)
+        a, b = process().start(), process(clock=lambda: now[0]).start()
+        a.signals.joined("room", ALICE)
+        b.signals.joined("room", BOB)
         await wait_for(lambda: online(b) == ["alice", "bob"], 5, "both online")
         a.signals.ticker.cancel()  # killed: no more snapshots, no goodbye
         bus.cut.add(a.signals)
-        started = asyncio.get_running_loop().time()
+        await asyncio.sleep(0)  # what a published before the cut is delivered now
+        # Her process last spoke at b's time 0: she holds until ttl (0.6 s) after it,
+        now[0] = 0.59
+        ticks = snapshots_of(b)
+        await wait_for(lambda: snapshots_of(b) >= ticks + 2, 5, "two of b's ticks")
+        assert online(b) == ["alice", "bob"]
+        # and is gone at b's next tick (every ttl / 3) once that has passed.
+        now[0] = 0.6
         await wait_for(lambda: online(b) == ["bob"], 5, "alice expired")
-        # ttl 0.6 s after her process's last word, checked every ttl / 3
-        assert asyncio.get_running_loop().time() - started <= 0.6 + 0.2 + 0.5
         assert b.of("presence")[-1]["left"] == [{"id": "a1", "username": "alice"}]
 
     run(bus, scenario)
