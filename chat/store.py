@@ -145,6 +145,14 @@ def guarded(method):
     return call
 
 
+def live_token_user(doc: dict[str, Any] | None) -> dict | None:
+    """A token document's user while it is live; None when there is none
+    (revoked) or it expired (MongoDB's TTL removes it only some time after)."""
+    if doc is None or doc["expires"] <= now():
+        return None
+    return doc["user"]
+
+
 def public_user(doc: dict[str, Any]) -> dict[str, Any]:
     """The tutorial's user object."""
     return {
@@ -497,18 +505,12 @@ class Store:
     @guarded
     async def token_user(self, token_id: str) -> dict | None:
         """The user a live token belongs to, or None when revoked or expired."""
-        doc = await self.tokens.find_one({"_id": token_id})
-        if doc is None or doc["expires"] <= now():
-            return None
-        return doc["user"]
+        return live_token_user(await self.tokens.find_one({"_id": token_id}))
 
     @guarded
     async def take_token(self, token_id: str) -> dict | None:
         """Revoke a token and return its user, if it was live: one caller wins."""
-        doc = await self.tokens.find_one_and_delete({"_id": token_id})
-        if doc is None or doc["expires"] <= now():
-            return None
-        return doc["user"]
+        return live_token_user(await self.tokens.find_one_and_delete({"_id": token_id}))
 
     @guarded
     async def revoke_token(self, token_id: str) -> None:

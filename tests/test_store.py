@@ -12,7 +12,16 @@ from pymongo.errors import BulkWriteError
 
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
-from chat.store import REQUEST_DEADLINE, GroupCommit, NotMember, Store, Unavailable, now, public_user
+from chat.store import (
+    REQUEST_DEADLINE,
+    GroupCommit,
+    NotMember,
+    Store,
+    Unavailable,
+    live_token_user,
+    now,
+    public_user,
+)
 
 
 class FakeCommand:
@@ -318,6 +327,16 @@ def test_writes_that_matter_are_sent_with_the_configured_write_concern(fresh_db,
     assert {c["insert"] for c in inserts} >= {"rooms", "messages", "users", "tokens"}
     assert all(c["writeConcern"] == expected for c in inserts)
     assert all(c["readConcern"] == {"level": "majority"} for c in commands.sent["find"])
+
+
+def test_an_expired_token_is_refused_before_mongodb_removes_it():
+    """MongoDB's TTL monitor removes an expired token up to a minute later (the
+    test server hides it at once, so this checks the documents themselves):
+    until then neither token_user nor take_token takes it for live."""
+    day = datetime.timedelta(days=1)
+    assert live_token_user({"user": USER, "expires": now() - day}) is None
+    assert live_token_user(None) is None
+    assert live_token_user({"user": USER, "expires": now() + day}) == USER
 
 
 def test_a_cached_membership_is_read_again_after_its_recheck_or_a_forget(fresh_db):
