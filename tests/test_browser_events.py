@@ -4,6 +4,7 @@ two users in two browser contexts against a real server."""
 from __future__ import annotations
 
 import os
+import time
 import urllib.parse
 
 import pytest
@@ -158,6 +159,37 @@ def test_an_older_history_page_never_undoes_a_newer_change(server, tabs):
     expect(message_item(bob, "after the edit")).to_have_count(1, timeout=5 * SECOND)
     expect(message_item(bob, "after the edit").locator(".edited-mark")).to_be_visible()
     expect(bob.page.get_by_text("before the edit")).to_have_count(0)
+
+
+def test_an_older_member_list_answered_late_never_undoes_a_newer_one(server, tabs):
+    """Two role changes in a row: the member list read after the first is
+    answered after the one read after the second, and the page keeps the newer."""
+    alice_api, bob_api, uri = two_members(server.url)
+    alice = tabs(server.url).sign_in(alice_api).open_chat(uri)
+    held = []
+
+    def hold_the_first(route):
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))  # read now, answered later
+
+    role = f"/api/chats/{uri}/members/{bob_api.username}/"
+    moderator_tag = alice.page.locator(f'.member[data-username="{bob_api.username}"] .tag.role-moderator')
+    alice.page.route(f"**/api/chats/{uri}/", hold_the_first)
+    assert alice_api.request("PUT", role, json={"role": "moderator"}).status_code == 204
+    deadline = time.monotonic() + 10
+    while not held:
+        assert time.monotonic() < deadline, "the page did not read the member list"
+        alice.page.wait_for_timeout(50)
+    with alice.page.expect_response(lambda r: r.url.endswith(f"/api/chats/{uri}/")
+                                    and r.request.method == "GET"):
+        assert alice_api.request("PUT", role, json={"role": "member"}).status_code == 204
+    route, stale = held[0]
+    route.fulfill(response=stale)  # bob a moderator: older than what the page shows
+    bob_api.post(uri, "after the late answer")  # the page has handled the late answer by then
+    expect(alice.confirmed("after the late answer")).to_have_count(1)
+    expect(moderator_tag).to_have_count(0)
 
 
 def test_the_owner_moderates_from_the_member_list(server, tabs):

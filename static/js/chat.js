@@ -78,6 +78,8 @@ export class ChatView {
     this.loadingOlder = false;
     this.historyLoaded = false;
     this.unseen = 0;
+    this.membersAsked = 0; // member list reads started, and the latest one shown
+    this.membersShown = 0;
     this.stopped = false;
     this.countdown = null;
     this.el = h("section", { class: "chat-view", dataset: { connection: "connecting" } });
@@ -649,10 +651,17 @@ export class ChatView {
     }
   }
 
+  // Reads overlap (each member event starts one) and may be answered out of
+  // order: an answer to an older read than the one shown is dropped.
   async refreshMembers() {
+    this.membersAsked += 1;
+    const asked = this.membersAsked;
     try {
-      this.room = await api.chat(this.uri);
-      if (!this.stopped) this.renderMembers();
+      const room = await api.chat(this.uri);
+      if (this.stopped || asked < this.membersShown) return;
+      this.membersShown = asked;
+      this.room = room;
+      this.renderMembers();
     } catch {
       // The next unknown sender tries again.
     }
