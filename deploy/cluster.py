@@ -31,22 +31,12 @@ import time
 from pathlib import Path
 
 from chat.embedded import stored_secret, wire_server_command
-from deploy.rabbit import RabbitCluster, port_open
+from deploy.rabbit import RabbitCluster, port_open, wait_for_port
 
-__all__ = ["port_open"]  # the tests and the bench import it from here
+__all__ = ["port_open", "wait_for_port"]  # the tests and the bench import them from here
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / "nginx.conf"
-START_SECONDS = 30
-
-
-def wait_for_port(port: int, process: subprocess.Popen, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while not port_open(port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            detail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} did not start on port {port}\n{detail}")
-        time.sleep(0.1)
 
 
 def site_config(listen_port: int, upstream_ports: list[int], access_log: Path,

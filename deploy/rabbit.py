@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 # Not /usr/sbin's wrappers: run as root, they switch to the rabbitmq user,
@@ -31,6 +32,7 @@ from pathlib import Path
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 BOOT_SECONDS = 60
+START_SECONDS = 30  # what other processes (servers, nginx, nx-27017) get
 
 
 def available() -> bool:
@@ -54,6 +56,23 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str,
+                  log: Path | Callable[[], str] | None = None,
+                  seconds: float = START_SECONDS) -> None:
+    """Until the process accepts connections on port; RuntimeError with the
+    tail of `log` (a file, or a function giving the text) when it exits first
+    or takes longer than `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not port_open(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            if callable(log):
+                detail = log()
+            else:
+                detail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} did not start on port {port}\n{detail}")
+        time.sleep(0.1)
 
 
 class RabbitNode:
@@ -120,12 +139,7 @@ class RabbitNode:
 
     def wait_started(self, seconds: float = BOOT_SECONDS) -> None:
         """Until the node accepts AMQP connections (its last boot step)."""
-        deadline = time.monotonic() + seconds
-        while not port_open(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"RabbitMQ node {self.name} did not start on port "
-                                   f"{self.port}\n{self.log()}")
-            time.sleep(0.1)
+        wait_for_port(self.port, self.process, f"RabbitMQ node {self.name}", self.log, seconds)
 
     def start(self) -> RabbitNode:
         self.launch().wait_started()
