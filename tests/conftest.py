@@ -11,7 +11,7 @@ import pytest
 
 from chat.embedded import wire_server_command
 from deploy.cluster import port_open, wait_for_port
-from tests.helpers import ServerProcess, free_port, scratch_vhost, stop_process
+from tests.helpers import ServerProcess, free_port, scratch_vhost, stop_process, two_members
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -91,6 +91,12 @@ def server(mongo_base, amqp_url, tmp_path_factory):
                             log_dir=tmp_path_factory.mktemp("logs")).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def room(server):
+    """(alice, bob, uri): two members of a new chat on the module's server."""
+    return two_members(server.url)
 
 
 @pytest.fixture

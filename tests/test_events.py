@@ -19,14 +19,7 @@ from tests.helpers import (
     probe_joined,
     refused_status,
     server_in_thread,
-    two_members,
 )
-
-
-@pytest.fixture
-def room(server):
-    alice, bob, uri = two_members(server.url)
-    return alice, bob, uri
 
 
 @pytest.fixture(scope="module")

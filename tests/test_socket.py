@@ -27,17 +27,6 @@ from tests.helpers import (
 )
 
 
-@pytest.fixture
-def room(server):
-    """(alice, bob, uri): two members of a new chat."""
-    alice, bob, uri = two_members(server.url)
-    return alice, bob, uri
-
-
-
-
-
-
 def test_two_members_see_each_others_messages_in_order_exactly_once(room):
     alice, bob, uri = room
 
