@@ -399,10 +399,9 @@ class Hub:
             except (ValueError, TypeError):  # not a time, or one without a zone
                 log.warning("room %s: seq %d has a malformed created time", room.uri, seq)
 
-    def signal(self, uri: str, payload: bytes, *, exclude_user: str | None = None,
-               only_user: str | None = None, spare_slow: bool = True) -> int:
+    def signal(self, uri: str, payload: bytes, *, spare_slow: bool = True) -> int:
         """Send an ephemeral signal (no seq, never stored or replayed) to the room's
-        full-stream sockets, optionally all but one user's or only one user's.
+        full-stream sockets.
 
         A socket with frames still waiting to be written is spared (unless
         `spare_slow` is false): signals are the first thing a slow socket goes
@@ -416,9 +415,6 @@ class Hub:
         targets = list(room.full)
         targets += [sock for sock, catch_up in room.catching.items() if catch_up.buffer is None]
         for sock in targets:
-            user_id = sock.user["id"]
-            if user_id == exclude_user or (only_user is not None and user_id != only_user):
-                continue
             if not (spare_slow and sock.backlogged()) and sock.send_frame(frame):
                 sent += 1
         return sent
