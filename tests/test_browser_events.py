@@ -251,6 +251,31 @@ def test_the_owner_moderates_from_the_member_list(server, tabs):
     expect(alice.page.get_by_role("menuitem", name="Leave chat")).to_have_count(0)
 
 
+def test_the_member_menu_works_from_the_keyboard_and_keeps_its_focus(server, tabs):
+    """The member list is drawn anew whenever someone comes online or a role
+    changes: the focused "Manage" button is focused again, not lost to the page."""
+    alice_api, bob_api, uri = two_members(server.url)
+    alice = tabs(server.url).sign_in(alice_api).open_chat(uri)
+    members = alice.page.locator(".member-list")
+    manage = members.get_by_role("button", name=f"Manage {bob_api.username}")
+    manage.focus()
+    tabs(server.url).sign_in(bob_api).open_chat(uri)  # bob comes online: the list is redrawn
+    expect(members.locator(f".member.online[data-user='{bob_api.user['id']}']")).to_have_count(1)
+    expect(manage).to_be_focused()
+    alice.page.keyboard.press("Enter")
+    expect(alice.page.get_by_role("menuitem", name="Make moderator")).to_be_focused()
+    alice.page.keyboard.press("ArrowUp")  # round to the last item, and back
+    alice.page.keyboard.press("ArrowDown")
+    alice.page.keyboard.press("Enter")
+    expect(members.locator(f'.member[data-username="{bob_api.username}"] .tag.role-moderator')
+           ).to_have_text("moderator")
+    expect(manage).to_be_focused()
+    alice.page.keyboard.press("Enter")
+    alice.page.keyboard.press("Escape")  # closes the menu, focus back on its button
+    expect(alice.page.get_by_role("menu")).to_have_count(0)
+    expect(manage).to_be_focused()
+
+
 def test_on_a_phone_a_tap_on_a_message_shows_its_tools(server, tabs):
     alice_api, bob_api, uri = two_members(server.url)
     alice_api.post(uri, "tap me")

@@ -46,6 +46,13 @@ export function chatTitle(members, me, count = members.length) {
   return `${others.slice(0, 2).join(", ")} and ${total - Math.min(2, others.length)} others`;
 }
 
+// A selector that finds a control again once it is drawn anew: its id or its label.
+function focusKey(el) {
+  if (el.id) return `#${CSS.escape(el.id)}`;
+  const label = el.getAttribute("aria-label");
+  return label ? `[aria-label="${CSS.escape(label)}"]` : null;
+}
+
 async function copyText(text, input) {
   try {
     await navigator.clipboard.writeText(text);
@@ -288,7 +295,10 @@ export class ChatView {
     return Boolean(this.room) && ["owner", "moderator"].includes(this.myRole());
   }
 
+  // Drawn anew on every presence, role or ban change: the control that had the
+  // keyboard focus gets it back, so a keyboard user keeps their place.
   renderMembers() {
+    const focused = this.side.contains(document.activeElement) ? focusKey(document.activeElement) : null;
     const myRole = this.myRole();
     clear(this.memberList).append(...this.room.members.map((member) => {
       const actions = this.memberActions(member, myRole);
@@ -304,6 +314,7 @@ export class ChatView {
         actions.length ? this.memberMenuButton(member, actions) : null);
     }));
     this.renderModeration();
+    if (focused) this.side.querySelector(focused)?.focus();
     this.timeline.refreshTools();
     const title = chatTitle(this.room.members, this.me);
     this.titleEl.textContent = title;
