@@ -333,9 +333,12 @@ class Signals:
         self.set_typing(uri, user["id"], user["username"], self.typing_ttl).accepted = now
 
     def stop_typing(self, uri: str, user: dict) -> None:
-        """user stopped typing (said so, sent a message, left, closed the last socket)."""
+        """user stopped typing (said so, sent a message, left, closed the last socket).
+        A process with sockets in uri keeps the room's typing set and tells the
+        others only when user is in it; one without (a post over HTTP) cannot
+        know, so it tells them anyway."""
         typists = self.typing.get(uri)
-        if typists is None or user["id"] not in typists:
+        if uri in self.shown and (typists is None or user["id"] not in typists):
             return
         self.notify({"type": "signal.typing", "uri": uri, "user": [user["id"], user["username"]],
                      "stop": True})

@@ -268,6 +268,21 @@ def test_closing_the_last_socket_or_leaving_the_room_ends_typing_and_presence(wo
     run(bus, scenario)
 
 
+def test_a_post_through_a_process_without_the_room_ends_typing_everywhere(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a = process(typing_ttl=60).start()  # far past the test: only a stop ends it
+        b = process(typing_ttl=60).start()  # no socket in the room
+        a.signals.joined("room", ALICE)
+        a.signals.typing_frame("room", ALICE, stop=False)
+        await wait_for(lambda: a.of("typing"), 2, "alice typing")
+        b.signals.stop_typing("room", ALICE)  # her post over HTTP, through b (hub.post)
+        await wait_for(lambda: a.of("typing")[-1]["users"] == [], 5, "typing ended on a")
+
+    run(bus, scenario)
+
+
 def test_read_positions_are_coalesced_only_rise_and_reach_every_process(world):
     bus, store, process = world
 
