@@ -463,10 +463,14 @@ class Signals:
         user_id, username = notice["user"]
         self.raise_read(notice["uri"], user_id, username, int(notice["seq"]))
 
-    def read_positions(self, uri: str) -> dict[str, int]:
-        """{user id: seq} this process knows and may not have written yet: laid over
-        what MongoDB says, so a reader sees their own read at once."""
-        return {**self.reads.get(uri, {}), **self.unsaved.get(uri, {})}
+    def read_positions(self, uri: str, stored: dict[str, int] | None = None) -> dict[str, int]:
+        """{user id: seq}: `stored` (what MongoDB has) raised by what this process
+        knows and may not have written yet, so a reader sees their own read at once."""
+        positions = dict(stored or {})
+        for known in (self.reads.get(uri, {}), self.unsaved.get(uri, {})):
+            for user_id, seq in known.items():
+                positions[user_id] = max(seq, positions.get(user_id, 0))
+        return positions
 
     def reads_of(self, user_id: str) -> dict[str, int]:
         """{uri: seq} of user_id's read positions this process knows, in every room."""

@@ -9,22 +9,14 @@ from handlers import models
 from handlers.base import ApiHandler, endpoint, field_error
 
 
-def read_positions(services, room: dict) -> dict[str, int]:
-    """{user id: last_read_seq}: what MongoDB has, raised by what this process
-    has not written yet (reads are written at most once a second)."""
-    positions = dict(room.get("last_read") or {})
-    for user_id, seq in services.hub.signals.read_positions(room["uri"]).items():
-        positions[user_id] = max(seq, positions.get(user_id, 0))
-    return positions
-
-
 async def room_view(services, room: dict, viewer_id: str) -> dict:
     """A room with its members and their roles; its bans for the owner and moderators."""
     moderating = role_of(room, viewer_id) in MODERATORS
     banned = room.get("banned", []) if moderating else []
     users = await services.store.users_by_id(room["members"] + banned)
     members = [{**users[i], "role": role_of(room, i)} for i in room["members"] if i in users]
-    read = read_positions(services, room)
+    # Reads are written at most once a second: this process may know newer ones.
+    read = services.hub.signals.read_positions(room["uri"], room.get("last_read"))
     view = {
         "uri": room["uri"],
         "owner": users.get(room["owner"]),

@@ -313,6 +313,24 @@ def test_read_positions_are_coalesced_only_rise_and_reach_every_process(world):
     run(bus, scenario)
 
 
+def test_read_positions_known_here_never_go_down_while_one_waits_to_be_saved(world):
+    bus, store, process = world
+
+    async def scenario():
+        a, b = process().start(), process().start()
+        a.signals.joined("room", ALICE)
+        b.signals.joined("room", ALICE)
+        store.down = True  # a's read waits to be saved
+        a.signals.read("room", ALICE, 10)
+        b.signals.read("room", ALICE, 20)  # her other device, on b
+        await wait_for(lambda: a.of("read") and a.of("read")[-1]["seq"] == 20, 2, "20 on a")
+        assert a.signals.read_positions("room") == {"a1": 20}
+        assert a.signals.read_positions("room", {"a1": 15, "b2": 3}) == {"a1": 20, "b2": 3}
+        store.down = False
+
+    run(bus, scenario)
+
+
 def test_read_positions_wait_for_mongodb_and_are_saved_on_stop(world):
     bus, store, process = world
 
