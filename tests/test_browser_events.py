@@ -274,6 +274,11 @@ def test_the_member_menu_works_from_the_keyboard_and_keeps_its_focus(server, tab
     alice.page.keyboard.press("Escape")  # closes the menu, focus back on its button
     expect(alice.page.get_by_role("menu")).to_have_count(0)
     expect(manage).to_be_focused()
+    alice.page.keyboard.press("Enter")
+    alice.page.keyboard.press("Tab")  # leaves the menu (closed) for what follows its button
+    expect(alice.page.get_by_role("menu")).to_have_count(0)
+    assert alice.page.evaluate(
+        "() => document.activeElement.closest('#chat-side') !== null")
 
 
 def test_on_a_phone_a_tap_on_a_message_shows_its_tools(server, tabs):

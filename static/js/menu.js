@@ -1,5 +1,5 @@
 // Small popovers: an action menu and the reaction picker. One is open at a
-// time; a click outside, Escape or choosing closes it and gives the focus back.
+// time; a click outside, Escape, Tab or choosing closes it and gives the focus back.
 
 import { h } from "./dom.js";
 
@@ -32,6 +32,9 @@ function show(anchor, el, focusable) {
   const onKey = (event) => {
     if (event.key === "Escape") {
       event.stopPropagation();
+      closePopover();
+    } else if (event.key === "Tab") {
+      // Leaving the popover closes it; Tab then goes on from its button.
       closePopover();
     } else if (event.key === "ArrowDown" || event.key === "ArrowUp" || event.key === "ArrowRight" || event.key === "ArrowLeft") {
       const items = [...el.querySelectorAll("button:not([disabled])")];
