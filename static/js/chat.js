@@ -87,6 +87,7 @@ export class ChatView {
     this.unseen = 0;
     this.membersAsked = 0; // member list reads started, and the latest one shown
     this.membersShown = 0;
+    this.seenBy = null; // the "Seen by …" line, under my latest message
     this.stopped = false;
     this.countdown = null;
     this.el = h("section", { class: "chat-view", dataset: { connection: "connecting" } });
@@ -585,16 +586,19 @@ export class ChatView {
     }
   }
 
-  // "Seen by …" under the reader's latest own message.
+  // "Seen by …" under the reader's latest own message. Runs on every message
+  // (a post is its poster's read): it walks back from the newest only as far as
+  // that message, instead of copying the whole list.
   showSeenBy() {
-    for (const old of this.timeline.confirmed.querySelectorAll(".seen-by")) old.remove();
-    const mine = Array.from(this.timeline.confirmed.children).reverse()
-      .find((el) => el.dataset.user === this.me.id);
+    if (this.seenBy) this.seenBy.remove();
+    this.seenBy = null;
+    let mine = this.timeline.confirmed.lastElementChild;
+    while (mine && mine.dataset.user !== this.me.id) mine = mine.previousElementSibling;
     if (!mine) return;
     const seq = Number(mine.dataset.seq);
     const names = this.room.members.filter((m) => m.id !== this.me.id
       && (this.signals.reads.get(m.username) || 0) >= seq).map((m) => m.username);
-    if (names.length) mine.append(h("p", { class: "seen-by", text: seenByText(names) }));
+    if (names.length) mine.append((this.seenBy = h("p", { class: "seen-by", text: seenByText(names) })));
   }
 
   onReady() {
