@@ -105,9 +105,9 @@ def run(bus: Bus, scenario) -> None:
     asyncio.run(asyncio.wait_for(run_and_stop(), 20))
 
 
-def alice_and_bob(process, **a_settings) -> tuple[Process, Process]:
+def alice_and_bob(process, b_settings: dict | None = None, **a_settings) -> tuple[Process, Process]:
     """Two started processes: alice has a socket to the room on a, bob on b."""
-    a, b = process(**a_settings).start(), process().start()
+    a, b = process(**a_settings).start(), process(**(b_settings or {})).start()
     a.signals.joined("room", ALICE)
     b.signals.joined("room", BOB)
     return a, b
@@ -245,7 +245,8 @@ def test_closing_the_last_socket_or_leaving_the_room_ends_typing_and_presence(wo
     bus, _store, process = world
 
     async def scenario():
-        a, b = alice_and_bob(process, presence_grace=10)
+        # Entries far outliving the test: only the stops under test can end them.
+        a, b = alice_and_bob(process, {"typing_ttl": 60}, presence_grace=10, typing_ttl=60)
         a.signals.typing_frame("room", ALICE, stop=False)
         await wait_for(lambda: b.of("typing"), 2, "typing on b")
         a.signals.joined("room", ALICE)  # a second tab
