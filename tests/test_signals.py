@@ -198,11 +198,12 @@ def test_a_new_process_hears_everyone_at_once_and_a_goodbye_keeps_members_for_th
     run(bus, scenario)
 
 
-def test_typing_is_throttled_ends_with_stop_and_expires_without_one(world):
+def test_typing_is_throttled_and_ends_with_a_stop(world):
     bus, _store, process = world
 
     async def scenario():
-        a, b = alice_and_bob(process)
+        # Entries far outliving the test: only the stop can end them.
+        a, b = alice_and_bob(process, {"typing_ttl": 60}, typing_ttl=60)
         for _ in range(5):
             a.signals.typing_frame("room", ALICE, stop=False)
         await wait_for(lambda: b.of("typing"), 2, "typing on b")
@@ -214,11 +215,22 @@ def test_typing_is_throttled_ends_with_stop_and_expires_without_one(world):
         await asyncio.sleep(1.0)  # past the throttle
         a.signals.typing_frame("room", ALICE, stop=False)
         await wait_for(lambda: len(b.of("typing")) == 3, 2, "typing again")
+        assert b.of("typing")[-1]["users"] == ["alice"]
+
+    run(bus, scenario)
+
+
+def test_typing_expires_without_a_stop(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = alice_and_bob(process)  # typing_ttl 1 s
+        a.signals.typing_frame("room", ALICE, stop=False)
+        await wait_for(lambda: b.of("typing"), 2, "typing on b")
         # no stop: it ends by itself typing_ttl after the last frame, on both
-        await wait_for(lambda: len(b.of("typing")) == 4 and len(a.of("typing")) == 4, 2,
+        await wait_for(lambda: len(b.of("typing")) == 2 and len(a.of("typing")) == 2, 5,
                        "typing expired")
-        await wait_for(lambda: a.of("typing")[-1]["users"] == b.of("typing")[-1]["users"] == [],
-                       2, "no longer typing")
+        assert a.of("typing")[-1]["users"] == b.of("typing")[-1]["users"] == []
 
     run(bus, scenario)
 

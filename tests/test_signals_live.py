@@ -239,8 +239,8 @@ def test_read_positions_keep_being_saved_long_after_the_request_that_began_savin
     asyncio.run(scenario())
 
 
-def test_a_member_who_leaves_is_gone_at_once_and_stops_typing(start_server):
-    # A grace far longer than the test: a leave must not wait for it.
+def test_a_stop_a_post_or_leaving_ends_typing_and_a_leaver_is_gone_at_once(start_server):
+    # A grace and typing entries far outliving the test: only what is under test ends them.
     a = start_server(**{**FAST, "presence_grace_seconds": 60, "typing_ttl_seconds": 60})
     b = start_server(mongo_url=a.mongo_url, **{**FAST, "presence_grace_seconds": 60,
                                                  "typing_ttl_seconds": 60})
@@ -248,15 +248,25 @@ def test_a_member_who_leaves_is_gone_at_once_and_stops_typing(start_server):
 
     async def scenario():
         watcher = Listener(alice, uri).start()
+
+        def typing() -> list[str] | None:
+            return of(watcher, "typing")[-1]["users"] if of(watcher, "typing") else None
+
         async with websockets.connect(bob.ws_url(uri, 0)) as ws:
             await next_frame(ws, "ready")
             await ws.send(json.dumps({"type": "typing"}))
-            await wait_for(lambda: of(watcher, "typing")
-                           and of(watcher, "typing")[-1]["users"] == [bob.username], 10,
-                           "bob typing")
+            await wait_for(lambda: typing() == [bob.username], 10, "bob typing")
+            await ws.send(json.dumps({"type": "typing", "stop": True}))
+            await wait_for(lambda: typing() == [], 10, "ended by a stop")
+            await ws.send(json.dumps({"type": "typing"}))
+            await wait_for(lambda: typing() == [bob.username], 10, "bob typing again")
+            await ws.send(json.dumps({"type": "message", "message": "done", "client_id": "c1"}))
+            await wait_for(lambda: typing() == [], 10, "ended by his post")
+            await ws.send(json.dumps({"type": "typing"}))
+            await wait_for(lambda: typing() == [bob.username], 10, "bob typing once more")
             assert bob.request("DELETE", f"/api/chats/{uri}/members/{bob.username}/").status_code == 204
             await wait_for(lambda: presence(watcher) == {alice.username}, 10, "bob gone")
-            await wait_for(lambda: of(watcher, "typing")[-1]["users"] == [], 10, "bob not typing")
+            await wait_for(lambda: typing() == [], 10, "ended by his leaving")
         assert chat(alice, uri)["online"] == [alice.username]
         await watcher.stop()
 
