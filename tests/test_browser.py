@@ -511,7 +511,8 @@ def test_screenshots_of_the_chat(start_server, tabs):
 
 
 def test_two_users_see_each_other_online_typing_and_seen_by(start_server, tabs):
-    process = start_server(presence_grace_seconds=1, typing_ttl_seconds=2)
+    # Typing entries outlive the test: only the page's stop can end them.
+    process = start_server(presence_grace_seconds=1, typing_ttl_seconds=60)
     alice, bob, uri = two_members(process.url)
     bob.post(uri, "before you came")
     ann = tabs(process.url).sign_in(alice).open_chat(uri)
