@@ -8,7 +8,8 @@ stored only after N - 1 (see chat/sequencer.py), MongoDB always has
 everything a delivery implies.
 
 Each event is JSON-encoded once where it is stored, and framed once per
-process; every socket of the room gets the same bytes.
+process; every socket of the room gets the same bytes. The events a room
+delivers in one turn of the event loop go to each socket as one write.
 
 Two streams (DESIGN.md, "WebSocket protocol"): a socket that joined with
 `since` is on the full stream and gets every room event and the room's
@@ -105,6 +106,10 @@ class Room:
         self.full: dict[Socket, None] = {}  # every room event and signals
         self.catching: dict[Socket, CatchUp] = {}  # full stream, reading history
         self.last_seq = 0
+        # Frames delivered this turn of the event loop, written out together by
+        # Hub.flush: (seq, frame, a message?, created).
+        self.outgoing: list[tuple[int, bytes, bool, str | None]] = []
+        self.flush_scheduled = False
         # Deliveries that arrive while the room starts or repairs a gap:
         # (seq, body, created, event type).
         self.pending: list[tuple[int, bytes, str | None, str]] = []
@@ -260,6 +265,7 @@ class Hub:
         if since is None:
             # In the room at once, so that it is never left empty (and dropped)
             # while this socket waits; deliveries wait in pending until it starts.
+            self.flush(room)  # what was delivered before it joined is not for it
             room.plain[sock] = None
             await asyncio.shield(room.started)
             return room.last_seq
@@ -295,6 +301,7 @@ class Hub:
                     return catch_up.sent
                 catch_up.sent = seq
         if catch_up.sent <= room.last_seq:
+            self.flush(room)  # it has all that is queued: sent above, or read
             del room.catching[sock]
             room.full[sock] = None
         return max(catch_up.sent, room.last_seq)
@@ -374,30 +381,64 @@ class Hub:
 
     def deliver(self, room: Room, seq: int, body: bytes, created: str | None,
                 event_type: str = MESSAGE) -> None:
-        """Write the room's next event: messages to every socket, other events to the full stream."""
+        """Queue the room's next event for its live sockets (messages to every
+        socket, other events to the full stream), written out by `flush` after
+        whatever else this turn of the event loop delivers.
+
+        The kernel's send() per socket is most of a fan-out's cost: the events
+        of one burst (a group commit's posts, a read of RabbitMQ deliveries)
+        cost one send() per socket, not one per event.
+        """
         room.last_seq = seq
         frame = text_frame(body)
-        sent = sum(sock.send_frame(frame) for sock in list(room.full))
-        if event_type == MESSAGE:
-            sent += sum(sock.send_frame(frame) for sock in list(room.plain))
         for sock, catch_up in list(room.catching.items()):
             if catch_up.buffer is not None:
                 if len(catch_up.buffer) >= CATCH_UP_BUFFER:
                     sock.close_with(CLOSE_SLOW_CONSUMER, "slow consumer")
                     continue
                 catch_up.buffer.append((seq, frame))
-            elif seq > catch_up.sent and sock.send_frame(frame):
-                sent += 1
-                catch_up.sent = seq
+            elif seq > catch_up.sent:
+                # It read up to here from MongoDB: live from this seq on. It has
+                # what is queued already, so that goes out before it joins.
+                self.flush(room)
                 del room.catching[sock]
                 room.full[sock] = None
+        if not room.flush_scheduled:
+            room.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush_turn, room)
+        room.outgoing.append((seq, frame, event_type == MESSAGE, created))
+
+    def flush_turn(self, room: Room) -> None:
+        room.flush_scheduled = False
+        self.flush(room)
+
+    def flush(self, room: Room) -> None:
+        """Write the room's queued frames to its live sockets: one joined write
+        per stream, the same bytes for every socket of it.
+
+        Called before anything else reaches a live socket (a signal, a socket
+        joining the live sets), so that nothing overtakes or repeats a queued event.
+        """
+        if not room.outgoing:
+            return
+        outgoing, room.outgoing = room.outgoing, []
+        frames = [frame for _, frame, _, _ in outgoing]
+        everything = b"".join(frames)
+        sent = len(frames) * sum(sock.send_frame(everything) for sock in list(room.full))
+        if room.plain:
+            messages = [frame for _, frame, message, _ in outgoing if message]
+            if messages:
+                data = everything if len(messages) == len(frames) else b"".join(messages)
+                sent += len(messages) * sum(sock.send_frame(data) for sock in list(room.plain))
         self.metrics.delivered.inc(sent)
-        if created:
-            try:
-                stored = datetime.datetime.fromisoformat(created)
-                self.metrics.delivery_latency.observe(max(0.0, (now() - stored).total_seconds()))
-            except (ValueError, TypeError):  # not a time, or one without a zone
-                log.warning("room %s: seq %d has a malformed created time", room.uri, seq)
+        for seq, _, _, created in outgoing:
+            if created:
+                try:
+                    stored = datetime.datetime.fromisoformat(created)
+                    self.metrics.delivery_latency.observe(
+                        max(0.0, (now() - stored).total_seconds()))
+                except (ValueError, TypeError):  # not a time, or one without a zone
+                    log.warning("room %s: seq %d has a malformed created time", room.uri, seq)
 
     def signal(self, uri: str, payload: bytes, *, spare_slow: bool = True) -> int:
         """Send an ephemeral signal (no seq, never stored or replayed) to the room's
@@ -410,6 +451,7 @@ class Hub:
         room = self.rooms.get(uri)
         if room is None:
             return 0
+        self.flush(room)  # the room's events of this turn go first, as they came first
         frame = text_frame(payload)
         sent = 0
         targets = list(room.full)

@@ -123,12 +123,18 @@ class FakeSocket:
         self.backlog = False  # frames still waiting in its outgoing buffer
 
     def send_frame(self, frame: bytes) -> bool:
+        """One write, of one frame or several back to back."""
         if self.closed:
             return False
         self.raw.append(frame)
-        length = frame[1] & 0x7F
-        offset = 2 if length < 126 else 4 if length == 126 else 10
-        self.frames.append(json.loads(frame[offset:]))
+        while frame:
+            assert frame[0] == 0x81  # a final text frame
+            length = frame[1] & 0x7F
+            offset = 2 if length < 126 else 4 if length == 126 else 10
+            if length >= 126:
+                length = int.from_bytes(frame[2:offset])
+            self.frames.append(json.loads(frame[offset:offset + length]))
+            frame = frame[offset + length:]
         return True
 
     async def drain(self) -> bool:
@@ -426,6 +432,7 @@ def test_a_post_reaches_this_process_sockets_before_the_brokers_copy():
         sock = FakeSocket()
         await hub.join(sock, "room", None)
         await hub.post(sock.user, "room", "hello")
+        await asyncio.sleep(0)  # the turn in which the room writes out what it delivered
         before_broker = list(sock.seqs)
         assert len(broker.held) == 1
         for uri, body in broker.held:  # the broker's copy is a repeat
@@ -464,22 +471,136 @@ def test_a_plain_socket_gets_messages_only_and_a_full_one_every_event(hub_and_st
 
     async def scenario():
         plain, full = FakeSocket("plain"), FakeSocket("full", "u2")
-        await hub.join(plain, "room", None)
-        await hub.join(full, "room", 0)
+        plain2, full2 = FakeSocket("plain2"), FakeSocket("full2", "u2")
+        for sock in (plain, plain2):
+            await hub.join(sock, "room", None)
+        for sock in (full, full2):
+            await hub.join(sock, "room", 0)
         docs = [store.add("room", "hi"), store.add_event("room", "edit", target_seq=1, message="hey"),
                 store.add_event("room", "reaction", target_seq=1, emoji="x", op="add"),
                 store.add("room", "there"), store.add_event("room", "delete", target_seq=4)]
-        for doc in docs:
+        for doc in docs:  # all in one turn of the event loop
             hub.on_message("room", payload(doc))
         await settle()
-        return plain, full
+        return plain, full, plain2, full2
 
-    plain, full = asyncio.run(scenario())
-    assert plain.events == [("message", 1), ("message", 4)]
-    assert full.events == [("message", 1), ("edit", 2), ("reaction", 3), ("message", 4),
-                           ("delete", 5)]
-    # one encoding and one frame per event, the same bytes for every socket
-    assert plain.raw[0] is full.raw[0] and plain.raw[1] is full.raw[3]
+    plain, full, plain2, full2 = asyncio.run(scenario())
+    for sock in (plain, plain2):
+        assert sock.events == [("message", 1), ("message", 4)]
+    for sock in (full, full2):
+        assert sock.events == [("message", 1), ("edit", 2), ("reaction", 3), ("message", 4),
+                               ("delete", 5)]
+    # one write per socket for the turn's five events, the same bytes for every
+    # socket of a stream (joined once, not once per socket)
+    assert len(plain.raw) == len(full.raw) == 1
+    assert plain.raw[0] is plain2.raw[0] and full.raw[0] is full2.raw[0]
+    assert hub.metrics.registry.get_sample_value("chat_messages_delivered_total") == 2 * 2 + 2 * 5
+
+
+def test_events_of_one_turn_go_out_in_one_write_per_socket_and_one_alone_at_once(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        socks = [FakeSocket(f"s{i}", f"u{i}") for i in range(3)]
+        for sock in socks:
+            await hub.join(sock, "room", 0)
+        for i in range(10):  # a burst: a group commit's posts, a read of broker deliveries
+            hub.on_message("room", payload(store.add("room", f"burst{i}")))
+        newcomer = FakeSocket("newcomer", "u9")
+        await hub.join(newcomer, "room", None)  # in the same turn: the burst came before it
+        await asyncio.sleep(0)  # one turn: the room's flush
+        after_burst = [len(sock.raw) for sock in socks]
+        hub.on_message("room", payload(store.add("room", "alone")))
+        await asyncio.sleep(0)
+        after_one = [len(sock.raw) for sock in socks]
+        return socks, newcomer, after_burst, after_one
+
+    socks, newcomer, after_burst, after_one = asyncio.run(scenario())
+    assert after_burst == [1, 1, 1] and after_one == [2, 2, 2]
+    for sock in socks:
+        assert sock.seqs == list(range(1, 12))
+    assert newcomer.seqs == [11]
+    assert hub.metrics.registry.get_sample_value("chat_messages_delivered_total") == 3 * 11 + 1
+    assert hub.metrics.registry.get_sample_value("chat_delivery_seconds_count") == 11
+
+
+def test_a_signal_after_events_of_the_same_turn_does_not_overtake_them(hub_and_store):
+    hub, store, _ = hub_and_store
+    signal = json.dumps({"type": "typing", "users": []}).encode()
+
+    async def scenario():
+        sock = FakeSocket("full")
+        await hub.join(sock, "room", 0)
+        hub.on_message("room", payload(store.add("room", "one")))
+        hub.signal("room", signal)
+        hub.on_message("room", payload(store.add("room", "two")))
+        await settle()
+        return sock
+
+    sock = asyncio.run(scenario())
+    assert [f["type"] for f in sock.frames] == ["message", "typing", "message"]
+    assert sock.seqs == [1, 2]
+
+
+def test_a_socket_going_live_while_events_are_queued_gets_each_seq_once(hub_and_store):
+    """A client that saw further than the room has delivered here (on another
+    process, say) goes live on the first delivery past what it saw, while the
+    turn's earlier ones are queued: it must not get those again."""
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        early = FakeSocket("early")
+        await hub.join(early, "room", 0)
+        docs = [store.add("room", f"m{i}") for i in range(3)]  # stored, not yet delivered
+        late = FakeSocket("late", "u2")
+        assert await hub.join(late, "room", 3) == 3  # has seen 1-3
+        docs.append(store.add("room", "m3"))
+        for doc in docs:  # one turn: 1-3 are queued when 4 takes `late` live
+            hub.on_message("room", payload(doc))
+        await settle()
+        return early, late
+
+    early, late = asyncio.run(scenario())
+    assert late.seqs == [4]
+    assert early.seqs == [1, 2, 3, 4]
+
+
+class GatedReads(FakeStore):
+    """Reads answer as of when they began, but only once `gate` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def messages_after(self, uri: str, after: int, limit: int) -> list[dict]:
+        found = [m for m in self.messages if m["room"] == uri and m["seq"] > after]
+        await self.gate.wait()
+        return sorted(found, key=lambda m: m["seq"])[:limit]
+
+
+def test_a_catch_up_finishing_while_events_are_queued_gets_each_seq_once():
+    """The catch-up's buffer has the turn's queued event already: the socket
+    must not get it again from the room's flush."""
+
+    async def scenario():
+        store = GatedReads()
+        hub = Hub(store, MemoryBroker(), Metrics())
+        for i in range(3):
+            store.add("room", f"old{i}")
+        early = FakeSocket("early")
+        await hub.join(early, "room", None)
+        late = FakeSocket("late", "u2")
+        joining = asyncio.ensure_future(hub.join(late, "room", 0))
+        await asyncio.sleep(0.01)  # reading 1-3, held at the gate
+        store.gate.set()  # the read ends in the next turn ...
+        hub.on_message("room", payload(store.add("room", "new")))  # ... 4 queued before it
+        assert await joining == 4
+        await settle()
+        return early, late
+
+    early, late = asyncio.run(scenario())
+    assert late.seqs == [1, 2, 3, 4]
+    assert early.seqs == [4]
 
 
 def test_catch_up_replays_every_event_type_and_gap_repair_keeps_the_streams(hub_and_store):
