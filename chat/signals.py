@@ -6,13 +6,15 @@ control exchange, and every notice a process keeps carries an expiry, so a
 lost "stop" or a process that died without a word corrects itself:
 
 - Presence: a process announces the members with a local socket in a room
-  whenever that set changes, and all of its rooms in one snapshot every
-  third of `presence_ttl`. Another process's entries expire `presence_ttl`
-  after its last snapshot, so a SIGKILLed process's members leave everyone's
-  view within ttl + ttl / 3. A member whose last local socket closes stays
-  listed for `presence_grace` (a reconnect within it announces nothing).
+  when that set changes (at most once per PRESENCE_EVERY per room), and all
+  of its rooms in one snapshot every third of `presence_ttl`. Another
+  process's entries expire `presence_ttl` after its last snapshot, so a
+  SIGKILLed process's members leave everyone's view within ttl + ttl / 3. A
+  member whose last local socket closes stays listed for `presence_grace` (a
+  reconnect within it announces nothing).
 - Typing: a room's set of typers, each entry expiring `typing_ttl` after its
-  last typing frame; frames are throttled per user and room.
+  last typing frame; frames are throttled per user and room. A process that
+  gets its first socket in a room asks the others who types there.
 - Read positions are the exception: stored per (room, user), only raised,
   and written to MongoDB at most once per `read_flush` for all of them.
 
@@ -42,6 +44,10 @@ TYPING_THROTTLE = 1.0
 # between goes out together (in a big room, every typer's start and stop would
 # otherwise be a frame to every socket).
 TYPING_EVERY = 0.5
+# A room's presence notice to the other processes goes out at most this often,
+# with its local members as they are then: a connect storm of N members would
+# otherwise be N notices of up to N entries each, parsed by every process.
+PRESENCE_EVERY = 0.2
 NOTICE_PREFIX = "signal."
 
 
@@ -75,13 +81,14 @@ class Typist:
         self.accepted = 0.0  # when this process last took a frame of theirs
 
 
-class TypingOut:
-    """What a room's sockets here were last told of its typers, and when."""
+class Paced:
+    """What was last sent about a room (its typing set to the sockets here, its
+    local members to the other processes), when, and the send that waits."""
 
     __slots__ = ("at", "payload", "timer")
 
     def __init__(self):
-        self.payload = b""
+        self.payload: Any = None
         self.at = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -108,7 +115,11 @@ class Signals:
         self.peers: dict[str, Peer] = {}
         self.typing: dict[str, dict[str, Typist]] = {}
         self.typing_timers: dict[str, asyncio.TimerHandle] = {}
-        self.typing_out: dict[str, TypingOut] = {}
+        self.typing_out: dict[str, Paced] = {}
+        self.presence_out: dict[str, Paced] = {}
+        # Rooms that just got their first socket here: their next presence notice
+        # asks the others who is typing (nobody re-announces a typer otherwise).
+        self.asking: set[str] = set()
         # Read positions: the highest known per room with sockets here, and
         # what waits for the next write.
         self.reads: dict[str, dict[str, int]] = {}
@@ -144,7 +155,8 @@ class Signals:
                 if member.leaving is not None:
                     member.leaving.cancel()
         for timer in (*self.typing_timers.values(), self.snapshot_soon,
-                      *(out.timer for out in self.typing_out.values())):
+                      *(out.timer for out in self.typing_out.values()),
+                      *(out.timer for out in self.presence_out.values())):
             if timer is not None:
                 timer.cancel()
         if self.flushing is not None:
@@ -182,19 +194,22 @@ class Signals:
 
     def joined(self, uri: str, user: dict) -> None:
         """A socket of user opened in uri (either stream: both make a member present)."""
-        if uri not in self.shown:
+        arrived = uri not in self.shown
+        if arrived:
             self.shown[uri] = self.online_ids(uri)
             self.reads[uri] = {}
             self.spawn(self.load_reads(uri))
+            self.asking.add(uri)
         members = self.local.setdefault(uri, {})
         member = members.get(user["id"])
         if member is None:
             member = members[user["id"]] = LocalMember(user["username"])
         member.sockets += 1
-        if member.leaving is not None:
+        returned = member.leaving is not None
+        if returned:
             member.leaving.cancel()  # back within the grace: nobody hears of it
             member.leaving = None
-        elif member.sockets == 1:
+        if arrived or (member.sockets == 1 and not returned):
             self.local_changed(uri)
 
     def left(self, uri: str, user: dict, room_empty: bool) -> None:
@@ -210,6 +225,7 @@ class Signals:
             self.shown.pop(uri, None)
             self.reads.pop(uri, None)
             self.drop_typing(uri)
+            self.asking.discard(uri)
             out = self.typing_out.pop(uri, None)
             if out is not None and out.timer is not None:
                 out.timer.cancel()
@@ -264,11 +280,31 @@ class Signals:
         return sorted(self.online_ids(uri).values())
 
     def local_changed(self, uri: str) -> None:
-        if not self.presence_enabled:
-            return
-        self.notify({"type": "signal.presence", "uri": uri, "ttl": self.presence_ttl,
-                     "users": self.local_users(uri)})
+        """The members with a socket to uri here changed: tell the sockets here at
+        once, and the other processes at the end of this turn of the loop or
+        PRESENCE_EVERY after the room's last notice, all changes in one."""
+        if self.presence_enabled or uri in self.asking:
+            self.pace(self.presence_out, uri, PRESENCE_EVERY, self.send_presence, at_once=False)
         self.changed(uri)
+
+    def send_presence(self, uri: str) -> None:
+        out = self.presence_out.get(uri)
+        if out is None:
+            return
+        out.timer = None
+        users = self.local_users(uri) if self.presence_enabled else None
+        notice: dict[str, Any] = {"type": "signal.presence", "uri": uri, "ttl": self.presence_ttl}
+        if users is not None:
+            notice["users"] = users
+        if uri in self.asking:
+            self.asking.discard(uri)
+            notice["typing"] = True  # tell me who is typing here
+        elif users == out.payload:
+            return  # changes that undid each other: the others know this already
+        out.payload, out.at = users, self.clock()
+        self.notify(notice)
+        if uri not in self.local:
+            del self.presence_out[uri]  # nobody here: nothing to pace
 
     def local_users(self, uri: str) -> list[list[str]]:
         return [[user_id, member.username] for user_id, member in self.local.get(uri, {}).items()]
@@ -296,6 +332,10 @@ class Signals:
 
     def on_presence(self, notice: dict, peer: Peer) -> None:
         uri = notice["uri"]
+        if notice.get("typing"):
+            self.tell_typers(uri)
+        if "users" not in notice:
+            return  # presence is off there: it only asked who is typing
         peer.rooms[uri] = dict(notice["users"])
         if not peer.rooms[uri]:
             del peer.rooms[uri]
@@ -353,9 +393,13 @@ class Signals:
             typist = typists[user_id] = Typist(username)
             self.typing_changed(uri)
         typist.expires = self.clock() + ttl
-        if uri not in self.typing_timers:
-            self.typing_timers[uri] = asyncio.get_running_loop().call_later(
-                ttl, self.expire_typing, uri)
+        loop = asyncio.get_running_loop()
+        timer = self.typing_timers.get(uri)
+        if timer is not None and timer.when() > loop.time() + ttl:
+            timer.cancel()  # an entry told with what was left of its ttl ends sooner
+            timer = None
+        if timer is None:
+            self.typing_timers[uri] = loop.call_later(ttl, self.expire_typing, uri)
         return typist
 
     def unset_typing(self, uri: str, user_id: str) -> None:
@@ -393,14 +437,21 @@ class Signals:
     def typing_changed(self, uri: str) -> None:
         """Tell the room's sockets its typing set: now, or TYPING_EVERY after they
         were last told, with whatever has changed by then."""
-        out = self.typing_out.setdefault(uri, TypingOut())
+        self.pace(self.typing_out, uri, TYPING_EVERY, self.send_typing, at_once=True)
+
+    def pace(self, outs: dict[str, Paced], uri: str, every: float,
+             send: Callable[[str], None], *, at_once: bool) -> None:
+        """Call send(uri) `every` after its last send, with whatever has changed by
+        then; if that is past, now when `at_once`, else at the end of this turn
+        of the loop (so that changes made together go out together)."""
+        out = outs.setdefault(uri, Paced())
         if out.timer is not None:
             return
-        wait = out.at + TYPING_EVERY - self.clock()
-        if wait > 0:
-            out.timer = asyncio.get_running_loop().call_later(wait, self.send_typing, uri)
+        wait = out.at + every - self.clock()
+        if wait > 0 or not at_once:
+            out.timer = asyncio.get_running_loop().call_later(max(wait, 0.0), send, uri)
         else:
-            self.send_typing(uri)
+            send(uri)
 
     def send_typing(self, uri: str) -> None:
         out = self.typing_out.get(uri)
@@ -408,13 +459,28 @@ class Signals:
             return
         out.timer = None
         payload = self.typing_payload(uri)
-        if payload != out.payload:  # a start and stop in between: nothing to say
+        if payload != (out.payload or b""):  # a start and stop in between: nothing to say
             out.payload, out.at = payload, self.clock()
             self.send(uri, payload)
 
     def typing_payload(self, uri: str) -> bytes:
         return encode({"type": "typing", "users": [
             typist.username for typist in self.typing.get(uri, {}).values()]})
+
+    def tell_typers(self, uri: str) -> None:
+        """A process just got its first socket in uri: tell it who types here, each
+        with what is left of their entry. Only the typers of this process's own
+        sockets: each process tells its own, so nobody is told twice."""
+        now = self.clock()
+        typers = [[user_id, typist.username, typist.expires - now]
+                  for user_id, typist in self.typing.get(uri, {}).items()
+                  if typist.accepted and typist.expires > now]
+        if typers:
+            self.notify({"type": "signal.typers", "uri": uri, "users": typers})
+
+    def on_typers(self, notice: dict, _peer: Peer) -> None:
+        for user_id, username, ttl in notice["users"]:
+            self.set_typing(notice["uri"], user_id, username, float(ttl))
 
     def on_typing(self, notice: dict, _peer: Peer) -> None:
         user_id, username = notice["user"]
@@ -537,5 +603,6 @@ class Signals:
         "signal.hello": on_hello,
         "signal.bye": on_bye,
         "signal.typing": on_typing,
+        "signal.typers": on_typers,
         "signal.read": on_read,
     }

@@ -20,12 +20,14 @@ CAROL = {"id": "c3", "username": "carol"}
 
 class Bus:
     """The control exchange: every notice reaches every process (its sender too),
-    on a later turn of the loop; `cut` drops what a process publishes."""
+    on a later turn of the loop, `delay` seconds later when set; `cut` drops what
+    a process publishes."""
 
     def __init__(self):
         self.processes: list[Signals] = []
         self.published: list[dict] = []
         self.cut: set[Signals] = set()
+        self.delay = 0.0
 
     def publish_for(self, signals_ref: list):
         def publish(body: bytes) -> None:
@@ -34,7 +36,8 @@ class Bus:
             if signals_ref[0] in self.cut:
                 return
             for process in self.processes:
-                asyncio.get_running_loop().call_soon(process.on_notice, json.loads(body))
+                asyncio.get_running_loop().call_later(self.delay, process.on_notice,
+                                                      json.loads(body))
         return publish
 
 
@@ -194,6 +197,81 @@ def test_a_new_process_hears_everyone_at_once_and_a_goodbye_keeps_members_for_th
         await a.signals.stop()  # says bye: alice may be reconnecting to c
         await asyncio.sleep(0.05)
         assert online(c) == ["alice", "bob"]
+
+    run(bus, scenario)
+
+
+def test_members_who_connect_together_are_one_presence_notice(world):
+    bus, _store, process = world
+
+    def notices_of(process: Process) -> list[dict]:
+        return [n for n in bus.published if n["type"] == "signal.presence"
+                and n["process"] == process.signals.process]
+
+    async def scenario():
+        a, b = process().start(), process().start()
+        b.signals.joined("room", BOB)
+        await wait_for(lambda: notices_of(b), 2, "bob announced")
+        members = [{"id": f"m{i}", "username": f"member{i}"} for i in range(50)]
+        for member in members:  # a connect storm: all in one turn of the loop
+            a.signals.joined("room", member)
+        everyone = sorted(["bob", *(member["username"] for member in members)])
+        await wait_for(lambda: online(b) == everyone, 5, "b sees them all")
+        # one notice with the 50 of them, not 50 notices of 1, 2, ... 50 entries
+        [notice] = notices_of(a)
+        assert len(notice["users"]) == 50
+        a.signals.left("room", members[0], room_empty=False)
+        a.signals.joined("room", members[0])  # back before anyone was told: nothing to tell
+        a.signals.forget_member("room", members[1]["id"])
+        a.signals.forget_member("room", members[2]["id"])
+        await wait_for(lambda: len(notices_of(a)) == 2, 5, "their leaving told")
+        assert len(notices_of(a)[-1]["users"]) == 48
+        await wait_for(lambda: len(online(b)) == 49, 5, "two gone on b")
+        await asyncio.sleep(0.3)  # past the pace: nothing else was waiting to be told
+        assert len(notices_of(a)) == 2
+
+    run(bus, scenario)
+
+
+def test_a_process_new_to_a_room_hears_who_was_already_typing(world):
+    bus, _store, process = world
+
+    async def scenario():
+        bus.delay = 0.05  # the exchange answers late, as a loaded broker does
+        a = process(typing_ttl=60).start()  # far past the test: only a stop ends it
+        b = process(typing_ttl=60).start()
+        a.signals.joined("room", ALICE)
+        a.signals.typing_frame("room", ALICE, stop=False)
+        await wait_for(lambda: a.of("typing"), 2, "alice typing on a")
+        await asyncio.sleep(0.1)  # her typing notice has passed b, which had no room yet
+        b.signals.joined("room", BOB)  # b's first socket in the room, after she started
+        await wait_for(lambda: b.of("typing"), 2, "b hears she types")
+        assert b.of("typing") == [{"type": "typing", "users": ["alice"]}]
+        assert json.loads(b.signals.welcome("room")[-1]) == {"type": "typing", "users": ["alice"]}
+        [told] = [n for n in bus.published if n["type"] == "signal.typers"]
+        assert told["users"][0][:2] == ["a1", "alice"] and told["users"][0][2] < 60
+        # her entry on b ends when hers on a does (give or take the transit), not a
+        # full ttl after b heard of it
+        assert b.signals.typing["room"]["a1"].expires < a.signals.typing["room"]["a1"].expires + 1
+        a.signals.typing_frame("room", ALICE, stop=True)
+        await wait_for(lambda: b.of("typing")[-1]["users"] == [], 2, "stop on b")
+
+    run(bus, scenario)
+
+
+def test_a_typer_told_with_little_left_expires_on_time(world):
+    bus, _store, process = world
+
+    async def scenario():
+        b = process(typing_ttl=5).start()
+        b.signals.joined("room", BOB)
+        b.signals.typing_frame("room", BOB, stop=False)  # b's typing timer: in 5 s
+        # carol's entry, told with 0.1 s left after bob's: it must not wait for his
+        b.signals.on_notice({"type": "signal.typers", "uri": "room", "process": "p",
+                             "users": [["c3", "carol", 0.1]]})
+        assert set(b.signals.typing["room"]) == {"b2", "c3"}
+        await wait_for(lambda: set(b.signals.typing["room"]) == {"b2"}, 2,
+                       "carol expired, bob still typing")
 
     run(bus, scenario)
 
