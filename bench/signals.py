@@ -34,6 +34,7 @@ from bench.loadgen import (
 )
 from bench.run import AMQP_URL, SERVER_SETTINGS
 from bench.wsclient import WsClient, connect
+from chat.broker import AmqpBroker
 from tests.conftest import MongoServer, database_url
 from tests.helpers import ServerProcess, scratch_vhost
 
@@ -125,20 +126,43 @@ async def open_all(room: Room, tokens: list[str], counts: Counts | None = None,
     return clients, times, failed
 
 
-async def storm(port: int, pid: int, sockets: int, users: int) -> dict:
+class ControlCounts:
+    """The presence notices on the control exchange, as another process gets them."""
+
+    def __init__(self):
+        self.notices = 0
+        self.bytes = 0
+        self.counting = False
+
+    def count(self, body: bytes) -> None:
+        if self.counting and json.loads(body).get("type") == "signal.presence":
+            self.notices += 1
+            self.bytes += len(body)
+
+
+async def storm(port: int, pid: int, sockets: int, users: int, amqp_url: str) -> dict:
     """`sockets` sockets of `users` members opening at once; with presence on, each
-    member's arrival is a diff to every full-stream socket already in."""
+    member's arrival is a diff to every full-stream socket already in, and the
+    server tells the other processes (counted by a listener on the control
+    exchange, standing in for one) what its room's members are."""
     room = await Room(port).make(users)
+    control, listener = ControlCounts(), AmqpBroker(amqp_url)
+    listener.on_control = control.count
+    await listener.start()
+    control.counting = True
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     clients, times, failed = await open_all(room, [room.tokens[i % users] for i in range(sockets)])
     all_open = time.perf_counter() - t0
     await asyncio.sleep(1.0)  # the last diffs
     cpu = cpu_seconds(pid) - cpu0
+    control.counting = False
+    await listener.close()
     close_all(clients)
     # Every text frame: ready, the presence state after it, the diffs.
     return {"sockets": sockets, "users": users, "open": len(clients), "failed": failed,
             "all_open_seconds": round(all_open, 2), "handshake_p99_ms": ms(percentile(times, 0.99)),
-            "server_cpu_s": round(cpu, 2), "frames": sum(c.frames for c in clients)}
+            "server_cpu_s": round(cpu, 2), "frames": sum(c.frames for c in clients),
+            "presence_notices": control.notices, "presence_notice_bytes": control.bytes}
 
 
 async def broadcast(port: int, pid: int, sockets: int, users: int, rate: float, seconds: float,
@@ -223,6 +247,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternated rounds of each pair; the machine is shared")
+    parser.add_argument("--storm-only", action="store_true",
+                        help="only the connect storm; prints, leaves docs/benchmarks.md alone")
     args = parser.parse_args()
     raise_fd_limit()
     load = {"before": os.getloadavg(), "cpus": os.cpu_count()}
@@ -236,10 +262,11 @@ def main() -> None:
             for _ in range(args.rounds):
                 for presence in (True, False):
                     row = run_against(mongo.url, amqp_url, work, {"presence_enabled": presence},
-                                      lambda port, pid: storm(port, pid, args.sockets, args.users))
+                                      lambda port, pid: storm(port, pid, args.sockets, args.users,
+                                                              amqp_url))
                     result["storm"].append({"presence": presence, **row})
                     print(json.dumps(result["storm"][-1]), flush=True)
-                for share in (0.1, 0.0):
+                for share in () if args.storm_only else (0.1, 0.0):
                     row = run_against(mongo.url, amqp_url, work, {}, lambda port, pid, s=share: broadcast(
                         port, pid, args.sockets, args.users, args.rate, args.seconds, s))
                     result["broadcast"].append({"typing_share": share, **row})
@@ -249,14 +276,16 @@ def main() -> None:
     load["after"] = os.getloadavg()
     result["load"] = load
     print(json.dumps(result), flush=True)
-    write_section(result)
+    if not args.storm_only:
+        write_section(result)
 
 
 def write_section(result: dict) -> None:
     load = result["load"]
+    options = " ".join(f"--{k} {v:g}" for k, v in result["args"].items() if k != "storm_only")
     lines = [
         SECTION, "",
-        f"`python -m bench.signals {' '.join(f'--{k} {v:g}' for k, v in result['args'].items())}` "
+        f"`python -m bench.signals {options}` "
         "(part of `make bench`): one server process, one room, "
         f"{result['args']['sockets']} sockets on the full stream (`since`, as the page opens them). "
         f"The machine ({load['cpus']} cores) is shared with other people's test runs: load "
@@ -265,19 +294,24 @@ def write_section(result: dict) -> None:
         f"Connect storm: {result['args']['sockets']} sockets of {result['args']['users']} members "
         "opening at once, presence on vs off (every member's arrival is a presence diff to "
         "every socket already in).", "",
-        "| presence | all open (s) | handshake p99 (ms) | server CPU (s) | frames sent |",
-        "| --- | --- | --- | --- | --- |",
+        "| presence | all open (s) | handshake p99 (ms) | server CPU (s) | frames sent "
+        "| presence notices | notice bytes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     notes_storm = [
         "", "Frames sent: a `ready` per socket, with presence on also the room's presence right "
         "after it, and a diff to every socket already live when a member's first socket opens. "
         "Sockets still catching up get no diffs (the state they get after `ready` is current), "
         "so when every member's first socket arrives before any socket is ready, there are none.",
+        "Presence notices: what the server told the other processes on the control exchange "
+        "(each parses every one); a room's goes out at most every 0.2 s (PRESENCE_EVERY) with "
+        "its members as they are then, not one per arriving member with the whole list.",
     ]
     for row in result["storm"]:
         lines.append(f"| {'on' if row['presence'] else 'off'} | {row['all_open_seconds']} | "
                      f"{row['handshake_p99_ms']} | {row['server_cpu_s']} | "
-                     f"{row['frames']} |")
+                     f"{row['frames']} | {row['presence_notices']} | "
+                     f"{row['presence_notice_bytes']} |")
     lines += notes_storm
     lines += [
         "", f"Broadcast: {result['args']['rate']:g} posts/s for {result['args']['seconds']:g} s to "
