@@ -151,17 +151,21 @@ async def storm(port: int, pid: int, sockets: int, users: int, amqp_url: str) ->
     await listener.start()
     control.counting = True
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    clients, times, failed = await open_all(room, [room.tokens[i % users] for i in range(sockets)])
+    counts = Counts()
+    clients, times, failed = await open_all(room, [room.tokens[i % users] for i in range(sockets)],
+                                            counts)
     all_open = time.perf_counter() - t0
     await asyncio.sleep(1.0)  # the last diffs
     cpu = cpu_seconds(pid) - cpu0
     control.counting = False
     await listener.close()
     close_all(clients)
-    # Every text frame: ready, the presence state after it, the diffs.
+    # Every text frame: the catch-up (the members' joins are events), ready, the
+    # presence state after it, the diffs; and those of every 10th socket by type.
     return {"sockets": sockets, "users": users, "open": len(clients), "failed": failed,
             "all_open_seconds": round(all_open, 2), "handshake_p99_ms": ms(percentile(times, 0.99)),
             "server_cpu_s": round(cpu, 2), "frames": sum(c.frames for c in clients),
+            "frames_of_every_10th_by_type": counts.kinds,
             "presence_notices": control.notices, "presence_notice_bytes": control.bytes}
 
 

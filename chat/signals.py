@@ -20,6 +20,9 @@ lost "stop" or a process that died without a word corrects itself:
 
 Sockets get frames through `send(uri, payload)`, which the hub sets: it
 writes to the room's full-stream sockets only and spares slow ones first.
+A socket gets the room's presence after `ready` as it was last shown to the
+room's sockets, then the diffs every socket there gets: at most one per room
+per PRESENCE_EVERY, so a connect storm of N members is not N diffs to each.
 Nothing here costs a MongoDB write per typing frame or presence change.
 """
 
@@ -44,9 +47,10 @@ TYPING_THROTTLE = 1.0
 # between goes out together (in a big room, every typer's start and stop would
 # otherwise be a frame to every socket).
 TYPING_EVERY = 0.5
-# A room's presence notice to the other processes goes out at most this often,
-# with its local members as they are then: a connect storm of N members would
-# otherwise be N notices of up to N entries each, parsed by every process.
+# A room's presence notice to the other processes, and its presence diff to
+# the sockets here, go out at most this often, with what has changed by then: a
+# connect storm of N members would otherwise be N notices of up to N entries
+# each, parsed by every process, and N diffs to each of up to N sockets.
 PRESENCE_EVERY = 0.2
 NOTICE_PREFIX = "signal."
 
@@ -82,8 +86,9 @@ class Typist:
 
 
 class Paced:
-    """What was last sent about a room (its typing set to the sockets here, its
-    local members to the other processes), when, and the send that waits."""
+    """What was last sent about a room (its typing set and presence diff to the
+    sockets here, its local members to the other processes), when, and the send
+    that waits."""
 
     __slots__ = ("at", "payload", "timer")
 
@@ -111,6 +116,7 @@ class Signals:
         self.process = secrets.token_hex(8)
         # Rooms with sockets here: the presence each was last shown, to send diffs.
         self.shown: dict[str, dict[str, str]] = {}
+        self.diff_out: dict[str, Paced] = {}
         self.local: dict[str, dict[str, LocalMember]] = {}
         self.peers: dict[str, Peer] = {}
         self.typing: dict[str, dict[str, Typist]] = {}
@@ -156,6 +162,7 @@ class Signals:
                     member.leaving.cancel()
         for timer in (*self.typing_timers.values(), self.snapshot_soon,
                       *(out.timer for out in self.typing_out.values()),
+                      *(out.timer for out in self.diff_out.values()),
                       *(out.timer for out in self.presence_out.values())):
             if timer is not None:
                 timer.cancel()
@@ -226,9 +233,10 @@ class Signals:
             self.reads.pop(uri, None)
             self.drop_typing(uri)
             self.asking.discard(uri)
-            out = self.typing_out.pop(uri, None)
-            if out is not None and out.timer is not None:
-                out.timer.cancel()
+            for outs in (self.typing_out, self.diff_out):
+                out = outs.pop(uri, None)
+                if out is not None and out.timer is not None:
+                    out.timer.cancel()
 
     def grace_over(self, uri: str, user_id: str) -> None:
         members = self.local.get(uri, {})
@@ -257,12 +265,16 @@ class Signals:
 
     def welcome(self, uri: str) -> list[bytes]:
         """What a full-stream socket gets after ready: the room's presence, and
-        who is typing when anyone is."""
+        who is typing when anyone is.
+
+        The presence is what the room's sockets were last shown, not what is
+        online now: the socket gets the room's next diff with the others, and a
+        change that waits for it would otherwise come twice (or a leave never)."""
         payloads = []
         if self.presence_enabled:
-            online = self.online_ids(uri)
+            shown = self.shown.get(uri, {})  # none once its socket closed while joining
             payloads.append(encode({"type": "presence", "users": [
-                {"id": user_id, "username": name} for user_id, name in online.items()]}))
+                {"id": user_id, "username": name} for user_id, name in shown.items()]}))
         if self.typing.get(uri):
             payloads.append(self.typing_payload(uri))
         return payloads
@@ -280,9 +292,9 @@ class Signals:
         return sorted(self.online_ids(uri).values())
 
     def local_changed(self, uri: str) -> None:
-        """The members with a socket to uri here changed: tell the sockets here at
-        once, and the other processes at the end of this turn of the loop or
-        PRESENCE_EVERY after the room's last notice, all changes in one."""
+        """The members with a socket to uri here changed: tell the sockets here and
+        the other processes, each at the end of this turn of the loop or
+        PRESENCE_EVERY after they were last told, all changes in one."""
         if self.presence_enabled or uri in self.asking:
             self.pace(self.presence_out, uri, PRESENCE_EVERY, self.send_presence, at_once=False)
         self.changed(uri)
@@ -310,15 +322,22 @@ class Signals:
         return [[user_id, member.username] for user_id, member in self.local.get(uri, {}).items()]
 
     def changed(self, uri: str) -> None:
-        """Send the room's sockets here what changed since they were last told."""
-        shown = self.shown.get(uri)
-        if shown is None or not self.presence_enabled:
-            return
+        """The room's presence may have changed: its sockets here get a diff at the
+        end of this turn of the loop or PRESENCE_EVERY after their last one."""
+        if uri in self.shown and self.presence_enabled:
+            self.pace(self.diff_out, uri, PRESENCE_EVERY, self.send_diff, at_once=False)
+
+    def send_diff(self, uri: str) -> None:
+        """Send the room's sockets here what changed since they were last told:
+        changes that undid each other in between are no change."""
+        out, shown = self.diff_out[uri], self.shown[uri]  # both go when the room does
+        out.timer = None
         online = self.online_ids(uri)
         joined = [{"id": i, "username": name} for i, name in online.items() if i not in shown]
         left = [{"id": i, "username": name} for i, name in shown.items() if i not in online]
         if joined or left:
             self.shown[uri] = online
+            out.at = self.clock()
             # Not spared on a slow socket: a missed diff would leave its page wrong
             # until it reconnects. Typing frames carry the whole set and read
             # positions only rise, so the next one corrects a missed one.

@@ -16,6 +16,7 @@ from tests.helpers import wait_for
 ALICE = {"id": "a1", "username": "alice"}
 BOB = {"id": "b2", "username": "bob"}
 CAROL = {"id": "c3", "username": "carol"}
+DAVE = {"id": "d4", "username": "dave"}
 
 
 class Bus:
@@ -91,6 +92,12 @@ def online(process: Process, uri: str = "room") -> list[str]:
     return process.signals.online(uri)
 
 
+def shown(process: Process, uri: str = "room") -> list[str]:
+    """Who the process's sockets in uri were last told is online (a diff goes
+    out some time after the change)."""
+    return sorted(process.signals.shown.get(uri, {}).values())
+
+
 @pytest.fixture
 def world():
     bus, store = Bus(), ReadStore()
@@ -121,13 +128,13 @@ def test_presence_is_the_same_on_every_process_and_changes_come_as_diffs(world):
 
     async def scenario():
         a, b = alice_and_bob(process)
-        await wait_for(lambda: online(a) == online(b) == ["alice", "bob"], 5, "both online")
+        await wait_for(lambda: shown(a) == shown(b) == ["alice", "bob"], 5, "both online")
         assert {u["username"] for f in a.of("presence") for u in f["joined"]} == {"alice", "bob"}
         [welcome] = [json.loads(p) for p in b.signals.welcome("room")]
         assert welcome == {"type": "presence", "users": [
             {"id": "b2", "username": "bob"}, {"id": "a1", "username": "alice"}]}
         b.signals.left("room", BOB, room_empty=False)
-        await wait_for(lambda: online(a) == ["alice"], 5, "bob gone after the grace")
+        await wait_for(lambda: shown(a) == ["alice"], 5, "bob gone after the grace")
         assert a.of("presence")[-1] == {"type": "presence", "joined": [],
                                         "left": [{"id": "b2", "username": "bob"}]}
 
@@ -140,14 +147,14 @@ def test_a_reconnect_within_the_grace_announces_nothing(world):
     async def scenario():
         a, b = alice_and_bob(process, presence_grace=0.5)
         a.signals.joined("room", CAROL)
-        await wait_for(lambda: online(b) == ["alice", "bob", "carol"], 5, "all online")
+        await wait_for(lambda: shown(b) == ["alice", "bob", "carol"], 5, "all online")
         frames, notices = len(b.frames), len(bus.published)
         a.signals.left("room", ALICE, room_empty=False)
         a.signals.left("room", CAROL, room_empty=True)  # her grace ends after alice's would
         a.signals.joined("room", ALICE)  # back within the grace
         # Once carol is announced gone, alice's leave would have been too, had her
         # reconnect not cancelled it: proven by the order of events, not by sleeps.
-        await wait_for(lambda: online(b) == ["alice", "bob"], 5, "carol gone after the grace")
+        await wait_for(lambda: shown(b) == ["alice", "bob"], 5, "carol gone after the grace")
         assert b.frames[frames:] == [{"type": "presence", "joined": [], "left": [CAROL]}]
         told = [n for n in bus.published[notices:] if n["type"] == "signal.presence"]
         assert told and all(["a1", "alice"] in n["users"] for n in told)
@@ -178,7 +185,7 @@ def test_a_process_that_goes_silent_has_its_members_expire(world):
         assert online(b) == ["alice", "bob"]
         # and is gone at b's next tick (every ttl / 3) once that has passed.
         now[0] = 0.6
-        await wait_for(lambda: online(b) == ["bob"], 5, "alice expired")
+        await wait_for(lambda: shown(b) == ["bob"], 5, "alice expired")
         assert b.of("presence")[-1]["left"] == [{"id": "a1", "username": "alice"}]
 
     run(bus, scenario)
@@ -229,6 +236,77 @@ def test_members_who_connect_together_are_one_presence_notice(world):
         await wait_for(lambda: len(online(b)) == 49, 5, "two gone on b")
         await asyncio.sleep(0.3)  # past the pace: nothing else was waiting to be told
         assert len(notices_of(a)) == 2
+
+    run(bus, scenario)
+
+
+def test_members_who_join_together_are_one_diff_to_the_sockets_here(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a = process().start()
+        a.signals.joined("room", ALICE)
+        await wait_for(lambda: a.of("presence"), 2, "alice shown")
+        before = len(a.frames)
+        members = [{"id": f"m{i}", "username": f"member{i}"} for i in range(50)]
+        for member in members:  # a connect storm: all in one turn of the loop
+            a.signals.joined("room", member)
+        a.signals.forget_member("room", ALICE["id"])  # and one leaving: the next diff
+        # one frame to every socket with the 51 changes, not 51 frames
+        await wait_for(lambda: len(a.frames) > before, 2, "the storm's diff")
+        assert a.frames[before:] == [{"type": "presence", "joined": members, "left": [ALICE]}]
+
+    run(bus, scenario)
+
+
+def test_a_socket_welcomed_while_a_diff_waits_gets_every_change_once(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = process().start(), process().start()
+        a.signals.joined("room", ALICE)
+        await wait_for(lambda: a.of("presence"), 2, "alice shown")
+        a.signals.joined("room", CAROL)  # waits for the room's next diff
+        b.signals.joined("room", BOB)  # reaches a on a later turn
+        a.signals.joined("room", DAVE)  # dave's socket opens and gets its welcome
+        [welcome] = [json.loads(p) for p in a.signals.welcome("room")]
+        after_welcome = len(a.frames)
+        a.signals.forget_member("room", CAROL["id"])  # gone before the diff went out
+        # What dave's page shows: the welcome, then every diff after it. Nobody
+        # joins twice or leaves unseen, and it ends as the room is.
+        page = {user["id"] for user in welcome["users"]}
+        wrong: list[dict] = []
+
+        def dave_sees_everyone() -> bool:
+            for frame in a.frames[after_welcome:]:
+                wrong.extend(u for u in frame["joined"] if u["id"] in page)
+                wrong.extend(u for u in frame["left"] if u["id"] not in page)
+                page.update(u["id"] for u in frame["joined"])
+                page.difference_update(u["id"] for u in frame["left"])
+            del a.frames[after_welcome:]
+            return page == {"a1", "b2", "d4"}
+
+        await wait_for(dave_sees_everyone, 2, "alice, bob and dave on dave's page")
+        assert wrong == [] and online(a) == ["alice", "bob", "dave"]
+
+    run(bus, scenario)
+
+
+def test_a_leave_and_rejoin_before_the_diff_goes_out_is_no_diff(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a = process().start()
+        a.signals.joined("room", ALICE)
+        a.signals.joined("room", BOB)
+        await wait_for(lambda: a.of("presence"), 2, "alice and bob shown")
+        before = len(a.frames)
+        a.signals.forget_member("room", BOB["id"])  # removed with no grace,
+        a.signals.joined("room", BOB)  # and added back
+        a.signals.joined("room", CAROL)
+        # carol's join is the only change the sockets see
+        await wait_for(lambda: len(a.frames) > before, 2, "carol's diff")
+        assert a.frames[before:] == [{"type": "presence", "joined": [CAROL], "left": []}]
 
     run(bus, scenario)
 
