@@ -64,12 +64,20 @@ def in_process(fresh_db):
     return run
 
 
+async def sign_up(http: httpx.AsyncClient, name: str) -> tuple[str, str]:
+    """A new account's (id, token); the client then authenticates by header, as an API client."""
+    created = await http.post("/auth/users/create/", json={"username": name, "password": "pw-12345"})
+    assert created.status_code == 201, created.text
+    token = (await http.post("/auth/jwt/create/",
+                             json={"username": name, "password": "pw-12345"})).json()["token"]
+    http.cookies.clear()
+    return created.json()["id"], token
+
+
 def test_round_trips_of_a_post_a_handshake_and_a_history_page(in_process):
     async def scenario(server, base, commands):
         async with httpx.AsyncClient(base_url=base) as http:
-            await http.post("/auth/users/create/", json={"username": "ann", "password": "pw-12345"})
-            token = (await http.post("/auth/jwt/create/",
-                                     json={"username": "ann", "password": "pw-12345"})).json()["token"]
+            _, token = await sign_up(http, "ann")
             auth = {"Authorization": f"JWT {token}"}
             uri = (await http.post("/api/chats/", headers=auth)).json()["uri"]
             ws_url = f"{base.replace('http', 'ws')}/ws/chats/{uri}/?token={token}"
@@ -134,9 +142,7 @@ def test_round_trips_of_an_edit_a_reaction_and_a_history_page_after_them(in_proc
     History after it: one find, as before (no change is in flight)."""
     async def scenario(server, base, commands):
         async with httpx.AsyncClient(base_url=base) as http:
-            await http.post("/auth/users/create/", json={"username": "ann", "password": "pw-12345"})
-            token = (await http.post("/auth/jwt/create/",
-                                     json={"username": "ann", "password": "pw-12345"})).json()["token"]
+            _, token = await sign_up(http, "ann")
             auth = {"Authorization": f"JWT {token}"}
             uri = (await http.post("/api/chats/", headers=auth)).json()["uri"]
             posted = (await http.post(f"/api/chats/{uri}/messages/", headers=auth,
@@ -169,10 +175,7 @@ def test_the_chat_list_sends_four_commands_for_3_chats_as_for_30(in_process):
         async with httpx.AsyncClient(base_url=base) as http:
             auth = {}
             for name in ("ann", "bob"):
-                await http.post("/auth/users/create/", json={"username": name, "password": "pw-12345"})
-                token = (await http.post("/auth/jwt/create/", json={
-                    "username": name, "password": "pw-12345"})).json()["token"]
-                http.cookies.clear()  # by header from now on, as an API client
+                _, token = await sign_up(http, name)
                 auth[name] = {"Authorization": f"JWT {token}"}
             counts = []
             for chats in (3, 27):
@@ -198,14 +201,7 @@ def test_typing_and_presence_cost_no_command_and_reads_are_written_together(in_p
         async with httpx.AsyncClient(base_url=base) as http:
             auth, ids = {}, {}
             for name in ("ann", "bob"):
-                created = await http.post("/auth/users/create/",
-                                          json={"username": name, "password": "pw-12345"})
-                assert created.status_code == 201, created.text
-                ids[name] = created.json()["id"]
-                token = (await http.post("/auth/jwt/create/", json={
-                    "username": name, "password": "pw-12345"})).json()["token"]
-                http.cookies.clear()  # by header from now on, as an API client
-                auth[name] = token
+                ids[name], auth[name] = await sign_up(http, name)
             ann = {"Authorization": f"JWT {auth['ann']}"}
             uri = (await http.post("/api/chats/", headers=ann)).json()["uri"]
             await http.patch(f"/api/chats/{uri}/", json={},
