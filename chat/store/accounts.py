@@ -1,0 +1,142 @@
+"""Accounts: users, tokens and failed logins."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from chat.store.base import UsernameTaken, guarded, log, now
+from chat.store.public import public_user
+
+# Failed logins older than this are never counted (the window is at most a day).
+LOGIN_FAILURE_TTL = 24 * 3600
+
+
+def username_key(username: str) -> str:
+    """What makes two usernames the same account: case is ignored."""
+    return username.casefold()
+
+
+def live_token_user(doc: dict[str, Any] | None) -> dict | None:
+    """A token document's user while it is live; None when there is none
+    (revoked) or it expired (MongoDB's TTL removes it only some time after)."""
+    if doc is None or doc["expires"] <= now():
+        return None
+    return doc["user"]
+
+
+
+
+
+class Accounts:
+    """The users, tokens and login_failures collections."""
+
+    async def ensure_account_indexes(self) -> None:
+        await self.users.create_index("username", unique=True, name="username")
+        # Usernames are unique ignoring case; the spelling the user chose is kept
+        # for display. Partial: accounts made before this have no key until
+        # backfilled, and two of them that differ only in case keep theirs apart.
+        await self.users.create_index("username_key", unique=True, name="username_key",
+                                      partialFilterExpression={"username_key": {"$type": "string"}})
+        await self.backfill_username_keys()
+        await self.tokens.create_index("user_id", name="user_id")
+        # MongoDB removes expired tokens and old failed logins by itself (TTL).
+        await self.tokens.create_index("expires", expireAfterSeconds=0, name="expires_ttl")
+        await self.login_failures.create_index([("username", ASCENDING), ("at", ASCENDING)],
+                                               name="username_at")
+        await self.login_failures.create_index("at", expireAfterSeconds=LOGIN_FAILURE_TTL,
+                                               name="at_ttl")
+
+    async def backfill_username_keys(self) -> None:
+        async for doc in self.users.find({"username_key": {"$exists": False}}, {"username": 1}):
+            try:
+                await self.users.update_one({"_id": doc["_id"]},
+                                            {"$set": {"username_key": username_key(doc["username"])}})
+            except DuplicateKeyError:
+                log.warning("user %s differs from an older account only in case; it logs in "
+                            "by its exact spelling", doc["_id"])
+
+    @guarded
+    async def create_user(self, username: str, email: str, password_hash: bytes) -> dict:
+        doc = {"username": username, "username_key": username_key(username), "email": email,
+               "password": password_hash, "first_name": "", "last_name": "", "created": now()}
+        try:
+            await self.users.insert_one(doc)
+        except DuplicateKeyError:
+            raise UsernameTaken(username) from None
+        return doc
+
+    @guarded
+    async def user_by_name(self, username: str) -> dict | None:
+        """The account named username in any case; its exact spelling first (two
+        accounts made before names ignored case may differ only in case)."""
+        found = await self.users.find({"$or": [{"username": username},
+                                                {"username_key": username_key(username)}]},
+                                      limit=2).to_list(None)
+        return next((d for d in found if d["username"] == username), found[0] if found else None)
+
+    @guarded
+    async def users_by_id(self, ids: list[str]) -> dict[str, dict]:
+        object_ids = [ObjectId(i) for i in ids]
+        found = await self.users.find({"_id": {"$in": object_ids}}).to_list(None)
+        return {str(doc["_id"]): public_user(doc) for doc in found}
+
+    # Tokens ------------------------------------------------------------
+
+    @guarded
+    async def add_token(self, token_id: str, user: dict, expires: datetime.datetime) -> None:
+        await self.tokens.insert_one({"_id": token_id, "user_id": user["id"], "user": user,
+                                      "expires": expires})
+
+    @guarded
+    async def token_user(self, token_id: str) -> dict | None:
+        """The user a live token belongs to, or None when revoked or expired."""
+        return live_token_user(await self.tokens.find_one({"_id": token_id}))
+
+    @guarded
+    async def take_token(self, token_id: str) -> dict | None:
+        """Revoke a token and return its user, if it was live: one caller wins."""
+        return live_token_user(await self.tokens.find_one_and_delete({"_id": token_id}))
+
+    @guarded
+    async def revoke_token(self, token_id: str) -> None:
+        await self.tokens.delete_one({"_id": token_id})
+
+    @guarded
+    async def record_login_attempt(self, username: str, address: str) -> Any:
+        """A login attempt before its password is checked: it counts as a failure
+        from its address (`pending`) until settled or forgotten, so attempts made
+        at once see each other. Its id."""
+        result = await self.login_failures.insert_one(
+            {"username": username_key(username), "address": address, "at": now(),
+             "pending": True})
+        return result.inserted_id
+
+    @guarded
+    async def settle_login_failure(self, attempt_id: Any) -> None:
+        await self.login_failures.update_one({"_id": attempt_id}, {"$unset": {"pending": ""}})
+
+    @guarded
+    async def forget_login_attempt(self, attempt_id: Any) -> None:
+        await self.login_failures.delete_one({"_id": attempt_id})
+
+    @guarded
+    async def login_failures_since(self, username: str, since: datetime.datetime) -> list[dict]:
+        """The failed and pending logins ({_id, at, address, pending}) for
+        username after since, oldest first."""
+        return await self.login_failures.find(
+            {"username": username_key(username), "at": {"$gt": since}},
+            {"at": 1, "address": 1, "pending": 1}).sort("at", ASCENDING).to_list(None)
+
+    @guarded
+    async def clear_login_failures(self, username: str, attempt_id: Any) -> None:
+        """After attempt_id logged in: its failures and itself, not the attempts
+        still in flight (those that fail still count)."""
+        await self.login_failures.delete_many(
+            {"username": username_key(username),
+             "$or": [{"pending": {"$exists": False}}, {"_id": attempt_id}]})
+

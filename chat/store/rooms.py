@@ -1,0 +1,328 @@
+"""Rooms: their documents, membership (and the process's cache of it), read
+positions and the chat list."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import secrets
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
+from pymongo.errors import DuplicateKeyError
+
+from chat.store.base import (
+    Banned,
+    Forbidden,
+    GroupCommit,
+    NotFound,
+    NotMember,
+    guarded,
+    iso,
+    now,
+    remember,
+)
+
+KNOWN_MEMBERS = 100_000
+# How long a membership found in MongoDB is believed without reading it again:
+# a bound on what a lost "expel" notice could cost (the hub forgets them all
+# after a broker outage, when notices are known to have been lost).
+MEMBER_RECHECK_SECONDS = 300.0
+KNOWN_ROOMS = 100_000
+# Unread counts stop here (the page shows "999+"), and look at most this many
+# events after a read position.
+UNREAD_CAP = 999
+UNREAD_SCAN = 10 * UNREAD_CAP
+# How many of a room's last events the chat list looks through for its latest message.
+LATEST_SCAN = 50
+# The chat list shows this much of each chat's latest message, and this many
+# of its members (to name it).
+PREVIEW_CHARS = 100
+PREVIEW_MEMBERS = 4
+# A message that is shown: not another kind of room event, not deleted.
+VISIBLE_MESSAGE = {"type": {"$in": [None, "message"]}, "deleted": {"$ne": True}}
+
+
+def new_room_uri() -> str:
+    return secrets.token_hex(8)[:15]
+
+
+class Rooms:
+    """The rooms collection, and which memberships this process believes."""
+
+    def init_rooms(self) -> None:
+        # (room, user) pairs known to be members -> until when (loop time) that
+        # is believed; the oldest are forgotten past KNOWN_MEMBERS, and a member
+        # who leaves or is removed at once, in every process (forget_member,
+        # through the hub's control notice).
+        self.known_members: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+        self.member_recheck = MEMBER_RECHECK_SECONDS
+        # Counts forget_member calls: a membership read that a forget overtook
+        # (the read began before it) is not remembered.
+        self.forgotten = 0
+        # uri -> _id of rooms read lately. A room's update goes by _id when it is
+        # known: the cheapest lookup on any server, and some wire servers
+        # (nx-27017) scan the collection for an update by a secondary key.
+        self.room_ids: collections.OrderedDict[str, ObjectId] = collections.OrderedDict()
+        self.room_touches = GroupCommit(self.touch_rooms, self.timeout)
+
+    async def ensure_room_indexes(self) -> None:
+        await self.rooms.create_index("uri", unique=True, name="uri")
+        await self.rooms.create_index([("members", ASCENDING), ("updated", DESCENDING)],
+                                      name="members_updated")
+
+    def remember_member(self, uri: str, user_id: str, room_id: ObjectId | None = None) -> None:
+        until = asyncio.get_running_loop().time() + self.member_recheck
+        remember(self.known_members, (uri, user_id), until, KNOWN_MEMBERS)
+        if room_id is not None:
+            remember(self.room_ids, uri, room_id, KNOWN_ROOMS)
+
+    def known_member(self, uri: str, user_id: str) -> bool:
+        until = self.known_members.get((uri, user_id))
+        return until is not None and until > asyncio.get_running_loop().time()
+
+    def forget_member(self, uri: str, user_id: str) -> None:
+        self.forgotten += 1
+        self.known_members.pop((uri, user_id), None)
+
+    def forget_members(self) -> None:
+        """Believe no membership without reading it again."""
+        self.forgotten += 1
+        self.known_members.clear()
+
+    @guarded
+    async def create_room(self, owner_id: str) -> dict:
+        while True:
+            moment = now()
+            # updated is epoch seconds: some wire servers turn a datetime given
+            # to $set into a string, which would break sorting by activity.
+            doc = {"uri": new_room_uri(), "owner": owner_id, "members": [owner_id], "seq": 0,
+                   "created": moment, "updated": moment.timestamp()}
+            try:
+                await self.rooms.insert_one(doc)
+                self.remember_member(doc["uri"], owner_id, doc["_id"])
+                return doc
+            except DuplicateKeyError:
+                continue  # 60 random bits collided: draw again
+
+    @guarded
+    async def room(self, uri: str) -> dict | None:
+        return await self.rooms.find_one({"uri": uri})
+
+    @guarded
+    async def rooms_of(self, user_id: str, limit: int = 200) -> list[dict]:
+        cursor = self.rooms.find({"members": user_id}).sort("updated", DESCENDING).limit(limit)
+        return await cursor.to_list(None)
+
+    # Membership. Conditions on fields a room may lack use $nin / $in [.., None]:
+    # nx-27017 does not match a missing field with $ne in an update.
+
+    @guarded
+    async def add_member(self, uri: str, user_id: str, by_link: bool) -> tuple[dict, bool]:
+        """Add user_id to the room: (the room after, True when they were not a
+        member before). NotFound, Banned, or Forbidden when joining a locked
+        room by link."""
+        condition: dict[str, Any] = {"uri": uri, "members": {"$nin": [user_id]},
+                                     "banned": {"$nin": [user_id]}}
+        if by_link:
+            condition["locked"] = {"$in": [False, None]}
+        room = await self.rooms.find_one_and_update(
+            condition, {"$addToSet": {"members": user_id}}, return_document=ReturnDocument.AFTER)
+        joined = room is not None
+        if room is None:
+            room = await self.rooms.find_one({"uri": uri})
+            if room is None:
+                raise NotFound(uri)
+            if user_id not in room["members"]:
+                if user_id in room.get("banned", ()):
+                    raise Banned(uri)
+                raise Forbidden("This chat is locked: its owner or a moderator can add you.")
+        self.remember_member(uri, user_id, room["_id"])
+        return room, joined
+
+    @guarded
+    async def remove_member(self, uri: str, user_id: str, ban: bool = False) -> dict | None:
+        """Take user_id out of the room's members (and roles), banning them too
+        when `ban`: the room as it was before, or None when nothing changed."""
+        update: dict[str, Any] = {"$pull": {"members": user_id},
+                                  "$unset": {f"roles.{user_id}": ""}}
+        if ban:
+            condition = {"uri": uri, "banned": {"$nin": [user_id]}}
+            # $push under that condition adds them once; nx-27017's $addToSet
+            # does not create a missing array.
+            update["$push"] = {"banned": user_id}
+        else:
+            condition = {"uri": uri, "members": user_id}
+        self.forget_member(uri, user_id)
+        return await self.rooms.find_one_and_update(condition, update)
+
+    @guarded
+    async def unban(self, uri: str, user_id: str) -> bool:
+        result = await self.rooms.update_one({"uri": uri, "banned": user_id},
+                                             {"$pull": {"banned": user_id}})
+        return result.modified_count > 0
+
+    @guarded
+    async def set_role(self, uri: str, user_id: str, role: str) -> bool:
+        """Make a member a moderator or a plain member; False when not a member."""
+        update = ({"$set": {f"roles.{user_id}": role}} if role != "member"
+                  else {"$unset": {f"roles.{user_id}": ""}})
+        result = await self.rooms.update_one({"uri": uri, "members": user_id}, update)
+        return result.matched_count > 0
+
+    @guarded
+    async def hand_over(self, uri: str, owner_id: str, user_id: str) -> bool:
+        """Make member user_id the owner; the old owner stays on as a moderator."""
+        result = await self.rooms.update_one(
+            {"uri": uri, "owner": owner_id, "members": user_id},
+            {"$set": {"owner": user_id, f"roles.{owner_id}": "moderator"},
+             "$unset": {f"roles.{user_id}": ""}})
+        return result.matched_count > 0
+
+    @guarded
+    async def set_locked(self, uri: str, locked: bool) -> None:
+        # Unlocked is no field at all: nx-27017 stores a boolean given to $set
+        # as 0 or 1, which a condition on false would not match.
+        await self.rooms.update_one(
+            {"uri": uri}, {"$set": {"locked": True}} if locked else {"$unset": {"locked": ""}})
+
+    @guarded
+    async def check_member(self, uri: str, user_id: str) -> None:
+        """Raise NotFound or NotMember unless user_id may read and post in uri."""
+        if not self.known_member(uri, user_id):
+            await self.member_room(uri, user_id, {"_id": 1})
+
+    async def member_room(self, uri: str, user_id: str, fields: dict[str, int]) -> dict:
+        """The room (its _id and `fields`) if user_id is a member; else NotFound,
+        Banned or NotMember."""
+        forgotten = self.forgotten
+        room = await self.rooms.find_one({"uri": uri, "members": user_id}, fields)
+        if room is None:
+            room = await self.rooms.find_one({"uri": uri}, {"banned": 1})
+            if room is None:
+                raise NotFound(uri)
+            raise (Banned if user_id in room.get("banned", ()) else NotMember)(uri)
+        if self.forgotten == forgotten:
+            self.remember_member(uri, user_id, room["_id"])
+        return room
+
+
+    @guarded
+    async def member_seq(self, uri: str, user_id: str) -> int | None:
+        """Raise NotFound or NotMember unless user_id may post in uri. Returns
+        the room's recorded seq when it had to be read, None for a known member."""
+        if self.known_member(uri, user_id):
+            return None
+        room = await self.member_room(uri, user_id, {"seq": 1})
+        return room.get("seq", 0)
+
+
+    @guarded
+    async def touch_room(self, event: dict, deadline: float | None = None) -> None:
+        """Record a new event on its room: the latest seq, and activity for sorting."""
+        await self.room_touches.submit(
+            (event["room"], event["seq"], event["created"].timestamp()), deadline)
+
+    async def touch_rooms(self, touches: list[tuple[str, int, float]]) -> list[None]:
+        """One update per room for the touches of a batch: the room's highest seq
+        and latest activity."""
+        latest: dict[str, tuple[int, float]] = {}
+        for uri, seq, updated in touches:
+            known = latest.get(uri)
+            latest[uri] = (seq, updated) if known is None else (max(seq, known[0]),
+                                                                max(updated, known[1]))
+        await self.rooms.bulk_write(
+            [UpdateOne({"_id": self.room_ids[uri]} if uri in self.room_ids else {"uri": uri},
+                       {"$max": {"seq": seq}, "$set": {"updated": updated}})
+             for uri, (seq, updated) in latest.items()], ordered=False)
+        return [None] * len(touches)
+
+
+    # Read positions and the chat list ---------------------------------
+
+    @guarded
+    async def read_positions(self, uri: str) -> dict[str, int]:
+        """{user id: last_read_seq} of the room's members who have read anything."""
+        room = await self.rooms.find_one({"uri": uri}, {"last_read": 1})
+        return dict(room.get("last_read") or {}) if room else {}
+
+    @guarded
+    async def save_read_positions(self, positions: dict[str, dict[str, int]]) -> None:
+        """Raise (never lower) read positions, {uri: {user id: seq}}: one command, one
+        update per room however many of its members read."""
+        await self.rooms.bulk_write(
+            [UpdateOne({"_id": self.room_ids[uri]} if uri in self.room_ids else {"uri": uri},
+                       {"$max": {f"last_read.{user_id}": seq for user_id, seq in users.items()}})
+             for uri, users in positions.items()], ordered=False)
+
+    @guarded
+    async def chat_list(self, user_id: str, known_reads: dict[str, int]) -> list[dict]:
+        """My chats, newest activity first, each with its unread count, latest
+        message and first few members: four commands however many chats.
+        `known_reads` ({uri: seq}) are read positions not written yet."""
+        rooms = await self.rooms_of(user_id)
+        reads = {r["uri"]: max((r.get("last_read") or {}).get(user_id, 0),
+                               known_reads.get(r["uri"], 0)) for r in rooms}
+        unread = await self.unread_counts(user_id, reads)
+        latest = await self.latest_messages({r["uri"]: r["seq"] for r in rooms})
+        people = {r["uri"]: r["members"][:PREVIEW_MEMBERS] for r in rooms}
+        names = await self.users_by_id(list({i for ids in people.values() for i in ids}))
+        chats = []
+        for room in rooms:
+            uri, message = room["uri"], latest.get(room["uri"])
+            chats.append({
+                "uri": uri, "owner": room["owner"], "members": len(room["members"]),
+                "seq": room["seq"], "updated": iso(room["updated"]),
+                "last_seq": max(room["seq"], message["seq"] if message else 0),
+                "last_read_seq": reads[uri], "unread": unread.get(uri, 0),
+                "last_message": message and {
+                    "id": str(message["_id"]), "seq": message["seq"], "user": message["user"],
+                    "text": message["message"][:PREVIEW_CHARS], "created": iso(message["created"])},
+                "people": [{"id": i, "username": names[i]["username"]}
+                           for i in people[uri] if i in names],
+            })
+        return chats
+
+    @guarded
+    async def unread_counts(self, user_id: str, reads: dict[str, int]) -> dict[str, int]:
+        """{uri: messages by others after the read position, not deleted}, capped at
+        UNREAD_CAP, for many rooms in one command.
+
+        Only the UNREAD_SCAN events after a read position are looked at, so a
+        reader who is far behind costs a bounded scan; past the cap the count
+        is all anyone is shown anyway.
+        """
+        if not reads:
+            return {}
+        branches = [{"room": uri, "seq": {"$gt": read, "$lte": read + UNREAD_SCAN}}
+                    for uri, read in reads.items()]
+        cursor = await self.messages.aggregate([
+            {"$match": {"$or": branches, "user_id": {"$ne": user_id}, **VISIBLE_MESSAGE}},
+            {"$group": {"_id": "$room", "unread": {"$sum": 1}}},
+        ])
+        return {doc["_id"]: min(doc["unread"], UNREAD_CAP) async for doc in cursor}
+
+    @guarded
+    async def latest_messages(self, last_seqs: dict[str, int]) -> dict[str, dict]:
+        """{uri: the room's latest message that is not deleted}, given each room's
+        last seq: one command for the last LATEST_SCAN events of every room, then
+        one per room whose window holds no message (a run of other events)."""
+        if not last_seqs:
+            return {}
+        branches = [{"room": uri, "seq": {"$gt": last - LATEST_SCAN}}
+                    for uri, last in last_seqs.items()]
+        cursor = await self.messages.aggregate([
+            {"$match": {"$or": branches, **VISIBLE_MESSAGE}},
+            {"$sort": {"seq": DESCENDING}},
+            {"$group": {"_id": "$room", "latest": {"$first": "$$ROOT"}}},
+        ])
+        latest = {doc["_id"]: doc["latest"] async for doc in cursor}
+        for uri, last in last_seqs.items():
+            if uri not in latest and last > LATEST_SCAN:
+                found = await self.messages.find_one({"room": uri, **VISIBLE_MESSAGE},
+                                                     sort=[("seq", DESCENDING)])
+                if found is not None:
+                    latest[uri] = found
+        return latest
+
