@@ -4,8 +4,10 @@ Two implementations share one interface:
 
 - `AmqpBroker`: RabbitMQ through pika's TornadoConnection, on one node of a
   cluster. One durable fanout exchange per room (cluster-wide); one
-  exclusive, server-named queue per (process, room) with local sockets (on
-  the node it is connected to, gone with that node). pika has no automatic
+  exclusive, server-named queue per process (per connection: on the node it
+  is connected to, gone with that node), bound to the control exchange and
+  to the exchange of every room with a local reader; a delivery's exchange
+  names its room. pika has no automatic
   recovery, so losing the connection (or the channel, or a consumer) moves
   on at once to the next node, each node tried once per cycle, with capped
   exponential backoff and jitter on the IOLoop only after a whole cycle
@@ -36,13 +38,14 @@ CONTROL_EXCHANGE = "chat.control"
 # Bound how much a process keeps to re-send after an outage; beyond it the
 # receivers' gap repair and reconnect backfill from MongoDB still deliver.
 UNSENT_LIMIT = 10_000
-# Deliveries a room's queue holds for a stalled process before dropping the
-# oldest; gap repair fetches what was dropped from MongoDB.
-QUEUE_MAX_LENGTH = 100_000
+# Deliveries the process's queue holds while the process stalls before dropping
+# the oldest; gap repair fetches what was dropped from MongoDB.
+QUEUE_MAX_LENGTH = 1_000_000
+ROOM_EXCHANGE_PREFIX = "chat.room."
 
 
 def exchange_name(uri: str) -> str:
-    return f"chat.room.{uri}"
+    return ROOM_EXCHANGE_PREFIX + uri
 
 
 class ChannelLost(Exception):
@@ -108,15 +111,18 @@ class AmqpBroker:
         self.reconnect_timer: asyncio.TimerHandle | None = None
         self.opened: asyncio.Future | None = None
         self.closed: asyncio.Future | None = None
-        # What the hub wants (rooms with local sockets) and what is bound now.
+        # What the hub wants (rooms with local readers) and what is bound now to
+        # this connection's one queue.
         self.wanted: set[str] = set()
-        self.bound: dict[str, tuple[str, str]] = {}  # uri -> (queue, consumer tag)
+        self.bound: set[str] = set()
+        self.queue: str | None = None
         self.room_locks: dict[str, list] = {}
         # Exchanges declared on the current channel, and publishes waiting
         # for their room's exchange, in order.
         self.declared: set[str] = set()
         self.waiting: dict[str, list[bytes]] = {}
         self.unsent: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=UNSENT_LIMIT)
+        self.unsent_control: collections.deque[bytes] = collections.deque(maxlen=UNSENT_LIMIT)
         self.replies: set[asyncio.Future] = set()
         self.tasks: set[asyncio.Task] = set()
 
@@ -206,6 +212,7 @@ class AmqpBroker:
 
     def forget_channel(self) -> None:
         self.channel = None
+        self.queue = None
         self.bound.clear()
         self.declared.clear()
         for room, bodies in self.waiting.items():
@@ -234,12 +241,15 @@ class AmqpBroker:
         try:
             await self.reply(self.channel.exchange_declare, exchange=CONTROL_EXCHANGE,
                              exchange_type="fanout", durable=True)
+            # One queue for everything this process reads: a queue (with its
+            # consumer) costs the broker about 25 KiB, a binding far less.
             frame = await self.reply(self.channel.queue_declare, queue="", exclusive=True,
-                                     auto_delete=True)
-            control_queue = frame.method.queue
-            await self.reply(self.channel.queue_bind, queue=control_queue,
+                                     auto_delete=True,
+                                     arguments={"x-max-length": QUEUE_MAX_LENGTH})
+            self.queue = frame.method.queue
+            await self.reply(self.channel.queue_bind, queue=self.queue,
                              exchange=CONTROL_EXCHANGE)
-            self.channel.basic_consume(control_queue, self.on_control_delivery, auto_ack=True)
+            self.channel.basic_consume(self.queue, self.on_delivery, auto_ack=True)
             rooms = sorted(self.wanted)
             for uri in rooms:
                 await self.sync(uri)
@@ -255,6 +265,10 @@ class AmqpBroker:
         unsent, self.unsent = list(self.unsent), collections.deque(maxlen=UNSENT_LIMIT)
         for uri, body in unsent:
             self.publish(uri, body)
+        unsent_control, self.unsent_control = (list(self.unsent_control),
+                                               collections.deque(maxlen=UNSENT_LIMIT))
+        for body in unsent_control:
+            self.publish_control(body)
         if first:
             self.opened.set_result(None)
         else:
@@ -321,25 +335,18 @@ class AmqpBroker:
                 del self.room_locks[uri]
 
     async def bind_or_unbind(self, uri: str) -> None:
-        channel = self.channel
-        if channel is None:
+        channel, queue = self.channel, self.queue
+        if channel is None or queue is None:
             return  # the reconnect restores whatever is wanted then
         try:
             if uri in self.wanted and uri not in self.bound:
                 await self.declare_exchange(uri)
-                frame = await self.reply(channel.queue_declare, queue="", exclusive=True,
-                                         auto_delete=True,
-                                         arguments={"x-max-length": QUEUE_MAX_LENGTH})
-                queue = frame.method.queue
                 await self.reply(channel.queue_bind, queue=queue, exchange=exchange_name(uri))
-                tag = channel.basic_consume(
-                    queue, lambda _ch, _method, _props, body: self.deliver(uri, body),
-                    auto_ack=True)
-                self.bound[uri] = (queue, tag)
+                self.bound.add(uri)
             elif uri not in self.wanted and uri in self.bound:
-                queue, tag = self.bound.pop(uri)
-                await self.reply(channel.basic_cancel, consumer_tag=tag)
-                await self.reply(channel.queue_delete, queue=queue)
+                self.bound.discard(uri)
+                # Deliveries already queued still come; the hub drops them.
+                await self.reply(channel.queue_unbind, queue=queue, exchange=exchange_name(uri))
         except ChannelLost:
             pass  # the reconnect restores whatever is wanted then
 
@@ -384,27 +391,29 @@ class AmqpBroker:
             self.unsent.append((uri, body))
 
     def publish_control(self, body: bytes) -> None:
+        """Send a notice to every process; while RabbitMQ is away it waits, and is
+        sent once the connection is restored."""
         if self.channel is None or not self.channel.is_open:
-            log.warning("control notice not sent: RabbitMQ is down")
+            self.unsent_control.append(body)
             return
         try:
             self.channel.basic_publish(CONTROL_EXCHANGE, "", body)
         except AMQPError as error:
-            log.warning("control notice not sent: %s", error)
+            log.warning("control notice not sent (%s); will re-send", error)
+            self.unsent_control.append(body)
 
-    def deliver(self, uri: str, body: bytes) -> None:
+    def on_delivery(self, _channel, method, _properties, body: bytes) -> None:
+        """Route a delivery of the one queue by the exchange it came through."""
         # An exception escaping a pika callback breaks the whole connection
         # (every room's consumer): one bad delivery costs only itself.
+        exchange = method.exchange
         try:
-            self.on_message(uri, body)
+            if exchange == CONTROL_EXCHANGE:
+                self.on_control(body)
+            elif exchange.startswith(ROOM_EXCHANGE_PREFIX):
+                self.on_message(exchange[len(ROOM_EXCHANGE_PREFIX):], body)
         except Exception:
-            log.exception("dropped a delivery for room %s that could not be handled", uri)
-
-    def on_control_delivery(self, _channel, _method, _properties, body: bytes) -> None:
-        try:
-            self.on_control(body)
-        except Exception:
-            log.exception("dropped a control notice that could not be handled")
+            log.exception("dropped a delivery from %s that could not be handled", exchange)
 
 
 def backoff_delay(failures: int, first: float, maximum: float) -> float:
