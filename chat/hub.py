@@ -11,9 +11,17 @@ Each event is JSON-encoded once where it is stored, and framed once per
 process; every socket of the room gets the same bytes. The events a room
 delivers in one turn of the event loop go to each socket as one write.
 
-Two streams (DESIGN.md, "WebSocket protocol"): a socket that joined with
-`since` is on the full stream and gets every room event and the room's
-ephemeral signals; a plain socket (no `since`) gets `message` events only.
+A room's readers (DESIGN.md, "WebSocket protocol"): a room socket that joined
+with `since` is on the full stream and gets every room event and the room's
+ephemeral signals; a plain socket (no `since`) gets `message` events only; a
+user stream (chat/streams.py) is in every room of its user, on the quiet
+stream (every room event, no signals) or, for the rooms it subscribed to, on
+the full stream.
+
+Membership fails closed (DESIGN.md): a `member` event that ends a membership
+closes that user's readers of the room on every process when it is
+delivered, backfilled or repaired, and a cached membership is believed only
+for a room whose events this process follows.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import asyncio
 import datetime
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from chat.broker import AmqpBroker, MemoryBroker, backoff_delay
@@ -30,7 +39,7 @@ from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.sequencer import Sequencer
 from chat.signals import NOTICE_PREFIX, Signals
-from chat.store import Store, Unavailable, budget, now, public_event
+from chat.store import NotFound, NotMember, Store, Unavailable, budget, now, public_event
 from chat.tokens import Tokens
 
 log = logging.getLogger("chat.hub")
@@ -51,11 +60,20 @@ REPAIR_ATTEMPTS = 8
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011  # could not join: the client reconnects
 CLOSE_SLOW_CONSUMER = 4008
 
 
 class InvalidMessage(ValueError):
-    pass
+    """A client's action refused: 400 or an error frame naming `field`."""
+
+    def __init__(self, message: str, field: str = "message"):
+        super().__init__(message)
+        self.field = field
+
+
+class TooManySockets(Exception):
+    """The user has as many sockets open as allowed."""
 
 
 class RateLimited(Exception):
@@ -65,6 +83,14 @@ class RateLimited(Exception):
 
 
 MESSAGE = "message"  # the one event type a plain socket gets
+MEMBER = "member"
+# Member events that end a membership, and what the member's readers are told.
+ENDED_BY = {"leave": "left the chat", "remove": "removed from the chat",
+            "ban": "banned from the chat"}
+# Logout and revocation notices are kept this long and sent again after a broker
+# reconnect: a notice published into a connection that was dead but not yet
+# noticed is lost without an error, and nothing durable repeats it.
+REVOCATION_KEEP_SECONDS = 120.0
 
 
 class Socket(Protocol):
@@ -89,12 +115,14 @@ def stored_event(doc: dict[str, Any]) -> tuple[str, bytes]:
 
 
 class CatchUp:
-    """A full-stream socket reading history: live frames wait in `buffer` until it is done."""
+    """A reader catching up on history: live frames wait in `buffer` until it is
+    done; then it goes live on the full stream (with signals) or the quiet one."""
 
-    __slots__ = ("buffer", "sent")
+    __slots__ = ("buffer", "sent", "signals")
 
-    def __init__(self, sent: int):
+    def __init__(self, sent: int, signals: bool = True):
         self.sent = sent
+        self.signals = signals
         self.buffer: list[tuple[int, bytes]] | None = []
 
 
@@ -104,7 +132,8 @@ class Room:
         # Live sockets by stream, insertion-ordered sets.
         self.plain: dict[Socket, None] = {}  # message events only
         self.full: dict[Socket, None] = {}  # every room event and signals
-        self.catching: dict[Socket, CatchUp] = {}  # full stream, reading history
+        self.quiet: dict[Socket, None] = {}  # every room event, no signals
+        self.catching: dict[Socket, CatchUp] = {}  # reading history
         self.last_seq = 0
         # Frames delivered this turn of the event loop, written out together by
         # Hub.flush: (seq, frame, a message?, created).
@@ -118,17 +147,28 @@ class Room:
         self.started: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def __len__(self) -> int:
-        return len(self.plain) + len(self.full) + len(self.catching)
+        return len(self.plain) + len(self.full) + len(self.quiet) + len(self.catching)
 
     def sockets(self) -> list[Socket]:
-        """Every socket of the room, whatever its stream (a copy: closing one changes the room)."""
-        return [*self.plain, *self.full, *self.catching]
+        """Every reader of the room, whatever its stream (a copy: closing one changes the room)."""
+        return [*self.plain, *self.full, *self.quiet, *self.catching]
+
+    def remove(self, reader: Socket) -> None:
+        self.plain.pop(reader, None)
+        self.full.pop(reader, None)
+        self.quiet.pop(reader, None)
+        self.catching.pop(reader, None)
+
+    def go_live(self, reader: Socket, catch_up: CatchUp) -> None:
+        del self.catching[reader]
+        (self.full if catch_up.signals else self.quiet)[reader] = None
 
 
 class Hub:
     def __init__(self, store: Store, broker: AmqpBroker | MemoryBroker, metrics: Metrics,
                  max_message_chars: int = 2000, user_messages_per_minute: int = 100,
-                 signals: Signals | None = None, tokens: Tokens | None = None):
+                 signals: Signals | None = None, tokens: Tokens | None = None,
+                 max_sockets_per_user: int = 1_000_000):
         self.store = store
         self.broker = broker
         self.metrics = metrics
@@ -141,7 +181,18 @@ class Hub:
         # The process's cache of live tokens, told of logouts and refreshes.
         self.tokens = tokens
         self.rooms: dict[str, Room] = {}
+        # Every socket of a user here, room sockets and user streams alike
+        # (admitted before its first await, so the cap holds under a storm).
         self.sockets_by_user: dict[str, set[Socket]] = {}
+        self.max_sockets_per_user = max_sockets_per_user
+        # Readers counted present in a room (room sockets that joined, user
+        # streams' subscriptions): (id of the reader, uri).
+        self.present: set[tuple[int, str]] = set()
+        # Logout and revocation notices of the last REVOCATION_KEEP_SECONDS: (when, body).
+        self.revocations: list[tuple[float, bytes]] = []
+        # User streams (chat/streams.py) set this to hear that a user joined a
+        # room: (uri, user id, seq of the join event).
+        self.on_joined: Callable[[str, str, int], None] | None = None
         self.tasks: set[asyncio.Task] = set()
         self.no_sockets = asyncio.Event()
         self.no_sockets.set()
@@ -151,6 +202,7 @@ class Hub:
         broker.on_message = self.on_message
         broker.on_recovered = self.on_recovered
         broker.on_control = self.on_control
+        store.following = self.following
 
     # Posting -----------------------------------------------------------
 
@@ -222,6 +274,12 @@ class Hub:
         if (room is not None and room.started.done() and not room.busy
                 and doc["seq"] == room.last_seq + 1):
             self.deliver(room, doc["seq"], payload, public["created"], public["type"])
+        if created and public["type"] == MEMBER and public["op"] == "join":
+            # The joiner's user streams on processes that do not follow the room
+            # yet: only a notice can tell them (one that is lost costs the client
+            # the chat until it reconnects; nothing of the room leaks).
+            self.notify({"type": "joined", "uri": uri, "user_id": public["user"]["id"],
+                         "seq": public["seq"]})
         if created:
             await self.record_on_room(doc, deadline)
         return public, created
@@ -245,88 +303,187 @@ class Hub:
         if seq > last_seq:  # this process may not have the room, or lag a delivery behind
             last_seq = await self.store.last_seq(uri)
         if seq > last_seq:
-            raise InvalidMessage(f"seq: the room's last event is {last_seq}.")
+            raise InvalidMessage(f"the room's last event is {last_seq}.", "seq")
         self.signals.read(uri, user, seq)
 
     def count_user_sockets(self, user_id: str) -> int:
         return len(self.sockets_by_user.get(user_id, ()))
 
+    def admit(self, sock: Socket) -> None:
+        """Count a new socket of its user (before any await of its handshake, so
+        concurrent handshakes see each other); TooManySockets past the cap."""
+        sockets = self.sockets_by_user.setdefault(sock.user["id"], set())
+        if len(sockets) >= self.max_sockets_per_user:
+            if not sockets:
+                del self.sockets_by_user[sock.user["id"]]
+            raise TooManySockets()
+        if sock not in sockets:
+            sockets.add(sock)
+            self.no_sockets.clear()
+            self.metrics.open_sockets.inc()
+
+    def release(self, sock: Socket) -> None:
+        """The socket is gone (closed, or refused after admit)."""
+        user_sockets = self.sockets_by_user.get(sock.user.get("id"))
+        if user_sockets is None or sock not in user_sockets:
+            return  # never admitted (refused before), or released already
+        user_sockets.discard(sock)
+        self.metrics.open_sockets.dec()
+        if not user_sockets:
+            del self.sockets_by_user[sock.user["id"]]
+            if not self.sockets_by_user:
+                self.no_sockets.set()
+
     async def join(self, sock: Socket, uri: str, since: int | None) -> int:
-        """Subscribe sock to uri, send what it missed after `since`; returns its seq."""
-        self.sockets_by_user.setdefault(sock.user["id"], set()).add(sock)
-        self.signals.joined(uri, sock.user)
-        self.no_sockets.clear()
-        self.metrics.open_sockets.inc()
+        """A room socket (admitted): in the room, sent what it missed after
+        `since`; returns its seq. NotFound, NotMember, Banned or Unavailable when
+        its membership does not hold once it is registered."""
+        if sock not in self.sockets_by_user.get(sock.user["id"], ()):
+            self.admit(sock)
+        return await self.attach(sock, uri, since, signals=since is not None, present=True)
+
+    def leave(self, sock: Socket, uri: str) -> None:
+        self.release(sock)
+        self.detach(sock, uri)
+
+    def following(self, uri: str) -> bool:
+        """True while every event of uri reaches this process as it is stored: a
+        membership cached here is then dropped by the event that ends it."""
+        room = self.rooms.get(uri)
+        return (room is not None and room.started.done() and not room.stale
+                and self.broker.healthy)
+
+    async def check_reader(self, uri: str, user_id: str) -> None:
+        """The membership of a reader just registered in the room: read again
+        unless cached, so that a removal that landed before it registered (its
+        notice and event found nobody to close) is not missed."""
+        if not self.store.known_member(uri, user_id):
+            await self.store.check_member(uri, user_id)
+
+    async def attach(self, reader: Socket, uri: str, since: int | None, *, signals: bool,
+                     present: bool = False, checked: bool = False) -> int:
+        """Put a reader in the room: live messages only (since None), or what it
+        missed after `since` and then every event (with the room's signals, or
+        quiet). The membership is checked after it is registered and before
+        anything is sent, unless `checked`; when it fails the reader is
+        detached and the error raised. `present`: the reader makes its user
+        present in the room. Returns the seq the reader is at."""
+        room, catch_up = self.register(reader, uri, since, signals)
+        await asyncio.shield(room.started)
+        if not checked:
+            try:
+                await self.check_reader(uri, reader.user["id"])
+            except Exception:
+                self.detach(reader, uri)
+                raise
+        if self.rooms.get(uri) is not room or (reader not in room.catching
+                                               and reader not in room.plain):
+            return since or 0  # closed (or removed) meanwhile
+        if present:
+            self.present.add((id(reader), uri))
+            self.signals.joined(uri, reader.user)
+        if catch_up is None:
+            return room.last_seq
+        return await self.catch_up(reader, room, catch_up)
+
+    def register(self, reader: Socket, uri: str, since: int | None,
+                 signals: bool) -> tuple[Room, CatchUp | None]:
+        """The first step of attach: the reader is in the room (starting it if
+        new) at once, so that it is never left empty (and dropped) while the
+        reader waits; deliveries wait in its catch-up's buffer, or in the
+        room's pending until it starts."""
         room = self.rooms.get(uri)
         if room is None:
             room = self.rooms[uri] = Room(uri)
             self.metrics.active_rooms.set(len(self.rooms))
             self.spawn(self.start_room(room))
         if since is None:
-            # In the room at once, so that it is never left empty (and dropped)
-            # while this socket waits; deliveries wait in pending until it starts.
             self.flush(room)  # what was delivered before it joined is not for it
-            room.plain[sock] = None
-            await asyncio.shield(room.started)
-            return room.last_seq
-        catch_up = room.catching[sock] = CatchUp(since)
-        await asyncio.shield(room.started)
-        if room.catching.get(sock) is not catch_up:
-            return since  # left (or was closed) while the room started
-        if since > room.last_seq:
+            room.plain[reader] = None
+            return room, None
+        catch_up = room.catching[reader] = CatchUp(since, signals)
+        return room, catch_up
+
+    async def catch_up(self, reader: Socket, room: Room, catch_up: CatchUp) -> int:
+        """Send a registered reader the events after catch_up.sent (from MongoDB
+        up to what the room delivered since it registered, then those), then
+        put it live. Returns its seq."""
+        uri = room.uri
+        if room.catching.get(reader) is not catch_up:
+            return catch_up.sent  # left (or was closed) before it began
+        if catch_up.sent > room.last_seq:
             # Nobody has seen past what is stored: a bigger since would withhold
-            # the next messages from this socket.
-            catch_up.sent = min(since, await self.store.last_seq(uri))
-        # What the room delivered before this socket joined is read back; from
-        # room.last_seq on, the room's own deliveries bring it (buffered until
-        # the read is done). A client that saw the room's last seq (a page
-        # reconnecting) costs no read at all.
-        while catch_up.sent < room.last_seq:
-            docs = await self.store.messages_after(uri, catch_up.sent, CATCH_UP_PAGE)
+            # the next events from this reader.
+            catch_up.sent = min(catch_up.sent, await self.store.last_seq(uri))
+        # What the room delivered before this reader registered is read back;
+        # the rest is in its buffer. A client that saw the room's last seq (a
+        # page reconnecting) costs no read at all.
+        while True:
+            buffered = catch_up.buffer
+            upto = buffered[0][0] - 1 if buffered else room.last_seq
+            if catch_up.sent >= upto:
+                break
+            docs = await self.store.messages_after(uri, catch_up.sent,
+                                                   min(CATCH_UP_PAGE, upto - catch_up.sent))
             for doc in docs:
-                if not sock.send_frame(text_frame(stored_event(doc)[1])):
+                if not reader.send_frame(text_frame(stored_event(doc)[1])):
                     return catch_up.sent
                 catch_up.sent = doc["seq"]
             self.metrics.backfilled.inc(len(docs))
-            if len(docs) < CATCH_UP_PAGE:
+            if not docs:
                 break
-            if not await sock.drain():
+            if not await reader.drain():
                 return catch_up.sent
-        if room.catching.get(sock) is not catch_up:
-            return catch_up.sent  # left (or was closed) while reading
+            if room.catching.get(reader) is not catch_up:
+                return catch_up.sent  # left (or was closed) while reading
+        if room.catching.get(reader) is not catch_up:
+            return catch_up.sent
         buffered, catch_up.buffer = catch_up.buffer, None
         for seq, frame in buffered:
             if seq > catch_up.sent:
-                if not sock.send_frame(frame):
+                if not reader.send_frame(frame):
                     return catch_up.sent
                 catch_up.sent = seq
         if catch_up.sent <= room.last_seq:
             self.flush(room)  # it has all that is queued: sent above, or read
-            del room.catching[sock]
-            room.full[sock] = None
+            room.go_live(reader, catch_up)
         return max(catch_up.sent, room.last_seq)
 
-    def leave(self, sock: Socket, uri: str) -> None:
-        user_sockets = self.sockets_by_user.get(sock.user["id"])
-        joined = user_sockets is not None and sock in user_sockets
-        if joined:
-            user_sockets.discard(sock)
-            self.metrics.open_sockets.dec()
-            if not user_sockets:
-                del self.sockets_by_user[sock.user["id"]]
-                if not self.sockets_by_user:
-                    self.no_sockets.set()
+    async def recatch(self, reader: Socket, uri: str, since: int, signals: bool) -> int:
+        """A live reader of the room asks again from `since` (a user stream's
+        subscribe): what it has is sent again from MongoDB, then live as before."""
+        room = self.rooms[uri]
+        self.flush(room)
+        room.remove(reader)
+        catch_up = room.catching[reader] = CatchUp(since, signals)
+        return await self.catch_up(reader, room, catch_up)
+
+    def set_signals(self, reader: Socket, uri: str, signals: bool) -> None:
+        """Move a live reader between the full and the quiet stream."""
+        room = self.rooms.get(uri)
+        if room is None:
+            return
+        catch_up = room.catching.get(reader)
+        if catch_up is not None:
+            catch_up.signals = signals
+        elif reader in room.full or reader in room.quiet:
+            self.flush(room)
+            room.full.pop(reader, None)
+            room.quiet.pop(reader, None)
+            (room.full if signals else room.quiet)[reader] = None
+
+    def detach(self, reader: Socket, uri: str) -> None:
         room = self.rooms.get(uri)
         if room is not None:
-            room.plain.pop(sock, None)
-            room.full.pop(sock, None)
-            room.catching.pop(sock, None)
+            room.remove(reader)
             if not room:
                 del self.rooms[uri]
                 self.metrics.active_rooms.set(len(self.rooms))
                 self.spawn(self.broker.unsubscribe(uri))
-        if joined:
-            self.signals.left(uri, sock.user, uri not in self.rooms)
+        key = (id(reader), uri)
+        if key in self.present:
+            self.present.discard(key)
+            self.signals.left(uri, reader.user, uri not in self.rooms)
 
     async def start_room(self, room: Room) -> None:
         """Bind first, then read where the room is: nothing falls between the two.
@@ -401,12 +558,13 @@ class Hub:
                 # It read up to here from MongoDB: live from this seq on. It has
                 # what is queued already, so that goes out before it joins.
                 self.flush(room)
-                del room.catching[sock]
-                room.full[sock] = None
+                room.go_live(sock, catch_up)
         if not room.flush_scheduled:
             room.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush_turn, room)
         room.outgoing.append((seq, frame, event_type == MESSAGE, created))
+        if event_type == MEMBER:
+            self.member_event(room, body)
 
     def flush_turn(self, room: Room) -> None:
         room.flush_scheduled = False
@@ -424,7 +582,8 @@ class Hub:
         outgoing, room.outgoing = room.outgoing, []
         frames = [frame for _, frame, _, _ in outgoing]
         everything = b"".join(frames)
-        sent = len(frames) * sum(sock.send_frame(everything) for sock in list(room.full))
+        sent = len(frames) * sum(sock.send_frame(everything)
+                                 for sock in [*room.full, *room.quiet])
         if room.plain:
             messages = [frame for _, frame, message, _ in outgoing if message]
             if messages:
@@ -539,6 +698,13 @@ class Hub:
     def on_recovered(self, uris: list[str]) -> None:
         """The broker is back: what was published meanwhile is only in MongoDB."""
         self.metrics.broker_reconnects.inc()
+        # Revocations published lately may have gone into a connection that was
+        # dead before anyone knew: sent again (they are idempotent).
+        moment = asyncio.get_running_loop().time()
+        self.revocations = [(at, body) for at, body in self.revocations
+                            if moment - at < REVOCATION_KEEP_SECONDS]
+        for _, body in self.revocations:
+            self.broker.publish_control(body)
         if self.tokens is not None:
             self.tokens.forget_all()  # logout notices sent meanwhile never arrived
         self.store.forget_members()  # nor "expel" notices
@@ -551,20 +717,61 @@ class Hub:
                 self.spawn(self.recheck_members(room))
 
     async def recheck_members(self, room: Room) -> None:
-        """Close the sockets of users who left the room, or were removed or
-        banned, while this process could not hear of it."""
-        try:
-            doc = await self.store.room(room.uri)
-        except Unavailable:
-            log.warning("room %s: MongoDB unavailable to recheck its members", room.uri)
+        """Close the readers of users who left the room, or were removed or
+        banned, while this process could not hear of it. Retried while MongoDB
+        is unavailable (and the room has readers)."""
+        failures = 0
+        while self.rooms.get(room.uri) is room:
+            try:
+                doc = await self.store.room(room.uri)
+                break
+            except Unavailable:
+                failures += 1
+                log.warning("room %s: MongoDB unavailable to recheck its members; retrying",
+                            room.uri)
+                await asyncio.sleep(self.retry_delay(failures))
+        else:
             return
         members = set(doc["members"]) if doc else set()
         banned = set(doc.get("banned", ())) if doc else set()
         for sock in room.sockets():
             user_id = sock.user["id"]
             if user_id not in members:
-                sock.close_with(CLOSE_POLICY, "banned from the chat" if user_id in banned
-                                else "removed from the chat")
+                sock.close_with(CLOSE_POLICY, ENDED_BY["ban"] if user_id in banned
+                                else ENDED_BY["remove"])
+
+    def member_event(self, room: Room, body: bytes) -> None:
+        """A member event was delivered (live, backfilled or repaired): one that
+        ends a membership drops its cache entry and closes the member's readers
+        of the room here, whatever became of the control notice."""
+        try:
+            event = json.loads(body)
+            op, user_id = event["op"], event["user"]["id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if not isinstance(user_id, str):
+            return
+        if op in ENDED_BY:
+            self.store.forget_member(room.uri, user_id)
+            self.signals.forget_member(room.uri, user_id)
+            if any(reader.user["id"] == user_id for reader in room.sockets()):
+                self.spawn(self.end_membership(room.uri, user_id, ENDED_BY[op]))
+        elif op == "join" and self.on_joined is not None and isinstance(event.get("seq"), int):
+            self.on_joined(room.uri, user_id, event["seq"])
+
+    async def end_membership(self, uri: str, user_id: str, reason: str) -> None:
+        """Close user_id's readers of uri unless MongoDB says they are a member
+        again (they rejoined after the event); when it cannot say, close them:
+        a reader that is wrongly closed reconnects, one wrongly kept reads on."""
+        try:
+            await self.store.check_member(uri, user_id)
+            return
+        except (NotFound, NotMember, Unavailable):
+            pass
+        room = self.rooms.get(uri)
+        for reader in room.sockets() if room is not None else ():
+            if reader.user["id"] == user_id:
+                reader.close_with(CLOSE_POLICY, reason)
 
     # Control notices (across processes) ---------------------------------
 
@@ -581,10 +788,12 @@ class Hub:
 
     def notify(self, notice: dict[str, Any]) -> None:
         """Act on a control notice here at once (even while RabbitMQ is down),
-        and send it to every other process."""
+        and send it to every other process (the broker keeps it until it can)."""
         body = encode(notice)
         self.on_control(body)
         self.broker.publish_control(body)
+        if notice["type"] in ("logout", "token_revoked"):
+            self.revocations.append((asyncio.get_running_loop().time(), body))
 
     def on_control(self, body: bytes) -> None:
         try:
@@ -603,6 +812,11 @@ class Hub:
             for sock in list(self.sockets_by_user.get(notice.get("user_id"), ())):
                 if sock.token_id == notice.get("token_id"):
                     sock.close_with(CLOSE_POLICY, "logged out")
+        elif notice.get("type") == "joined":
+            uri, user_id, seq = notice.get("uri"), notice.get("user_id"), notice.get("seq")
+            if (isinstance(uri, str) and isinstance(user_id, str) and type(seq) is int
+                    and self.on_joined is not None):
+                self.on_joined(uri, user_id, seq)
         elif notice.get("type") == "expel":
             uri, user_id = notice.get("uri"), notice.get("user_id")
             if not isinstance(uri, str) or not isinstance(user_id, str):
@@ -612,7 +826,7 @@ class Hub:
             if room is not None:
                 for sock in room.sockets():
                     if sock.user["id"] == user_id:
-                        sock.close_with(CLOSE_POLICY, str(notice.get("reason", "removed")))
+                        sock.close_with(CLOSE_POLICY, str(notice.get("reason", ENDED_BY["remove"])))
             self.signals.forget_member(uri, user_id)  # gone at once: no grace, not typing
 
     # Lifecycle ---------------------------------------------------------

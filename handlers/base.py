@@ -246,8 +246,9 @@ def endpoint(summary: str, operation_id: str, **declared: Any):
 class Services:
     """What every handler needs, built once in server.py."""
 
-    def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events):
+    def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events, streams):
         self.config = config
+        self.streams = streams
         self.store = store
         self.tokens = tokens
         self.passwords = passwords
@@ -313,7 +314,7 @@ def api_error(error: BaseException | None) -> ApiError | None:
     if isinstance(error, store_errors.Forbidden):
         return detail(403, str(error))
     if isinstance(error, InvalidMessage):
-        return field_error("message", str(error))
+        return field_error(error.field, str(error))
     if isinstance(error, InvalidField):
         return field_error(error.field, str(error))
     if isinstance(error, RateLimited):

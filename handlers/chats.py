@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from chat.events import MODERATORS, role_of
-from chat.hub import InvalidMessage
 from chat.store import iso
 from handlers import models
-from handlers.base import ApiHandler, endpoint, field_error
+from handlers.base import ApiHandler, endpoint
 
 
 async def room_view(services, room: dict, viewer_id: str) -> dict:
@@ -86,10 +85,7 @@ class ReadHandler(ApiHandler):
     async def put(self, uri: str, body: models.MarkReadBody) -> None:
         user = self.require_user()
         await self.services.store.check_member(uri, user["id"])
-        try:
-            await self.services.hub.mark_read(user, uri, body.seq)
-        except InvalidMessage as error:
-            raise field_error("seq", str(error)) from None
+        await self.services.hub.mark_read(user, uri, body.seq)
         self.set_status(204)
         self.finish()
 

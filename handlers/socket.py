@@ -1,4 +1,4 @@
-"""The room's WebSocket: /ws/chats/<uri>/?since=N."""
+"""WebSockets: what every client socket shares, and the room's socket /ws/chats/<uri>/?since=N."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from chat.frames import encode, text_frame
-from chat.hub import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited
+from chat.hub import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY,
+    CLOSE_SLOW_CONSUMER,
+    ENDED_BY,
+    InvalidMessage,
+    RateLimited,
+    TooManySockets,
+)
 from chat.store import Banned, NotFound, NotMember, Unavailable
 from handlers import models
 from handlers.base import (
@@ -29,7 +37,6 @@ from handlers.base import (
 log = logging.getLogger("chat.socket")
 
 CLOSE_INVALID_TEXT = 1007
-CLOSE_INTERNAL_ERROR = 1011  # the room could not be joined: the client reconnects
 
 
 class TextFrameChecking(tornado.websocket.WebSocketProtocol13):
@@ -52,12 +59,15 @@ class TextFrameChecking(tornado.websocket.WebSocketProtocol13):
         return super()._handle_message(opcode, data)
 
 
-class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
+class ClientSocket(Authenticating, tornado.websocket.WebSocketHandler):
+    """What room sockets and user streams share: authentication before the
+    upgrade, the origin check, the user's socket cap, frames in and out, slow
+    consumers and closing."""
+
     def initialize(self, services: Services):
         self.services = services
         self.uri = ""
         self.user: dict = {}
-        self.since: int | None = None
         self.joined = False
         self.closing = False
         self.plain_stream = False
@@ -83,87 +93,53 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         self.refusal = "origin not allowed"  # for the access log line
         return False
 
-    async def get(self, uri: str) -> None:
+    async def get(self, *args: str) -> None:
         """Authorise before the upgrade: refused handshakes answer with a status."""
         try:
-            await self.authorise(uri)
-        except (ApiError, NotFound, NotMember, Unavailable) as failure:
-            error = api_error(failure)
-            self.refuse(uri, error.status, error.body, error.headers)
+            await self.authorise(*args)
+        except (ApiError, NotFound, NotMember, Unavailable, TooManySockets) as failure:
+            self.services.hub.release(self)
+            error = (detail(429, "Too many open sockets for this user.", {"Retry-After": "10"})
+                     if isinstance(failure, TooManySockets) else api_error(failure))
+            self.refuse(error.status, error.body, error.headers)
             return
-        await super().get(uri)
+        await super().get(*args)
 
-    async def authorise(self, uri: str) -> None:
+    async def admit(self) -> dict:
+        """The user, authenticated and counted against their socket cap (at once,
+        before any other await of the handshake)."""
         user = await self.authenticate()
         if user is None:
             raise unauthorized()
-        query = validated(models.SocketQuery, decoded_arguments(self.request.query_arguments),
-                          self.services.config, strict=False)
-        self.since = query.since
-        await self.services.store.check_member(uri, user["id"])
-        if self.services.hub.count_user_sockets(user["id"]) >= self.services.config.max_sockets_per_user:
-            raise detail(429, "Too many open sockets for this user.", {"Retry-After": "10"})
         self.user = user
-        self.uri = uri
+        self.services.hub.admit(self)
+        return user
 
-    def refuse(self, uri: str, status: int, body: dict, headers: dict[str, str]) -> None:
+    def refuse(self, status: int, body: dict, headers: dict[str, str]) -> None:
         """Answer the handshake with the API's error body ({detail} or {field: [...]})."""
         self.refusal = body.get("detail") or json.dumps(body)
-        log.info("websocket refused: %s %s (room %s)", status, self.refusal, uri)
+        log.info("websocket refused: %s %s", status, self.refusal, extra=self.log_context())
         self.set_status(status)
         for name, value in headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(body))
 
-    async def open(self, uri: str) -> None:
+    def on_finish(self) -> None:
+        # A handshake refused after admit (by the origin check, say): never opened.
+        if not self.joined:
+            self.services.hub.release(self)
+
+    def limit_buffer(self) -> None:
         stream = self.ws_connection.stream
         stream.max_write_buffer_size = self.services.config.ws_send_buffer_bytes
         # The direct send() in send_frame is for plain sockets; TLS (Tornado's own
         # ssl_options, not nginx) must go through the stream.
         self.plain_stream = type(stream) is IOStream
-        self.joined = True
-        try:
-            # Whatever keeps the join from finishing (a room that cannot start,
-            # a read that hangs), the client is not left waiting: it reconnects.
-            # Ending open() also lets Tornado read the client's close reply.
-            seq = await asyncio.wait_for(self.services.hub.join(self, uri, self.since),
-                                         self.services.config.ws_ready_timeout)
-        except TimeoutError:
-            self.close_with(CLOSE_INTERNAL_ERROR, "room not ready; reconnect")
-            return
-        except Unavailable:
-            self.close_with(CLOSE_INTERNAL_ERROR, "database unavailable")
-            return
-        except Exception:
-            log.exception("joining the room failed", extra=self.log_context())
-            self.close_with(CLOSE_INTERNAL_ERROR, "server error")
-            return
-        if self.closing:
-            self.services.hub.leave(self, uri)  # closed while joining
-            return
-        if not self.services.store.known_member(uri, self.user["id"]):
-            # Removed or banned since the handshake's check, before the join: the
-            # notice found no socket of theirs to close. Read it again.
-            try:
-                await self.services.store.check_member(uri, self.user["id"])
-            except Banned:
-                self.close_with(CLOSE_POLICY, "banned from the chat")
-                return
-            except (NotFound, NotMember):
-                self.close_with(CLOSE_POLICY, "removed from the chat")
-                return
-            except Unavailable:
-                pass  # believed a member, as at the handshake
-        if self.since is not None:
-            # Only a client that asked for a catch-up is told where it ends, and
-            # gets signals: a plain client (chatire's) takes every frame for a message.
-            self.send_frame(text_frame(encode({"type": "ready", "seq": seq})))
-            for payload in self.services.hub.signals.welcome(uri):
-                self.send_frame(text_frame(payload))
 
     def parse_frame(self, text: str | bytes) -> models.Wire | None:
         """The client's frame as its model, or None after an error frame saying why."""
+        frames = self.frames
         try:
             data = json.loads(text)
         except RecursionError:
@@ -173,22 +149,24 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         except ValueError:
             self.send_error_frame("invalid", "Frames must be JSON objects.")
             return None
-        if not isinstance(data, dict) or data.get("type") not in models.CLIENT_FRAME_TYPES:
+        if not isinstance(data, dict) or data.get("type") not in frames.types:
             self.send_error_frame("invalid", "Unknown frame type; send one of: "
-                                  f"{', '.join(sorted(models.CLIENT_FRAME_TYPES))}.")
+                                  f"{', '.join(sorted(frames.types))}.")
             return None
+        uri = data.get("uri") if isinstance(data.get("uri"), str) else None
         try:
-            models.refuse_lone_surrogates(data, models.CLIENT_FRAME_FIELDS)
-            return models.client_frame.validate_python(
+            models.refuse_lone_surrogates(data, frames.fields)
+            return frames.adapter.validate_python(
                 data, strict=True, context={"config": self.services.config, "strict": True})
         except (pydantic.ValidationError, models.Invalid) as error:
             # skip=1: the frame union's errors start with its tag.
             problems = error.problems if isinstance(error, models.Invalid) else \
-                models.field_errors(models.ClientFrame, error, skip=1)
+                models.field_errors(frames.union, error, skip=1)
             client_id = data.get("client_id") if "client_id" not in problems else None
             self.send_error_frame("invalid", "; ".join(
                 f"{field}: {' '.join(messages)}" for field, messages in problems.items()),
-                client_id if isinstance(client_id, str) else None)
+                client_id if isinstance(client_id, str) else None,
+                uri if "uri" not in problems else None)
             return None
 
     async def on_message(self, text: str | bytes) -> None:
@@ -197,35 +175,30 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         if frame is None:
             return
         client_id = getattr(frame, "client_id", None)
+        uri = getattr(frame, "uri", None)
         try:
             await getattr(self, f"handle_{frame.type}")(frame)
         except InvalidMessage as error:
-            self.send_error_frame("invalid", f"message: {error}", client_id)
+            self.send_error_frame("invalid", f"{error.field}: {error}", client_id, uri)
         except RateLimited as error:
-            self.send_error_frame("rate_limited", str(error), client_id)
+            self.send_error_frame("rate_limited", str(error), client_id, uri)
         except Unavailable:
             self.send_error_frame("unavailable", "The database is unavailable; try again shortly.",
-                                  client_id)
+                                  client_id, uri)
         except (NotFound, NotMember):
-            self.close_with(CLOSE_POLICY, "no longer a member")
+            self.not_a_member(uri)
 
-    async def handle_message(self, frame: models.SendMessage) -> None:
-        await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)
+    def not_a_member(self, uri: str | None) -> None:
+        self.close_with(CLOSE_POLICY, "no longer a member")
 
-    async def handle_typing(self, frame: models.Typing) -> None:
-        self.services.hub.signals.typing_frame(self.uri, self.user, frame.stop)
-
-    async def handle_read(self, frame: models.MarkRead) -> None:
-        try:
-            await self.services.hub.mark_read(self.user, self.uri, frame.seq)
-        except InvalidMessage as error:
-            self.send_error_frame("invalid", str(error))
-
-    def send_error_frame(self, code: str, message: str, client_id: str | None = None) -> None:
+    def send_error_frame(self, code: str, message: str, client_id: str | None = None,
+                         uri: str | None = None) -> None:
         """An `error` frame (not RequestHandler.send_error, which answers HTTP errors)."""
         error = {"type": "error", "code": code, "detail": message}
         if client_id:
             error["client_id"] = client_id
+        if uri:
+            error["uri"] = uri
         self.send_frame(text_frame(encode(error)))
 
     def send_frame(self, frame: bytes) -> bool:
@@ -281,10 +254,80 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
         if not self.closing:
             log.info("socket closed by the client: %s", self.close_code, extra=self.log_context())
         self.closing = True
+        self.services.hub.release(self)
         if self.joined:
-            self.services.hub.leave(self, self.uri)
+            self.gone()
+
+    def gone(self) -> None:
+        """The socket closed after it opened: leave what it joined."""
 
     def log_context(self) -> dict:
         return {"request_id": self.request_id, "user": self.user.get("username", ""),
                 "room": self.uri}
+
+
+class ChatSocket(ClientSocket):
+    """The room's WebSocket: /ws/chats/<uri>/?since=N."""
+
+    frames = models.ROOM_FRAMES
+
+    def initialize(self, services: Services):
+        super().initialize(services)
+        self.since: int | None = None
+
+    async def authorise(self, uri: str) -> None:
+        query = validated(models.SocketQuery, decoded_arguments(self.request.query_arguments),
+                          self.services.config, strict=False)
+        self.since = query.since
+        self.uri = uri
+        user = await self.admit()
+        await self.services.store.check_member(uri, user["id"])
+
+    async def open(self, uri: str) -> None:
+        self.limit_buffer()
+        self.joined = True
+        try:
+            # Whatever keeps the join from finishing (a room that cannot start,
+            # a read that hangs), the client is not left waiting: it reconnects.
+            # Ending open() also lets Tornado read the client's close reply.
+            seq = await asyncio.wait_for(self.services.hub.join(self, uri, self.since),
+                                         self.services.config.ws_ready_timeout)
+        except Banned:
+            # Removed or banned since the handshake's check: nothing was sent.
+            self.close_with(CLOSE_POLICY, ENDED_BY["ban"])
+            return
+        except (NotFound, NotMember):
+            self.close_with(CLOSE_POLICY, ENDED_BY["remove"])
+            return
+        except TimeoutError:
+            self.close_with(CLOSE_INTERNAL_ERROR, "room not ready; reconnect")
+            return
+        except Unavailable:
+            self.close_with(CLOSE_INTERNAL_ERROR, "database unavailable")
+            return
+        except Exception:
+            log.exception("joining the room failed", extra=self.log_context())
+            self.close_with(CLOSE_INTERNAL_ERROR, "server error")
+            return
+        if self.closing:
+            self.services.hub.leave(self, uri)  # closed while joining
+            return
+        if self.since is not None:
+            # Only a client that asked for a catch-up is told where it ends, and
+            # gets signals: a plain client (chatire's) takes every frame for a message.
+            self.send_frame(text_frame(encode({"type": "ready", "seq": seq})))
+            for payload in self.services.hub.signals.welcome(uri):
+                self.send_frame(text_frame(payload))
+
+    def gone(self) -> None:
+        self.services.hub.leave(self, self.uri)
+
+    async def handle_message(self, frame: models.SendMessage) -> None:
+        await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)
+
+    async def handle_typing(self, frame: models.Typing) -> None:
+        self.services.hub.signals.typing_frame(self.uri, self.user, frame.stop)
+
+    async def handle_read(self, frame: models.MarkRead) -> None:
+        await self.services.hub.mark_read(self.user, self.uri, frame.seq)
 

@@ -12,7 +12,7 @@ import pytest
 from chat.broker import MemoryBroker
 from chat.hub import Hub, stored_event
 from chat.metrics import Metrics
-from chat.store import NotAttempted, NotMember, SeqTaken, Unavailable, public_event
+from chat.store import Banned, NotAttempted, NotMember, SeqTaken, Unavailable, public_event
 from tests.helpers import wait_for
 
 
@@ -30,6 +30,7 @@ class FakeStore:
         self.counts: dict[str, int] = {}  # rate limit counters
         self.members = ["u1", "u2"]  # of every room, as room() reads them
         self.banned: list[str] = []
+        self.removed: set[str] = set()  # refused by check_member, as after a removal
         self.forgotten_all = 0
 
     def add(self, uri: str, text: str) -> dict:
@@ -104,6 +105,18 @@ class FakeStore:
 
     async def room(self, uri: str) -> dict | None:
         return {"uri": uri, "members": self.members, "banned": self.banned}
+
+    def known_member(self, uri: str, user_id: str) -> bool:
+        return False  # every check reads, as after a forget
+
+    async def check_member(self, uri: str, user_id: str) -> None:
+        if user_id in self.banned:
+            raise Banned(uri)
+        if user_id in self.removed or user_id == "stranger":
+            raise NotMember(uri)
+
+    def forget_member(self, uri: str, user_id: str) -> None:
+        pass
 
     def forget_members(self) -> None:
         self.forgotten_all += 1

@@ -46,6 +46,7 @@ from chat.store.public import (
 )
 from chat.store.ratecounts import RateCounts
 from chat.store.rooms import (
+    CHAT_PAGE,
     KNOWN_MEMBERS,
     KNOWN_ROOMS,
     LATEST_SCAN,
@@ -57,6 +58,7 @@ from chat.store.rooms import (
 )
 
 __all__ = [
+    "CHAT_PAGE",
     "EVENT_RENDERERS", "KNOWN_MEMBERS", "KNOWN_ROOMS", "LATEST_SCAN", "PREVIEW_CHARS", "REQUEST_DEADLINE",
     "UNREAD_CAP", "UNREAD_SCAN", "Banned", "ClientIdTaken", "Forbidden", "GroupCommit",
     "NotAttempted", "NotFound", "NotMember", "SeqTaken", "Store", "Unavailable", "UsernameTaken",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from bson import ObjectId
@@ -36,6 +37,8 @@ UNREAD_CAP = 999
 UNREAD_SCAN = 10 * UNREAD_CAP
 # How many of a room's last events the chat list looks through for its latest message.
 LATEST_SCAN = 50
+# The chat list's first page (the user stream's snapshot too).
+CHAT_PAGE = 200
 # The chat list shows this much of each chat's latest message, and this many
 # of its members (to name it).
 PREVIEW_CHARS = 100
@@ -66,6 +69,10 @@ class Rooms:
         # (nx-27017) scan the collection for an update by a secondary key.
         self.room_ids: collections.OrderedDict[str, ObjectId] = collections.OrderedDict()
         self.room_touches = GroupCommit(self.touch_rooms, self.timeout)
+        # Whether this process follows uri's events as they are stored (the hub
+        # sets it): a cached membership is believed only then, since the event
+        # that ends it is what drops it everywhere.
+        self.following: Callable[[str], bool] = lambda _uri: True
 
     async def ensure_room_indexes(self) -> None:
         await self.rooms.create_index("uri", unique=True, name="uri")
@@ -80,7 +87,8 @@ class Rooms:
 
     def known_member(self, uri: str, user_id: str) -> bool:
         until = self.known_members.get((uri, user_id))
-        return until is not None and until > asyncio.get_running_loop().time()
+        return (until is not None and until > asyncio.get_running_loop().time()
+                and self.following(uri))
 
     def forget_member(self, uri: str, user_id: str) -> None:
         self.forgotten += 1
@@ -111,9 +119,18 @@ class Rooms:
         return await self.rooms.find_one({"uri": uri})
 
     @guarded
-    async def rooms_of(self, user_id: str, limit: int = 200) -> list[dict]:
-        cursor = self.rooms.find({"members": user_id}).sort("updated", DESCENDING).limit(limit)
+    async def rooms_of(self, user_id: str, limit: int = CHAT_PAGE, uri: str | None = None) -> list[dict]:
+        query: dict[str, Any] = {"members": user_id}
+        if uri is not None:
+            query["uri"] = uri
+        cursor = self.rooms.find(query).sort("updated", DESCENDING).limit(limit)
         return await cursor.to_list(None)
+
+    @guarded
+    async def member_uris(self, user_id: str) -> list[str]:
+        """Every room user_id is a member of (uris only): one command."""
+        cursor = self.rooms.find({"members": user_id}, {"uri": 1, "_id": 0})
+        return [doc["uri"] async for doc in cursor]
 
     # Membership. Conditions on fields a room may lack use $nin / $in [.., None]:
     # nx-27017 does not match a missing field with $ne in an update.
@@ -127,6 +144,7 @@ class Rooms:
                                      "banned": {"$nin": [user_id]}}
         if by_link:
             condition["locked"] = {"$in": [False, None]}
+        forgotten = self.forgotten
         room = await self.rooms.find_one_and_update(
             condition, {"$addToSet": {"members": user_id}}, return_document=ReturnDocument.AFTER)
         joined = room is not None
@@ -138,7 +156,8 @@ class Rooms:
                 if user_id in room.get("banned", ()):
                     raise Banned(uri)
                 raise Forbidden("This chat is locked: its owner or a moderator can add you.")
-        self.remember_member(uri, user_id, room["_id"])
+        if self.forgotten == forgotten:  # a ban or removal since may have undone it
+            self.remember_member(uri, user_id, room["_id"])
         return room, joined
 
     @guarded
@@ -257,11 +276,13 @@ class Rooms:
              for uri, users in positions.items()], ordered=False)
 
     @guarded
-    async def chat_list(self, user_id: str, known_reads: dict[str, int]) -> list[dict]:
+    async def chat_list(self, user_id: str, known_reads: dict[str, int],
+                        uri: str | None = None) -> list[dict]:
         """My chats, newest activity first, each with its unread count, latest
         message and first few members: four commands however many chats.
-        `known_reads` ({uri: seq}) are read positions not written yet."""
-        rooms = await self.rooms_of(user_id)
+        `known_reads` ({uri: seq}) are read positions not written yet; `uri`:
+        that chat's entry alone (none when not a member)."""
+        rooms = await self.rooms_of(user_id, uri=uri)
         reads = {r["uri"]: max((r.get("last_read") or {}).get(user_id, 0),
                                known_reads.get(r["uri"], 0)) for r in rooms}
         unread = await self.unread_counts(user_id, reads)
