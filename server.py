@@ -28,8 +28,9 @@ from chat.metrics import Metrics
 from chat.passwords import Passwords
 from chat.signals import Signals
 from chat.store import Store, Unavailable
+from chat.streams import Streams
 from chat.tokens import Tokens
-from handlers import auth, chats, messages, openapi, ops, pages, socket
+from handlers import auth, chats, messages, openapi, ops, pages, socket, stream
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -77,6 +78,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (rf"/api/chats/{URI}/bans/", chats.BansHandler),
         (rf"/api/chats/{URI}/bans/([^/]+)/", chats.BanHandler),
         (rf"/ws/chats/{URI}/", socket.ChatSocket),
+        (r"/ws/", stream.UserStreamSocket),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
         (r"/metrics", ops.MetricsHandler),
@@ -171,10 +173,12 @@ class ChatServer:
                                read_flush=config.read_flush_seconds)
         self.tokens = Tokens(self.store, config.secret, config.token_ttl_days)
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
-                       config.user_messages_per_minute, signals=self.signals, tokens=self.tokens)
+                       config.user_messages_per_minute, signals=self.signals, tokens=self.tokens,
+                       max_sockets_per_user=config.max_sockets_per_user)
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
                                  self.metrics, Limits(config, self.store),
-                                 RoomEvents(self.store, self.hub))
+                                 RoomEvents(self.store, self.hub),
+                                 Streams(self.hub, self.store, config.max_subscriptions))
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 

@@ -49,6 +49,7 @@ class Config:
     ws_ready_timeout: float = 15.0
     user_messages_per_minute: int = 100
     max_sockets_per_user: int = 10
+    max_subscriptions: int = 10
     presence_enabled: bool = True
     presence_grace_seconds: float = 10.0
     presence_ttl_seconds: float = 20.0

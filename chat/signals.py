@@ -55,6 +55,10 @@ PRESENCE_EVERY = 0.2
 NOTICE_PREFIX = "signal."
 
 
+def read_payload(uri: str, user_id: str, username: str, seq: int) -> bytes:
+    return encode({"type": "read", "uri": uri, "user": username, "user_id": user_id, "seq": seq})
+
+
 class LocalMember:
     """A member with sockets to a room on this process (or within the grace)."""
 
@@ -105,8 +109,10 @@ class Signals:
                  read_flush: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.publish = publish
-        # Set by the hub: (uri, payload, spare_slow=) to the room's full-stream sockets.
+        # Set by the hub: (uri, payload, spare_slow=) to the room's full-stream sockets,
+        # and (uri, user id, username, seq) to the user streams of a reader.
         self.send: Callable[..., Any] = ignore
+        self.own_read: Callable[[str, str, str, int], None] = ignore
         self.presence_enabled = presence
         self.presence_grace = presence_grace
         self.presence_ttl = presence_ttl
@@ -273,7 +279,7 @@ class Signals:
         payloads = []
         if self.presence_enabled:
             shown = self.shown.get(uri, {})  # none once its socket closed while joining
-            payloads.append(encode({"type": "presence", "users": [
+            payloads.append(encode({"type": "presence", "uri": uri, "users": [
                 {"id": user_id, "username": name} for user_id, name in shown.items()]}))
         if self.typing.get(uri):
             payloads.append(self.typing_payload(uri))
@@ -341,7 +347,7 @@ class Signals:
             # Not spared on a slow socket: a missed diff would leave its page wrong
             # until it reconnects. Typing frames carry the whole set and read
             # positions only rise, so the next one corrects a missed one.
-            self.send(uri, encode({"type": "presence", "joined": joined, "left": left}),
+            self.send(uri, encode({"type": "presence", "uri": uri, "joined": joined, "left": left}),
                       spare_slow=False)
 
     def send_snapshot(self) -> None:
@@ -483,7 +489,7 @@ class Signals:
             self.send(uri, payload)
 
     def typing_payload(self, uri: str) -> bytes:
-        return encode({"type": "typing", "users": [
+        return encode({"type": "typing", "uri": uri, "users": [
             typist.username for typist in self.typing.get(uri, {}).values()]})
 
     def tell_typers(self, uri: str) -> None:
@@ -537,12 +543,14 @@ class Signals:
             self.flushing = background(self.flush_reads())
 
     def raise_read(self, uri: str, user_id: str, username: str, seq: int) -> None:
+        # The reader's own user streams hear of it whether or not the room has
+        # sockets here: their other devices clear their badges.
+        self.own_read(uri, user_id, username, seq)
         known = self.reads.get(uri)
         if known is None or known.get(user_id, 0) >= seq:
             return
         known[user_id] = seq
-        self.send(uri, encode({"type": "read", "user": username, "user_id": user_id,
-                               "seq": seq}))
+        self.send(uri, read_payload(uri, user_id, username, seq))
 
     def on_read(self, notice: dict, _peer: Peer) -> None:
         user_id, username = notice["user"]

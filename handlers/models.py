@@ -458,11 +458,13 @@ class ReadyFrame(Wire):
 
 
 class ErrorFrame(Wire):
-    """Server -> client, in answer to a frame the client sent."""
+    """Server -> client, in answer to a frame the client sent (on the user stream,
+    with the frame's `uri`)."""
     type: Literal["error"]
     code: Literal["invalid", "rate_limited", "unavailable"]
     detail: str
     client_id: str | None = None
+    uri: str | None = None
 
 
 class PresenceFrame(Wire):
@@ -488,7 +490,78 @@ class ReadFrame(Wire):
     seq: int = Field(ge=0)
 
 
+# The user stream, /ws/ -----------------------------------------------
+
+RoomUri = Annotated[str, Field(pattern=URI_PATTERN, description="The chat's uri")]
+
+
+class StreamQuery(Wire):
+    """The user stream's URL query: /ws/?token=T."""
+    token: Annotated[Text, Field(description="A token, for clients that cannot send "
+                                             "headers")] | None = None
+
+
+class StreamSendMessage(SendMessage):
+    """Client -> server: post a message in the chat `uri`."""
+    uri: RoomUri
+
+
+class StreamTyping(Typing):
+    """Client -> server: the user is typing in `uri`, or stopped."""
+    uri: RoomUri
+
+
+class StreamMarkRead(MarkRead):
+    """Client -> server: the user has read `uri` up to seq."""
+    uri: RoomUri
+
+
+class Subscribe(Wire):
+    """Client -> server: send the chat's events after `since`, then `ready` with its
+    uri, then its signals (presence, typing, everybody's reads)."""
+    type: Literal["subscribe"]
+    uri: RoomUri
+    since: Seq
+
+
+class Unsubscribe(Wire):
+    """Client -> server: no more signals of the chat (its events keep coming)."""
+    type: Literal["unsubscribe"]
+    uri: RoomUri
+
+
+class ChatsFrame(Wire):
+    """Server -> client, first on the user stream: my chats (GET /api/chats/'s first page);
+    then every event of each after its last_seq."""
+    type: Literal["chats"]
+    chats: list[ChatSummary]
+
+
+class ChatFrame(Wire):
+    """Server -> client: the user became a member of a chat (or its entry changed);
+    its events after the entry's last_seq follow."""
+    type: Literal["chat"]
+    uri: str
+    chat: ChatSummary
+
+
+class ChatGoneFrame(Wire):
+    """Server -> client: the user is no longer a member of the chat; nothing more of it follows."""
+    type: Literal["chat_gone"]
+    uri: str
+    reason: Literal["left", "removed", "banned"]
+
+
+class StreamReadyFrame(ReadyFrame):
+    """Server -> client: everything of `uri` after the subscription's since was sent."""
+    uri: str
+
+
 CLIENT_FRAMES: list[type[Wire]] = [SendMessage, Typing, MarkRead]
+STREAM_CLIENT_FRAMES: list[type[Wire]] = [StreamSendMessage, StreamTyping, StreamMarkRead,
+                                          Subscribe, Unsubscribe]
+STREAM_SERVER_FRAMES: list[type[Wire]] = [ChatsFrame, ChatFrame, ChatGoneFrame,
+                                          StreamReadyFrame]
 SERVER_FRAMES: list[type[Wire]] = [MessageFrame, EditEvent, DeleteEvent, ReactionEvent,
                                    MemberEvent, ReadyFrame, ErrorFrame, PresenceFrame,
                                    TypingFrame, ReadFrame]
@@ -502,12 +575,24 @@ def one_of(kinds: list[type[Wire]]) -> Any:
     return Annotated[union, Field(discriminator="type")]
 
 
-CLIENT_FRAME_FIELDS = {name for frame in CLIENT_FRAMES for name in frame.model_fields}
-CLIENT_FRAME_TYPES = {kind for frame in CLIENT_FRAMES
+class FrameSet:
+    """The frames a kind of socket takes from its client: parsed as one union."""
+
+    def __init__(self, kinds: list[type[Wire]]):
+        self.union = one_of(kinds)
+        self.adapter = TypeAdapter(self.union)
+        self.fields = {name for frame in kinds for name in frame.model_fields}
+        self.types = {kind for frame in kinds
                       for kind in get_args(frame.model_fields["type"].annotation)}
-ClientFrame = one_of(CLIENT_FRAMES)
+
+
+ROOM_FRAMES = FrameSet(CLIENT_FRAMES)
+STREAM_FRAMES = FrameSet(STREAM_CLIENT_FRAMES)
+CLIENT_FRAME_FIELDS = ROOM_FRAMES.fields
+CLIENT_FRAME_TYPES = ROOM_FRAMES.types
+ClientFrame = ROOM_FRAMES.union
 ServerFrame = one_of(SERVER_FRAMES)
-client_frame = TypeAdapter(ClientFrame)
+client_frame = ROOM_FRAMES.adapter
 
 
 # Errors ---------------------------------------------------------------

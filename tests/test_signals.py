@@ -131,11 +131,11 @@ def test_presence_is_the_same_on_every_process_and_changes_come_as_diffs(world):
         await wait_for(lambda: shown(a) == shown(b) == ["alice", "bob"], 5, "both online")
         assert {u["username"] for f in a.of("presence") for u in f["joined"]} == {"alice", "bob"}
         [welcome] = [json.loads(p) for p in b.signals.welcome("room")]
-        assert welcome == {"type": "presence", "users": [
+        assert welcome == {"type": "presence", "uri": "room", "users": [
             {"id": "b2", "username": "bob"}, {"id": "a1", "username": "alice"}]}
         b.signals.left("room", BOB, room_empty=False)
         await wait_for(lambda: shown(a) == ["alice"], 5, "bob gone after the grace")
-        assert a.of("presence")[-1] == {"type": "presence", "joined": [],
+        assert a.of("presence")[-1] == {"type": "presence", "uri": "room", "joined": [],
                                         "left": [{"id": "b2", "username": "bob"}]}
 
     run(bus, scenario)
@@ -155,7 +155,7 @@ def test_a_reconnect_within_the_grace_announces_nothing(world):
         # Once carol is announced gone, alice's leave would have been too, had her
         # reconnect not cancelled it: proven by the order of events, not by sleeps.
         await wait_for(lambda: shown(b) == ["alice", "bob"], 5, "carol gone after the grace")
-        assert b.frames[frames:] == [{"type": "presence", "joined": [], "left": [CAROL]}]
+        assert b.frames[frames:] == [{"type": "presence", "uri": "room", "joined": [], "left": [CAROL]}]
         told = [n for n in bus.published[notices:] if n["type"] == "signal.presence"]
         assert told and all(["a1", "alice"] in n["users"] for n in told)
 
@@ -254,7 +254,7 @@ def test_members_who_join_together_are_one_diff_to_the_sockets_here(world):
         a.signals.forget_member("room", ALICE["id"])  # and one leaving: the next diff
         # one frame to every socket with the 51 changes, not 51 frames
         await wait_for(lambda: len(a.frames) > before, 2, "the storm's diff")
-        assert a.frames[before:] == [{"type": "presence", "joined": members, "left": [ALICE]}]
+        assert a.frames[before:] == [{"type": "presence", "uri": "room", "joined": members, "left": [ALICE]}]
 
     run(bus, scenario)
 
@@ -306,7 +306,7 @@ def test_a_leave_and_rejoin_before_the_diff_goes_out_is_no_diff(world):
         a.signals.joined("room", CAROL)
         # carol's join is the only change the sockets see
         await wait_for(lambda: len(a.frames) > before, 2, "carol's diff")
-        assert a.frames[before:] == [{"type": "presence", "joined": [CAROL], "left": []}]
+        assert a.frames[before:] == [{"type": "presence", "uri": "room", "joined": [CAROL], "left": []}]
 
     run(bus, scenario)
 
@@ -324,8 +324,9 @@ def test_a_process_new_to_a_room_hears_who_was_already_typing(world):
         await asyncio.sleep(0.1)  # her typing notice has passed b, which had no room yet
         b.signals.joined("room", BOB)  # b's first socket in the room, after she started
         await wait_for(lambda: b.of("typing"), 2, "b hears she types")
-        assert b.of("typing") == [{"type": "typing", "users": ["alice"]}]
-        assert json.loads(b.signals.welcome("room")[-1]) == {"type": "typing", "users": ["alice"]}
+        assert b.of("typing") == [{"type": "typing", "uri": "room", "users": ["alice"]}]
+        assert json.loads(b.signals.welcome("room")[-1]) == {"type": "typing", "uri": "room",
+                                                             "users": ["alice"]}
         [told] = [n for n in bus.published if n["type"] == "signal.typers"]
         assert told["users"][0][:2] == ["a1", "alice"] and told["users"][0][2] < 60
         # her entry on b ends when hers on a does (give or take the transit), not a
@@ -363,7 +364,7 @@ def test_typing_is_throttled_and_ends_with_a_stop(world):
         for _ in range(5):
             a.signals.typing_frame("room", ALICE, stop=False)
         await wait_for(lambda: b.of("typing"), 2, "typing on b")
-        assert b.of("typing") == [{"type": "typing", "users": ["alice"]}]
+        assert b.of("typing") == [{"type": "typing", "uri": "room", "users": ["alice"]}]
         assert len([n for n in bus.published if n["type"] == "signal.typing"]) == 1
         a.signals.typing_frame("room", ALICE, stop=True)
         await wait_for(lambda: len(b.of("typing")) == 2, 2, "stop on b")

@@ -72,7 +72,7 @@ def test_presence_state_and_diffs_agree_on_both_processes(two_servers):
             assert chat(api, uri)["online"] == sorted(both)
         await on_b.stop()
         await wait_for(lambda: presence(on_a) == {alice.username}, 15, "bob gone after the grace")
-        assert of(on_a, "presence")[-1] == {"type": "presence", "joined": [],
+        assert of(on_a, "presence")[-1] == {"type": "presence", "uri": uri, "joined": [],
                                            "left": [{"id": bob.user["id"], "username": bob.username}]}
         assert chat(bob, uri)["online"] == [alice.username]
         await on_a.stop()
@@ -140,7 +140,7 @@ def test_typing_reaches_the_other_process_expires_without_a_stop_and_ends_with_a
             await next_frame(ws, "ready")
             await ws.send(json.dumps({"type": "typing"}))
             await wait_for(lambda: of(watcher, "typing"), 10, "alice typing on b")
-            assert of(watcher, "typing") == [{"type": "typing", "users": [alice.username]}]
+            assert of(watcher, "typing") == [{"type": "typing", "uri": uri, "users": [alice.username]}]
             # no stop: it ends by itself a typing_ttl after the last frame
             await wait_for(lambda: len(of(watcher, "typing")) == 2, 10, "typing expired")
             assert of(watcher, "typing")[-1]["users"] == []
@@ -180,8 +180,8 @@ def test_read_positions_reach_the_readers_other_socket_and_never_go_down(two_ser
             assert (await next_frame(laptop, "error"))["code"] == "invalid"
             await laptop.send(json.dumps({"type": "read", "seq": 99}))
             assert (await next_frame(laptop, "error"))["code"] == "invalid"
-        expected = [{"type": "read", "user": alice.username, "user_id": alice.user["id"], "seq": seq}
-                    for seq in (3, 4)]
+        expected = [{"type": "read", "uri": uri, "user": alice.username, "user_id": alice.user["id"],
+                     "seq": seq} for seq in (3, 4)]
         assert of(phone, "read") == expected
         await wait_for(lambda: of(bobs, "read") == expected, 10, "seen by, for bob")
         await phone.stop()
