@@ -10,9 +10,9 @@ import json
 import pytest
 
 from chat.broker import MemoryBroker
-from chat.hub import Hub, stored_event
+from chat.hub import Hub, TooManySockets, stored_event
 from chat.metrics import Metrics
-from chat.store import Banned, NotAttempted, NotMember, SeqTaken, Unavailable, public_event
+from chat.store import Banned, NotAttempted, NotMember, SeqTaken, Store, Unavailable, public_event
 from tests.helpers import wait_for
 
 
@@ -913,3 +913,151 @@ def test_a_failed_room_update_after_a_stored_post_does_not_fail_it():
     message = asyncio.run(scenario())
     assert message["seq"] == 1 and len(broker.held) == 1
     assert metrics.registry.get_sample_value("chat_room_update_failures_total") == 1
+
+
+# Membership fails closed ------------------------------------------------------
+
+BOB = {"id": "u2", "username": "bob"}
+
+
+def test_a_member_event_that_ends_a_membership_closes_the_members_readers_however_it_arrives(
+        hub_and_store):
+    """No expel notice at all: the ban event, handed over by the broker after a
+    gap, is read back by repair and closes bob's socket; alice's stays."""
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        alice, bob = FakeSocket("alice", "u1"), FakeSocket("bob", "u2")
+        await hub.join(alice, "room", 0)
+        await hub.join(bob, "room", 0)
+        store.banned.append("u2")
+        ban = store.add_event("room", "member", op="ban", user=BOB)
+        later = store.add("room", "after the ban")
+        hub.on_message("room", payload(later))  # the ban's own delivery was lost
+        await settle()
+        return alice, bob, ban
+
+    alice, bob, ban = asyncio.run(scenario())
+    assert bob.closed == (1008, "banned from the chat")
+    assert alice.closed is None and ("member", ban["seq"]) in alice.events
+
+
+def test_a_member_who_rejoined_before_the_old_event_arrived_is_not_closed(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        bob = FakeSocket("bob", "u2")
+        await hub.join(bob, "room", None)
+        removal = store.add_event("room", "member", op="remove", user=BOB)
+        hub.on_message("room", payload(removal))  # MongoDB: a member again by now
+        await settle()
+        return bob
+
+    assert asyncio.run(scenario()).closed is None
+
+
+def test_when_mongodb_cannot_say_the_reader_is_closed(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        bob = FakeSocket("bob", "u2")
+        await hub.join(bob, "room", None)
+
+        async def unavailable(uri, user_id):
+            raise Unavailable("down")
+        store.check_member = unavailable
+        hub.on_message("room", payload(store.add_event("room", "member", op="leave", user=BOB)))
+        await settle()
+        return bob
+
+    assert asyncio.run(scenario()).closed == (1008, "left the chat")
+
+
+def test_the_membership_is_checked_before_anything_is_sent(hub_and_store):
+    """Banned between the handshake and the join: no catch-up, no presence."""
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        for i in range(3):
+            store.add("room", f"m{i}")
+        store.banned.append("u2")
+        bob = FakeSocket("bob", "u2")
+        with pytest.raises(NotMember):
+            await hub.join(bob, "room", 0)
+        return bob
+
+    bob = asyncio.run(scenario())
+    assert bob.frames == []
+    assert hub.signals.online("room") == []
+    assert hub.count_user_sockets("u2") == 1  # released by the socket's close, not here
+
+
+def test_a_membership_cached_for_a_room_this_process_does_not_follow_is_read_again():
+    """The hub tells the store which rooms it follows: a cache entry for any
+    other room is not believed (the event that would drop it never comes here)."""
+    async def scenario():
+        store = Store("mongodb://127.0.0.1:9", "unused")
+        hub = Hub(store, MemoryBroker(), Metrics())
+        store.remember_member("room", "u1")
+        assert not store.known_member("room", "u1")  # no reader here
+        sock = FakeSocket()
+        room, _ = hub.register(sock, "room", None, signals=False)
+        room.started.set_result(None)
+        assert store.known_member("room", "u1")
+        room.stale = True  # the broker was away: events may be missing
+        assert not store.known_member("room", "u1")
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_recheck_after_an_outage_retries_while_mongodb_is_unavailable(hub_and_store):
+    hub, store, _ = hub_and_store
+    hub.retry_first = hub.retry_max = 0.01
+
+    async def scenario():
+        bob = FakeSocket("bob", "u2")
+        await hub.join(bob, "room", None)
+        answers = [Unavailable("down"), Unavailable("still down")]
+        real_room = store.room
+
+        async def flaky(uri):
+            if answers:
+                raise answers.pop(0)
+            return await real_room(uri)
+        store.room = flaky
+        store.members = ["u1"]  # bob was removed while this process could not hear
+        hub.on_recovered(["room"])
+        await wait_for(lambda: bob.closed, 2, "bob closed")
+        return bob, answers
+
+    bob, answers = asyncio.run(scenario())
+    assert answers == [] and bob.closed == (1008, "removed from the chat")
+
+
+def test_the_socket_cap_holds_for_sockets_admitted_together():
+    hub = Hub(FakeStore(), MemoryBroker(), Metrics(), max_sockets_per_user=10)
+    admitted = 0
+    for i in range(40):
+        try:
+            hub.admit(FakeSocket(f"s{i}"))
+            admitted += 1
+        except TooManySockets:
+            pass
+    assert admitted == 10
+
+
+def test_revocations_are_sent_again_after_a_reconnect():
+    """A logout published into a connection that was dead before anyone knew is
+    lost without an error: the hub sends its recent ones again once reconnected."""
+    broker = MemoryBroker()
+    sent: list[bytes] = []
+    broker.publish_control = sent.append
+    hub = Hub(FakeStore(), broker, Metrics())
+
+    async def scenario():
+        hub.revoke_token("u1", "t1")
+        hub.on_recovered([])
+
+    asyncio.run(scenario())
+    assert len(sent) == 2 and sent[0] == sent[1] and b"t1" in sent[0]
