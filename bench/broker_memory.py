@@ -1,5 +1,6 @@
-"""What rooms cost RabbitMQ in memory: durable room exchanges, and the exclusive
-queues (with their binding) that processes hold for rooms with local sockets.
+"""What rooms cost RabbitMQ in memory: durable room exchanges, and what a process
+holds for each room with a local reader: before, an exclusive queue (with its
+binding and consumer) per room; now, one binding of the process's one queue.
 
     .venv/bin/python -m bench.broker_memory [--exchanges 100000] [--queues 10000]
 
@@ -57,6 +58,19 @@ def hold_queues(url: str, exchanges: list[str]) -> pika.BlockingConnection:
     return connection
 
 
+def hold_bindings(url: str, exchanges: list[str]) -> pika.BlockingConnection:
+    """One exclusive queue (with one consumer) bound to every exchange, as a
+    process holds since one queue per process."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    queue = channel.queue_declare("", exclusive=True, auto_delete=True,
+                                  arguments={"x-max-length": 1_000_000}).method.queue
+    for exchange in exchanges:
+        channel.queue_bind(queue, exchange)
+    channel.basic_consume(queue, lambda *_: None, auto_ack=True)
+    return connection
+
+
 def spread(items: list[str], parts: int) -> list[list[str]]:
     return [items[i::parts] for i in range(parts)]
 
@@ -87,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
             held = list(pool.map(hold_queues, [url] * THREADS,
                                  spread(names[:args.queues], THREADS)))
         with_queues = memory(node)
+        for connection in held:
+            connection.close()
+        without_queues = memory(node)
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            held = list(pool.map(hold_bindings, [url] * THREADS,
+                                 spread(names[:args.queues], THREADS)))
+        with_bindings = memory(node)
         result = {
             "rabbitmq": node.ctl("eval", "rabbit_misc:version().").strip().strip('"'),
             "exchanges": args.exchanges,
@@ -100,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             "memory_with_queues": with_queues,
             "bytes_per_queue_with_binding_and_consumer": round(
                 (with_queues["total"] - with_exchanges["total"]) / args.queues),
+            "memory_with_bindings": with_bindings,
+            "bytes_per_binding_of_one_queue": round(
+                (with_bindings["total"] - without_queues["total"]) / args.queues),
         }
         print(json.dumps(result, indent=2))
     finally:

@@ -237,3 +237,35 @@ def test_typing_and_presence_cost_no_command_and_reads_are_written_together(in_p
     assert quiet == []
     # the first at once, the other nineteen together
     assert 1 <= reads.count("update") <= 2 and set(reads) == {"update"}
+
+
+def test_a_user_streams_snapshot_costs_the_same_commands_for_3_chats_as_for_30(in_process):
+    """The user stream: the user's rooms (one find), the room starts this process
+    needs (each room's last seq, once per room, not per stream), then the chat
+    list's four commands."""
+    async def scenario(server, base, commands):
+        async with httpx.AsyncClient(base_url=base) as http:
+            auth = {}
+            for name in ("ann", "bob"):
+                _, token = await sign_up(http, name)
+                auth[name] = token
+            counts = []
+            for chats in (3, 27):
+                for _ in range(chats):
+                    headers = {"Authorization": f"JWT {auth['ann']}"}
+                    uri = (await http.post("/api/chats/", headers=headers)).json()["uri"]
+                    await http.patch(f"/api/chats/{uri}/", json={},
+                                     headers={"Authorization": f"JWT {auth['bob']}"})
+                stream_url = f"{base.replace('http', 'ws')}/ws/?token={auth['ann']}"
+                async with websockets.connect(stream_url) as first:  # starts the rooms here
+                    await next_frame(first, "chats")
+                    commands.take()
+                    async with websockets.connect(stream_url) as second:
+                        snapshot = await next_frame(second, "chats")
+                        counts.append((len(snapshot["chats"]), sorted(commands.take())))
+        return counts
+
+    few, many = in_process(scenario)
+    # the user's rooms; then the chat list: rooms, unread counts, latest messages, names
+    assert few == (3, sorted(["find", "find", "aggregate", "aggregate", "find"]))
+    assert many == (30, sorted(["find", "find", "aggregate", "aggregate", "find"]))
