@@ -43,6 +43,10 @@ GONE_REASONS = {ENDED_BY["leave"]: "left", ENDED_BY["remove"]: "removed",
                 ENDED_BY["ban"]: "banned"}
 
 
+# Streams whose snapshot is read at once (a connect storm queues behind them).
+SNAPSHOTS_AT_ONCE = 16
+
+
 class NotSubscribable(InvalidMessage):
     def __init__(self, message: str):
         super().__init__(message, "uri")
@@ -106,6 +110,9 @@ class Streams:
         self.store = store
         self.max_subscriptions = max_subscriptions
         self.by_user: dict[str, set[UserStream]] = {}
+        # Snapshots read at once: in a connect storm the rest wait their turn
+        # (within the ready timeout) rather than all time out together.
+        self.reading = asyncio.Semaphore(SNAPSHOTS_AT_ONCE)
         hub.on_joined = self.joined
         hub.signals.own_read = self.own_read
 
@@ -116,12 +123,13 @@ class Streams:
         """Register in every room of the user, send the snapshot, then go live."""
         user_id = stream.user["id"]
         self.by_user.setdefault(user_id, set()).add(stream)
-        for uri in await self.store.member_uris(user_id):
-            if uri not in stream.entries:  # a join event may have brought it already
-                self.enter(stream, uri, 0)
-        await asyncio.gather(*(asyncio.shield(room.started) for _, room, _ in stream.pending))
-        known = self.hub.signals.reads_of(user_id)
-        chats = await self.store.chat_list(user_id, known)
+        async with self.reading:
+            for uri in await self.store.member_uris(user_id):
+                if uri not in stream.entries:  # a join event may have brought it already
+                    self.enter(stream, uri, 0)
+            await asyncio.gather(*(asyncio.shield(room.started) for _, room, _ in stream.pending))
+            known = self.hub.signals.reads_of(user_id)
+            chats = await self.store.chat_list(user_id, known)
         if stream.closed:
             return
         stream.send({"type": "chats", "chats": chats})

@@ -9,7 +9,7 @@ import urllib.parse
 import httpx
 import pika
 
-from chat.broker import exchange_name
+from chat.broker import AmqpBroker, exchange_name
 from tests.helpers import (
     FIRST_MESSAGE,
     Listener,
@@ -102,3 +102,24 @@ def test_a_dead_node_in_the_list_is_passed_over_without_waiting(start_server, am
     live = urllib.parse.urlsplit(amqp_url)
     assert f"connected to RabbitMQ at {live.hostname}:{live.port or 5672}" in log
     assert "reconnecting to RabbitMQ in" not in log
+
+
+def test_a_control_notice_sent_while_the_channel_is_down_goes_out_once_it_is_back(amqp_url):
+    """A logout published while this process's channel is closing is kept, not
+    dropped with a log line, and reaches the other processes after the reconnect."""
+    async def scenario():
+        sender, receiver = AmqpBroker(amqp_url), AmqpBroker(amqp_url)
+        got: list[bytes] = []
+        receiver.on_control = got.append
+        await sender.start()
+        await receiver.start()
+        try:
+            sender.channel.close()  # the sender's connection starts over
+            sender.publish_control(b'{"type": "logout", "token_id": "t1"}')
+            await wait_for(lambda: got, 10, "the notice, after the sender reconnected")
+            return got
+        finally:
+            await sender.close()
+            await receiver.close()
+
+    assert asyncio.run(scenario()) == [b'{"type": "logout", "token_id": "t1"}']
