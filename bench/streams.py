@@ -9,8 +9,8 @@ MongoDB directly (every user in `per-user` rooms, the same number of members
 in each room), since a join per membership through the API would take most of
 the run. Then:
 - a connect storm: every user opens a user stream at once; the time until
-  every `chats` snapshot arrived, failures, the server's RSS per stream, and
-  MongoDB commands per snapshot (nx-27017's serverStatus counters);
+  every `chats` snapshot arrived, failures and the server's RSS per stream
+  (MongoDB commands per snapshot are counted in tests/test_commands.py);
 - posts spread over the rooms through the API at each rate for `seconds`:
   deliveries/s on the streams, post -> user-stream delivery p50/p99 (every
   10th stream is sampled), server CPU per delivery.
@@ -100,21 +100,12 @@ def rooms_of(index: int, rooms: int, per_user: int) -> list[int]:
     return [(index % rooms + stride * k) % rooms for k in range(per_user)]
 
 
-def commands_so_far(mongo_url: str) -> int:
-    client = pymongo.MongoClient(mongo_url)
-    try:
-        counters = client.admin.command("serverStatus").get("opcounters", {})
-        return sum(int(v) for v in counters.values())
-    finally:
-        client.close()
-
-
-async def storm(port: int, pid: int, tokens: list[str], mongo_url: str,
+async def storm(port: int, pid: int, tokens: list[str],
                 latencies: list[float]) -> tuple[list[WsClient], dict]:
     semaphore = asyncio.Semaphore(CONNECT_CONCURRENCY)
     clients: list[WsClient] = []
     failed = 0
-    rss0, commands0 = rss_kib(pid), commands_so_far(mongo_url)
+    rss0 = rss_kib(pid)
     started = time.perf_counter()
 
     async def one(i: int, token: str) -> None:
@@ -129,11 +120,9 @@ async def storm(port: int, pid: int, tokens: list[str], mongo_url: str,
             clients.append(client)
     await asyncio.gather(*(one(i, t) for i, t in enumerate(tokens)))
     seconds = time.perf_counter() - started
-    commands = commands_so_far(mongo_url) - commands0
     await asyncio.sleep(1.0)
     return clients, {
         "streams": len(clients), "failed": failed, "all_snapshots_s": round(seconds, 2),
-        "mongodb_commands_per_snapshot": round(commands / max(1, len(clients)), 2),
         "rss_kib_per_stream": round((rss_kib(pid) - rss0) / max(1, len(clients)), 1),
     }
 
@@ -197,7 +186,7 @@ async def scenario(server: ServerProcess, mongo_url: str, args) -> dict:
         client.close()
     posters = [(uris[r], users[ids.index(ids_[0])][1]) for r, ids_ in members.items() if ids_]
     latencies: list[float] = []
-    clients, storm_row = await storm(port, pid, [t for _, t in users], mongo_url, latencies)
+    clients, storm_row = await storm(port, pid, [t for _, t in users], latencies)
     print(json.dumps({"storm": storm_row}), flush=True)
     rows = []
     try:
