@@ -15,6 +15,9 @@ from chat.limits import Limit
 from chat.store import Store, Unavailable
 from tests.helpers import Api, wait_until
 
+# Store semantics: these run on nx-27017 and on SecantusDB (tests/conftest.py).
+pytestmark = pytest.mark.store_semantics
+
 
 class CountingStore:
     """The store's two counter methods over a dict; `fail` makes them raise like

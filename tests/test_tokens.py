@@ -15,6 +15,9 @@ from chat.store import Unavailable, now
 from chat.tokens import Tokens
 from tests.helpers import Api, wait_until
 
+# Store semantics: these run on nx-27017 and on SecantusDB (tests/conftest.py).
+pytestmark = pytest.mark.store_semantics
+
 USER = {"id": "u1", "username": "ann"}
 
 
