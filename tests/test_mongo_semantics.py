@@ -16,8 +16,10 @@ import pymongo
 import pytest
 
 from chat.limits import Limit
-from chat.store import Store
-from tests.test_store import run_store
+from chat.metrics import Metrics
+from chat.sequencer import Sequencer
+from chat.store import Store, Unavailable
+from tests.test_store import USER, post, run_store
 
 pytestmark = pytest.mark.store_semantics
 
@@ -126,3 +128,93 @@ def test_concurrent_first_hits_from_several_processes_all_count(fresh_db):
     for totals, final in asyncio.run(main()):
         assert final == 20
         assert all(1 <= total <= 20 for total in totals) and max(totals) == 20
+
+
+def test_a_write_the_write_concern_refuses_is_unavailable_on_every_path(fresh_db, mongo_kind):
+    """w: 2 on a single-node replica set is never satisfied: every write fails
+    as Unavailable (503 with Retry-After), the event insert and the others
+    alike. Before the fix only the event insert did; the others raised the
+    write-concern error itself (a 500). nx-27017 accepts w: 2 on a standalone."""
+    if mongo_kind == "nx" or not single_node_replica_set(fresh_db):
+        pytest.skip("needs a single-node replica set: nx-27017 accepts w: 2 on a standalone")
+    expires = datetime.datetime.fromtimestamp(time.time() + 2 * WINDOW, datetime.UTC)
+
+    async def main():
+        ready = Store(fresh_db, database_of(fresh_db))
+        await ready.ensure_indexes()
+        await ready.close()
+        store = Store(fresh_db, database_of(fresh_db), write_concern="2")
+        failures = []
+        for write in (lambda: store.create_room(USER["id"]),
+                      lambda: store.count_hit("posts:1:ann", expires),
+                      lambda: store.save_read_positions({"room": {USER["id"]: 1}}),
+                      lambda: post(Sequencer(store, Metrics()), "room", "hello", seen=0)):
+            try:
+                await write()
+                failures.append(None)
+            except Exception as error:
+                failures.append(type(error).__name__)
+        await store.close()
+        return failures
+
+    assert asyncio.run(main()) == ["Unavailable"] * 4
+
+
+def test_a_command_the_server_stops_at_its_max_time_is_unavailable(fresh_db, mongo_kind):
+    """MongoDB ends a command that outlives its maxTimeMS (the request's budget,
+    sent by pymongo) with MaxTimeMSExpired: the store answers Unavailable, a
+    503 that says when to retry, on a read, a write and the event insert.
+    nx-27017 never enforces maxTimeMS (the client's own timeout fires instead)."""
+    if mongo_kind == "nx":
+        pytest.skip("nx-27017 never ends a command at its maxTimeMS")
+
+    async def scenario(store):
+        uri = (await store.create_room(USER["id"]))["uri"]
+        failures = []
+        for command, call in (("find", lambda: store.room(uri)),
+                              ("update", lambda: store.set_locked(uri, True)),
+                              ("insert", lambda: post(Sequencer(store, Metrics()), uri, "hi", seen=0))):
+            with failing(fresh_db, {"times": 1}, {"failCommands": [command], "errorCode": 50}):
+                try:
+                    await call()
+                    failures.append(None)
+                except Unavailable:
+                    failures.append(command)
+        return failures
+
+    assert run_store(fresh_db, scenario) == ["find", "update", "insert"]
+
+
+def test_a_post_stored_but_not_acknowledged_is_found_again_by_its_client_id(fresh_db, mongo_kind):
+    """A primary that stores an insert and then cannot replicate it in time
+    answers with a write-concern error: the post fails as Unavailable (it may be
+    rolled back), and the client's retry with the same client_id returns the
+    event stored, once, rather than storing it twice (the partial unique index
+    on client_id, which nx-27017 does not honour as partial).
+
+    SecantusDB (0.7.0b3) does not recognise a retryable write that pymongo
+    retries with the same transaction number when it carries maxTimeMS (every
+    command of the store does): it runs it again, and the sequencer would
+    store the event a second time at the next seq, where mongod answers the
+    first result. So this failpoint's error is not labelled retryable."""
+    if mongo_kind == "nx":
+        pytest.skip("nx-27017 has no failpoints and never fails a write concern")
+
+    async def scenario(store):
+        uri = (await store.create_room(USER["id"]))["uri"]
+        sequencer = Sequencer(store, Metrics())
+        with failing(fresh_db, {"times": 1}, {
+                "failCommands": ["insert"],
+                "writeConcernError": {"code": 64, "codeName": "WriteConcernFailed",
+                                      "errmsg": "waiting for replication timed out"}}), \
+                pytest.raises(Unavailable):
+            await post(sequencer, uri, "hello", client_id="c1", seen=0)
+        again = await post(sequencer, uri, "hello", client_id="c1")
+        later = await post(sequencer, uri, "later")
+        stored = await store.messages.find({"room": uri}).sort("seq", 1).to_list(None)
+        return again, later, stored
+
+    (doc, created), (later, _), stored = run_store(fresh_db, scenario)
+    assert not created and doc["seq"] == 1
+    assert later["seq"] == 2
+    assert [(d["seq"], d["message"]) for d in stored] == [(1, "hello"), (2, "later")]
