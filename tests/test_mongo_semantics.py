@@ -218,3 +218,29 @@ def test_a_post_stored_but_not_acknowledged_is_found_again_by_its_client_id(fres
     assert not created and doc["seq"] == 1
     assert later["seq"] == 2
     assert [(d["seq"], d["message"]) for d in stored] == [(1, "hello"), (2, "later")]
+
+
+def test_unique_indexes_over_optional_fields_are_partial(fresh_db, mongo_kind):
+    """The unique (room, user_id, client_id) and username_key indexes hold only
+    documents that have the field as a string. On MongoDB a unique index without
+    that filter refuses a second document without the field (a missing field
+    is null, and null equals null): a user's second post without a client_id,
+    or a second account from before username_key. nx-27017 drops the filter
+    (and never compares nulls), so SecantusDB is where the filter is proven."""
+    async def scenario(store):
+        sequencer = Sequencer(store, Metrics())
+        uri = (await store.create_room(USER["id"]))["uri"]
+        stored = [(await post(sequencer, uri, text, client_id))[1]
+                  for text, client_id in (("a", None), ("b", None), ("c", "c1"), ("c", "c1"))]
+        await store.users.insert_many([{"username": "Old"}, {"username": "older"}])
+        messages = {info["name"]: info async for info in await store.messages.list_indexes()}
+        users = {info["name"]: info async for info in await store.users.list_indexes()}
+        return stored, messages, users
+
+    stored, messages, users = run_store(fresh_db, scenario)
+    assert stored == [True, True, True, False]
+    if mongo_kind != "nx":
+        assert messages["room_user_client_id"]["partialFilterExpression"] == {
+            "client_id": {"$type": "string"}}
+        assert users["username_key"]["partialFilterExpression"] == {
+            "username_key": {"$type": "string"}}
