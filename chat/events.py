@@ -90,7 +90,7 @@ def fold(message: dict, events: list[dict]) -> dict:
         if kind == "edit":
             state["message"] = event.get("message", "")
             state["version"] = event["version"]
-            # Epoch seconds: some wire servers store a datetime given to $set as a string.
+            # Epoch seconds: nx-27017 stores a datetime given to $set as a string.
             state["edited"] = event["created"].timestamp()
         elif kind == "delete":
             state.update(message="", deleted=True, reactions={})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -38,6 +40,28 @@ class MongoServer:
         stop_process(self.process)
 
 
+class SecantusServer(MongoServer):
+    """SecantusDB on a free loopback port with a temporary data folder: a MongoDB
+    wire server on WiredTiger that behaves like mongod where nx-27017 does not
+    ($setOnInsert, partial indexes, write concerns, maxTimeMS, concurrent
+    upserts). It advertises a single-node replica set named "secantus". A test
+    dependency only (GPL-2.0): run as a program, never imported."""
+
+    def start(self) -> None:
+        program = shutil.which("secantusd-py", path=os.path.dirname(sys.executable))
+        assert program, "SecantusDB is not installed: `make .venv/.installed-test` installs it"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # An empty config of its own, so no secantusd.toml of the machine is read.
+        config = self.data_dir / "secantusd.toml"
+        config.touch()
+        self.process = subprocess.Popen(
+            [program, "--host", "127.0.0.1", "--port", str(self.port),
+             "--storage-path", str(self.data_dir / "data"), "--config", str(config),
+             "--log-level", "WARNING", "--enable-test-commands"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process, "SecantusDB")
+
+
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory):
     """The wire server, or None when CHAT_TEST_MONGO_URL names a MongoDB."""
@@ -51,8 +75,46 @@ def mongo_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mongo_base(mongo_server) -> str:
-    return os.environ.get("CHAT_TEST_MONGO_URL") or mongo_server.url
+def secantus_server(tmp_path_factory):
+    """SecantusDB, started for the first test that runs on it."""
+    server = SecantusServer(tmp_path_factory.mktemp("secantus"))
+    server.start()
+    yield server
+    server.stop()
+
+
+# The MongoDB servers a test marked `store_semantics` runs on, by test id: the
+# default one (nx-27017, or the MongoDB named by CHAT_TEST_MONGO_URL) and SecantusDB.
+MONGO_SERVERS = ("url" if os.environ.get("CHAT_TEST_MONGO_URL") else "nx", "secantus")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "store_semantics: runs once per MongoDB server of MONGO_SERVERS "
+        "(nx-27017 and SecantusDB); store_semantics(False) on a test opts it out")
+
+
+def pytest_generate_tests(metafunc):
+    marker = metafunc.definition.get_closest_marker("store_semantics")
+    if marker and marker.args != (False,) and "mongo_base" in metafunc.fixturenames:
+        # Module scope: a module's tests run on one server, then on the next,
+        # so a module-scoped server process is started once per MongoDB.
+        metafunc.parametrize("mongo_base", MONGO_SERVERS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def mongo_base(request) -> str:
+    """The test MongoDB's URL: nx-27017's unless a test runs on another (`store_semantics`)."""
+    if getattr(request, "param", None) == "secantus":
+        return request.getfixturevalue("secantus_server").url
+    return os.environ.get("CHAT_TEST_MONGO_URL") or request.getfixturevalue("mongo_server").url
+
+
+@pytest.fixture
+def mongo_kind(request, mongo_base) -> str:
+    """Which MongoDB the test runs on: "nx", "secantus" or "url" (CHAT_TEST_MONGO_URL)."""
+    callspec = getattr(request.node, "callspec", None)
+    return callspec.params.get("mongo_base", MONGO_SERVERS[0]) if callspec else MONGO_SERVERS[0]
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,9 @@ from tests.helpers import (
     server_in_thread,
 )
 
+# Store semantics: these run on nx-27017 and on SecantusDB (tests/conftest.py).
+pytestmark = pytest.mark.store_semantics
+
 
 @pytest.fixture(scope="module")
 def db(server):

@@ -15,6 +15,9 @@ from chat.limits import Limit
 from chat.store import Store, Unavailable
 from tests.helpers import Api, wait_until
 
+# Store semantics: these run on nx-27017 and on SecantusDB (tests/conftest.py).
+pytestmark = pytest.mark.store_semantics
+
 
 class CountingStore:
     """The store's two counter methods over a dict; `fail` makes them raise like
@@ -184,6 +187,9 @@ async def wait_for_calls(store: CountingStore, count: int) -> None:
 
 # Across real processes -----------------------------------------------------------
 
+# Two server processes over HTTP: the shared counter is proven on SecantusDB at the
+# store (test_mongo_semantics: concurrent first hits from several processes).
+@pytest.mark.store_semantics(False)
 def test_sign_up_and_message_limits_hold_across_processes(start_server, fresh_db):
     limits = {"signup_per_ip_per_minute": 3, "user_messages_per_minute": 4}
     a, b = start_server(mongo_url=fresh_db, **limits), start_server(mongo_url=fresh_db, **limits)
@@ -279,6 +285,7 @@ def login(server, username: str, password: str, address: str) -> httpx.Response:
                       json={"username": username, "password": password})
 
 
+@pytest.mark.store_semantics(False)  # the login delays over HTTP, not the store
 def test_a_guesser_cannot_lock_the_owner_out(start_server):
     server = start_server(behind_proxy=True, login_max_failures=3, login_delay_max_seconds=1)
     owner = Api(server.url).signup()
@@ -314,6 +321,7 @@ def test_concurrent_guesses_from_one_address_get_no_more_tries_than_one_by_one(s
     assert statuses.count(400) <= 3 and statuses.count(400) + statuses.count(429) == 20
 
 
+@pytest.mark.store_semantics(False)  # the login delays over HTTP, not the store
 def test_guesses_from_many_addresses_are_slowed_per_username(start_server):
     server = start_server(behind_proxy=True, login_max_failures=3, login_delay_max_seconds=30)
     owner = Api(server.url).signup()

@@ -12,6 +12,9 @@ from chat.sequencer import Sequencer
 from chat.store import ClientIdTaken, NotAttempted, SeqTaken, Store
 from tests.test_store import USER, post, run_store
 
+# Store semantics: these run on nx-27017 and on SecantusDB (tests/conftest.py).
+pytestmark = pytest.mark.store_semantics
+
 
 def counted(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(f"chat_{name}_total") or 0.0

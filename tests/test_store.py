@@ -23,6 +23,9 @@ from chat.store import (
     public_user,
 )
 
+# Store semantics: these run on nx-27017 and on SecantusDB (tests/conftest.py).
+pytestmark = pytest.mark.store_semantics
+
 
 class FakeCommand:
     """Records each batch; waits for `release` before answering, so a test

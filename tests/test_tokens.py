@@ -11,9 +11,12 @@ import httpx
 import jwt
 import pytest
 
-from chat.store import Unavailable, now
+from chat.store import Store, Unavailable, now
 from chat.tokens import Tokens
 from tests.helpers import Api, wait_until
+
+# Store semantics: these run on nx-27017 and on SecantusDB (tests/conftest.py).
+pytestmark = pytest.mark.store_semantics
 
 USER = {"id": "u1", "username": "ann"}
 
@@ -133,6 +136,7 @@ def test_a_cached_token_ends_at_its_expiry():
     assert run(scenario) <= 1.5
 
 
+@pytest.mark.store_semantics(False)  # control notices between processes, not the store
 @pytest.mark.slow
 def test_logout_and_refresh_reach_the_other_process_cache(start_server):
     """Process B has the tokens cached; logout of one and refresh of another
@@ -155,3 +159,29 @@ def test_logout_and_refresh_reach_the_other_process_cache(start_server):
     assert me.status_code == 200 and me.json()["username"] == carol.username
     again = httpx.post(f"{b.url}/auth/jwt/refresh/", json={"token": carol.token})
     assert again.status_code == 400 and json.loads(again.text)
+
+
+def test_refresh_rotates_once_across_processes_on_the_test_mongodb(fresh_db):
+    """Three processes refresh one token at once against the real store (on
+    SecantusDB the commands really run concurrently): one gets a fresh token,
+    the others nothing, and the old one is gone; a token is stored with its
+    expiry as a date under the TTL index that lets MongoDB drop it."""
+    database = fresh_db.rsplit("/", 1)[1]
+
+    async def main():
+        stores = [Store(fresh_db, database) for _ in range(3)]
+        try:
+            await stores[0].ensure_indexes()
+            token = await Tokens(stores[0], "s3cret", 1).issue(USER)
+            stored = await stores[0].tokens.find().to_list(None)
+            rotated = await asyncio.gather(*(Tokens(s, "s3cret", 1).rotate(token) for s in stores))
+            indexes = await stores[0].tokens.index_information()
+            return stored, rotated, await Tokens(stores[1], "s3cret", 1).verify(token), indexes
+        finally:
+            for store in stores:
+                await store.close()
+
+    stored, rotated, old, indexes = asyncio.run(main())
+    assert len(stored) == 1 and isinstance(stored[0]["expires"], datetime.datetime)
+    assert sum(r is not None for r in rotated) == 1 and old is None
+    assert [i.get("expireAfterSeconds") for i in indexes.values() if i["key"] == [("expires", 1)]] == [0]

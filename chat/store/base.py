@@ -16,6 +16,7 @@ from typing import Any
 import pymongo
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
@@ -23,13 +24,16 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
-    WTimeoutError,
+    WriteConcernError,
 )
 
 log = logging.getLogger("chat.store")
 
+# A write the write concern did not acknowledge (WriteConcernError, its
+# timeout WTimeoutError among them: a replica set without its majority, a
+# stepdown) counts as not stored, like one MongoDB did not answer.
 UNREACHABLE = (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout,
-               ServerSelectionTimeoutError, WTimeoutError)
+               ServerSelectionTimeoutError, WriteConcernError)
 
 # The most writes one group commit sends in one command.
 GROUP_COMMIT_MAX = 500
@@ -108,10 +112,16 @@ def guarded(method):
         except PyMongoError as exc:
             # `timeout` covers every way the client-side operation timeout
             # (timeoutMS, pymongo.timeout) ends an operation.
-            if isinstance(exc, UNREACHABLE) or exc.timeout:
+            if isinstance(exc, UNREACHABLE) or exc.timeout or unacknowledged(exc):
                 raise Unavailable(str(exc)) from exc
             raise
     return call
+
+
+def unacknowledged(exc: PyMongoError) -> bool:
+    """A bulk write that failed only its write concern."""
+    return (isinstance(exc, BulkWriteError) and bool(exc.details.get("writeConcernErrors"))
+            and not exc.details.get("writeErrors"))
 
 
 def iso(moment: datetime.datetime | float) -> str:

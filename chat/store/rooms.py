@@ -103,8 +103,8 @@ class Rooms:
     async def create_room(self, owner_id: str) -> dict:
         while True:
             moment = now()
-            # updated is epoch seconds: some wire servers turn a datetime given
-            # to $set into a string, which would break sorting by activity.
+            # updated is epoch seconds: nx-27017 turns a datetime given to $set
+            # into a string (MongoDB keeps a date), which would break sorting by activity.
             doc = {"uri": new_room_uri(), "owner": owner_id, "members": [owner_id], "seq": 0,
                    "created": moment, "updated": moment.timestamp()}
             try:
