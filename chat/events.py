@@ -333,6 +333,7 @@ class RoomEvents:
             # Deleted already; erasing again heals a process that died before it erased.
             await self.store.erase_edits(uri, message["seq"])
             return
+        await self.hub.check_rate(user)
         await self.change(uri, message, {"type": "delete", "by": brief(user), "user_id": user["id"]})
 
     async def react(self, user: dict, uri: str, message_id: str, emoji: Any, add: bool) -> None:
