@@ -26,6 +26,7 @@ from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.passwords import Passwords
+from chat.quotas import UserLimits
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.streams import Streams
@@ -54,11 +55,16 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class Limits:
-    """Per client address, over every process (counted in MongoDB)."""
+    """Per client address (sign-ups; logins and token refreshes), and per user
+    (`users`: chat/quotas.py), over every process (counted in MongoDB)."""
 
     def __init__(self, config: chat_config.Config, store: Store):
         self.signup = Limit(store, "signup", config.signup_per_ip_per_minute, 60.0)
         self.login = Limit(store, "login", config.login_per_ip_per_minute, 60.0)
+        self.users = UserLimits(store, rooms_per_hour=config.user_rooms_per_hour,
+                                member_changes_per_minute=config.user_member_changes_per_minute,
+                                signals_per_minute=config.user_signals_per_minute,
+                                logouts_per_minute=config.user_logouts_per_minute)
 
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:

@@ -48,6 +48,10 @@ class Config:
     ws_send_buffer_bytes: int = 1048576
     ws_ready_timeout: float = 15.0
     user_messages_per_minute: int = 100
+    user_rooms_per_hour: int = 50
+    user_member_changes_per_minute: int = 100
+    user_signals_per_minute: int = 600
+    user_logouts_per_minute: int = 30
     max_sockets_per_user: int = 10
     max_subscriptions: int = 10
     presence_enabled: bool = True

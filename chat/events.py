@@ -45,6 +45,10 @@ MAX_REACTIONS = 20
 SETTLE_ATTEMPTS = 20
 
 
+class Conflict(Exception):
+    """The change lost a race with another (409): the room is not as it was read."""
+
+
 class InvalidField(ValueError):
     """A bad value in a named field (400 naming it)."""
 
@@ -89,12 +93,16 @@ def fold(message: dict, events: list[dict]) -> dict:
         kind = event["type"]
         if kind == "edit":
             state["message"] = event.get("message", "")
-            state["version"] = event["version"]
+            # Versions are handed out as edits begin, which may be stored in
+            # another order: the state shows the highest.
+            state["version"] = max(state["version"], event["version"])
             # Epoch seconds: nx-27017 stores a datetime given to $set as a string.
             state["edited"] = event["created"].timestamp()
         elif kind == "delete":
             state.update(message="", deleted=True, reactions={})
         elif kind == "reaction":
+            if event["emoji"] not in state["reactions"] and len(state["reactions"]) >= MAX_REACTIONS:
+                continue  # past the cap: only a place given back and taken again in a race
             users = state["reactions"].setdefault(event["emoji"], [])
             name = event["user"]["username"]
             if event["op"] == "add" and name not in users:
@@ -124,8 +132,7 @@ class RoomEvents:
 
     async def moderated_room(self, uri: str, user_id: str) -> dict:
         room = await self.member_room(uri, user_id)
-        if role_of(room, user_id) not in MODERATORS:
-            raise Forbidden("Only the chat's owner and moderators can do that.")
+        self.check_moderator(uri, room, {"id": user_id})
         return room
 
     async def user_named(self, username: Any, field: str | None = None) -> dict:
@@ -145,7 +152,7 @@ class RoomEvents:
 
     async def join(self, user: dict, uri: str) -> dict:
         """Join by the room's link: refused when banned, or when the room is locked."""
-        room, joined = await self.store.add_member(uri, user["id"], by_link=True)
+        room, joined = await self.store.add_member(uri, user["id"])
         if joined:
             await self.announce(uri, "join", user, user)
         return room
@@ -155,7 +162,7 @@ class RoomEvents:
         await self.moderated_room(uri, by["id"])
         user = await self.user_named(username, "username")
         try:
-            room, joined = await self.store.add_member(uri, user["id"], by_link=False)
+            room, joined = await self.store.add_member(uri, user["id"], by_id=by["id"])
         except Banned:
             raise Forbidden(f"{user['username']} is banned from this chat: unban them first.") from None
         if joined:
@@ -167,53 +174,103 @@ class RoomEvents:
         if ROLES.index(role_of(room, by["id"])) >= ROLES.index(role_of(room, user["id"])):
             raise Forbidden("Moderators can act on members only, and nobody on the owner.")
 
+    async def refused(self, uri: str, check) -> Conflict:
+        """Why a permission change matched nothing: `check` (which raises the
+        answer: 403, 404) on the room as it is now; else the room changed under
+        it and it may be tried again."""
+        check(await self.room_now(uri))
+        return Conflict("The chat changed meanwhile: look again and retry.")
+
+    async def room_now(self, uri: str) -> dict:
+        room = await self.store.room(uri)
+        if room is None:
+            raise NotFound(uri)
+        return room
+
     async def remove(self, by: dict, uri: str, username: str) -> None:
         """Leave (your own name) or remove a member (owner or moderator)."""
-        room = await self.member_room(uri, by["id"])
         user = await self.user_named(username)
-        if user["id"] == by["id"]:
-            if room["owner"] == by["id"]:
-                raise Forbidden("The owner cannot leave: make another member the owner first.")
-            op = "leave"
-        else:
+        leaving = user["id"] == by["id"]
+
+        def check(room: dict) -> None:
+            if by["id"] not in room["members"]:
+                raise (Banned if by["id"] in room.get("banned", ()) else NotMember)(uri)
+            if leaving:
+                if room["owner"] == by["id"]:
+                    raise Forbidden("The owner cannot leave: make another member the owner first.")
+                return
             if role_of(room, by["id"]) not in MODERATORS:
                 raise Forbidden("Only the chat's owner and moderators can remove members.")
+            if user["id"] not in room["members"]:
+                raise NotFound(username)
             self.check_rank(room, by, user)
-            op = "remove"
-        if await self.store.remove_member(uri, user["id"]) is None:
-            raise NotFound(username)
-        self.hub.expel(uri, user["id"], "left the chat" if op == "leave" else "removed from the chat")
+
+        check(await self.room_now(uri))
+        removed = await self.store.remove_member(uri, user["id"], None if leaving else by["id"])
+        if removed is None:
+            raise await self.refused(uri, check)
+        op = "leave" if leaving else "remove"
+        self.hub.expel(uri, user["id"], "left the chat" if leaving else "removed from the chat")
         await self.announce(uri, op, user, by)
 
     async def ban(self, by: dict, uri: str, username: Any) -> None:
         """Ban a user (a member or not): removed, and refused on every path."""
-        room = await self.moderated_room(uri, by["id"])
         user = await self.user_named(username, "username")
         if user["id"] == by["id"]:
             raise Forbidden("You cannot ban yourself.")
-        self.check_rank(room, by, user)
-        if await self.store.remove_member(uri, user["id"], ban=True) is None:
+
+        def check(room: dict) -> None:
+            self.check_moderator(uri, room, by)
+            self.check_rank(room, by, user)
+
+        room = await self.room_now(uri)
+        check(room)
+        if user["id"] in room.get("banned", ()):
             return  # banned already
+        if await self.store.remove_member(uri, user["id"], by["id"], ban=True) is None:
+            room = await self.room_now(uri)
+            check(room)
+            if user["id"] in room.get("banned", ()):
+                return  # banned meanwhile, by another
+            raise Conflict("The chat changed meanwhile: look again and retry.")
         self.hub.expel(uri, user["id"], "banned from the chat")
         await self.announce(uri, "ban", user, by)
 
+    def check_moderator(self, uri: str, room: dict, by: dict) -> None:
+        if by["id"] not in room["members"]:
+            raise (Banned if by["id"] in room.get("banned", ()) else NotMember)(uri)
+        if role_of(room, by["id"]) not in MODERATORS:
+            raise Forbidden("Only the chat's owner and moderators can do that.")
+
     async def unban(self, by: dict, uri: str, username: str) -> None:
-        await self.moderated_room(uri, by["id"])
         user = await self.user_named(username)
-        if not await self.store.unban(uri, user["id"]):
-            raise NotFound(username)
+
+        def check(room: dict) -> None:
+            self.check_moderator(uri, room, by)
+            if user["id"] not in room.get("banned", ()):
+                raise NotFound(username)
+
+        check(await self.room_now(uri))
+        if not await self.store.unban(uri, by["id"], user["id"]):
+            raise await self.refused(uri, check)
         await self.announce(uri, "unban", user, by)
 
     async def set_role(self, by: dict, uri: str, username: str, role: Any) -> None:
         """The owner makes a member a moderator or a member again, or hands the room over."""
         if role not in ROLES:
             raise InvalidField("role", "Must be one of: moderator, member, owner.")
-        room = await self.member_room(uri, by["id"])
-        if room["owner"] != by["id"]:
-            raise Forbidden("Only the chat's owner can change roles.")
         user = await self.user_named(username)
-        if user["id"] not in room["members"]:
-            raise NotFound(username)
+
+        def check(room: dict) -> None:
+            if by["id"] not in room["members"]:
+                raise (Banned if by["id"] in room.get("banned", ()) else NotMember)(uri)
+            if room["owner"] != by["id"]:
+                raise Forbidden("Only the chat's owner can change roles.")
+            if user["id"] not in room["members"]:
+                raise NotFound(username)
+
+        room = await self.room_now(uri)
+        check(room)
         if role_of(room, user["id"]) == role:
             return
         if user["id"] == by["id"]:
@@ -221,15 +278,16 @@ class RoomEvents:
         if role == "owner":
             changed = await self.store.hand_over(uri, by["id"], user["id"])
         else:
-            changed = await self.store.set_role(uri, user["id"], role)
+            changed = await self.store.set_role(uri, by["id"], user["id"], role)
         if not changed:
-            raise NotFound(username)
+            raise await self.refused(uri, check)
         await self.announce(uri, "role", user, by, role)
 
     async def set_locked(self, by: dict, uri: str, locked: bool) -> None:
         room = await self.moderated_room(uri, by["id"])
-        if bool(room.get("locked")) != locked:
-            await self.store.set_locked(uri, locked)
+        if bool(room.get("locked")) != locked and \
+                not await self.store.set_locked(uri, by["id"], locked):
+            raise await self.refused(uri, lambda room: self.check_moderator(uri, room, by))
 
     # Messages -------------------------------------------------------------
 
@@ -241,12 +299,14 @@ class RoomEvents:
             raise NotFound(message_id)
         return room, await self.settle(uri, message)
 
-    async def change(self, uri: str, message: dict, event: dict) -> dict:
-        """Append an event about `message` and fold it into the message's state."""
+    async def change(self, uri: str, message: dict, event: dict, counted: bool = False) -> dict:
+        """Append an event about `message` and fold it into the message's state;
+        `counted` when the caller counted the change as begun already."""
         event.update(target_seq=message["seq"], target_id=str(message["_id"]))
         # Counted before the append and never uncounted if it fails: an event
         # that may be stored keeps its message checked by history pages.
-        await self.store.count_change(message, 1)
+        if not counted:
+            await self.store.count_change(message, 1)
         await self.hub.append_event(uri, event)
         return await self.settle(uri, message, saves_change=True)
 
@@ -259,9 +319,10 @@ class RoomEvents:
             raise NotFound(message_id)
         if text != message["message"]:
             await self.hub.check_rate(user)
+            version = await self.store.begin_edit(message)
             message = await self.change(uri, message, {
                 "type": "edit", "user": brief(user), "user_id": user["id"], "message": text,
-                "version": message.get("version", 0) + 1})
+                "version": version}, counted=True)
         return public_message(message)
 
     async def delete(self, user: dict, uri: str, message_id: str) -> None:
@@ -272,6 +333,7 @@ class RoomEvents:
             # Deleted already; erasing again heals a process that died before it erased.
             await self.store.erase_edits(uri, message["seq"])
             return
+        await self.hub.check_rate(user)
         await self.change(uri, message, {"type": "delete", "by": brief(user), "user_id": user["id"]})
 
     async def react(self, user: dict, uri: str, message_id: str, emoji: Any, add: bool) -> None:
@@ -282,12 +344,15 @@ class RoomEvents:
         reactions = message.get("reactions", {})
         if (user["username"] in reactions.get(emoji, ())) == add:
             return  # as asked already
+        full = InvalidField("emoji", f"A message can have at most {MAX_REACTIONS} different reactions.")
         if add and emoji not in reactions and len(reactions) >= MAX_REACTIONS:
-            raise InvalidField("emoji", f"A message can have at most {MAX_REACTIONS} different reactions.")
+            raise full
         await self.hub.check_rate(user)
+        if add and not await self.store.begin_reaction(message, emoji, MAX_REACTIONS):
+            raise full
         await self.change(uri, message, {
             "type": "reaction", "emoji": emoji, "op": "add" if add else "remove",
-            "user": brief(user), "user_id": user["id"]})
+            "user": brief(user), "user_id": user["id"]}, counted=add)
 
     async def current(self, docs: list[dict]) -> list[dict]:
         """A history page with the stored events of its messages that have

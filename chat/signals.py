@@ -13,10 +13,13 @@ lost "stop" or a process that died without a word corrects itself:
   member whose last local socket closes stays listed for `presence_grace` (a
   reconnect within it announces nothing).
 - Typing: a room's set of typers, each entry expiring `typing_ttl` after its
-  last typing frame; frames are throttled per user and room. A process that
+  last typing frame; starts are throttled per user and room (a stop does not
+  reset the throttle). A process that
   gets its first socket in a room asks the others who types there.
 - Read positions are the exception: stored per (room, user), only raised,
-  and written to MongoDB at most once per `read_flush` for all of them.
+  and written to MongoDB at most once per `read_flush` for all of them; a
+  member's rise is told to sockets and to other processes at most once per
+  READ_EVERY, and not at all when it is no rise.
 
 Sockets get frames through `send(uri, payload)`, which the hub sets: it
 writes to the room's full-stream sockets only and spares slow ones first.
@@ -29,6 +32,7 @@ Nothing here costs a MongoDB write per typing frame or presence change.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import time
@@ -53,6 +57,13 @@ TYPING_EVERY = 0.5
 # each, parsed by every process, and N diffs to each of up to N sockets.
 PRESENCE_EVERY = 0.2
 NOTICE_PREFIX = "signal."
+# A member's read position in a room goes to the room's sockets here, and to
+# the other processes, at most this often (the highest by then): a reader who
+# marks every message of a burst read costs each other socket a frame a second.
+READ_EVERY = 1.0
+# How long a member's last told read position is kept once nothing waits: a
+# read that does not raise it within this long tells nobody.
+READ_KEPT = 60.0
 
 
 def read_payload(uri: str, user_id: str, username: str, seq: int) -> bytes:
@@ -102,6 +113,75 @@ class Paced:
         self.timer: asyncio.TimerHandle | None = None
 
 
+class PacedRead:
+    """A member's read position in a room: the highest heard, the last told, when."""
+
+    __slots__ = ("at", "seq", "timer", "told", "username")
+
+    def __init__(self, username: str):
+        self.username = username
+        self.seq = 0
+        self.told = 0
+        self.at = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class ReadPacer:
+    """Tells send(uri, user_id, username, seq) of each member's rising read
+    position at most once per READ_EVERY, with the highest by then."""
+
+    def __init__(self, clock: Callable[[], float], send: Callable[[str, str, str, int], None]):
+        self.clock = clock
+        self.send = send
+        self.rooms: dict[str, dict[str, PacedRead]] = {}
+
+    def rise(self, uri: str, user_id: str, username: str, seq: int) -> bool:
+        """False when seq is not above what was heard already."""
+        members = self.rooms.setdefault(uri, {})
+        entry = members.get(user_id)
+        if entry is None:
+            entry = members[user_id] = PacedRead(username)
+        if seq <= entry.seq:
+            return False
+        entry.seq = seq
+        if entry.timer is None:
+            wait = entry.at + READ_EVERY - self.clock()
+            if wait > 0:
+                entry.timer = asyncio.get_running_loop().call_later(wait, self.tell, uri, user_id)
+            else:
+                self.tell(uri, user_id)
+        return True
+
+    def tell(self, uri: str, user_id: str) -> None:
+        entry = self.rooms.get(uri, {}).get(user_id)
+        if entry is None:
+            return
+        entry.timer = None
+        if entry.seq > entry.told:
+            entry.told, entry.at = entry.seq, self.clock()
+            self.send(uri, user_id, entry.username, entry.seq)
+
+    def forget_room(self, uri: str) -> None:
+        for entry in self.rooms.pop(uri, {}).values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+
+    def prune(self) -> None:
+        """Forget the members with nothing waiting, told over READ_KEPT ago."""
+        oldest = self.clock() - READ_KEPT
+        for uri, members in list(self.rooms.items()):
+            for user_id in [i for i, e in members.items() if e.timer is None and e.at < oldest]:
+                del members[user_id]
+            if not members:
+                del self.rooms[uri]
+
+    def cancel(self) -> None:
+        for members in self.rooms.values():
+            for entry in members.values():
+                if entry.timer is not None:
+                    entry.timer.cancel()
+
+
 class Signals:
     def __init__(self, store: Store, publish: Callable[[bytes], None], *,
                  presence: bool = True, presence_grace: float = 10.0,
@@ -137,6 +217,17 @@ class Signals:
         self.reads: dict[str, dict[str, int]] = {}
         self.unsaved: dict[str, dict[str, int]] = {}
         self.flushing: asyncio.Task | None = None
+        # Read positions told to the sockets here, and to the other processes.
+        self.read_frames = ReadPacer(clock, self.send_read)
+        self.read_notices = ReadPacer(clock, self.notify_read)
+        # (uri, user id) -> when a typing start of theirs was last taken: kept
+        # through a stop, so alternating start and stop is throttled as starts
+        # alone are; the oldest first, forgotten once past TYPING_THROTTLE.
+        self.typing_accepted: collections.OrderedDict[tuple[str, str], float] = \
+            collections.OrderedDict()
+        # A start that came after a stop within the throttle: taken when the
+        # throttle allows, unless another stop comes first.
+        self.typing_later: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.snapshot_soon: asyncio.TimerHandle | None = None
         self.ticker: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()
@@ -166,12 +257,14 @@ class Signals:
             for member in members.values():
                 if member.leaving is not None:
                     member.leaving.cancel()
-        for timer in (*self.typing_timers.values(), self.snapshot_soon,
+        for timer in (*self.typing_timers.values(), self.snapshot_soon, *self.typing_later.values(),
                       *(out.timer for out in self.typing_out.values()),
                       *(out.timer for out in self.diff_out.values()),
                       *(out.timer for out in self.presence_out.values())):
             if timer is not None:
                 timer.cancel()
+        self.read_frames.cancel()
+        self.read_notices.cancel()
         if self.flushing is not None:
             await asyncio.gather(self.flushing, return_exceptions=True)
         if self.unsaved:
@@ -186,6 +279,8 @@ class Signals:
             await asyncio.sleep(self.presence_ttl / 3)
             if self.presence_enabled:
                 self.send_snapshot()
+            self.read_frames.prune()
+            self.read_notices.prune()
             now = self.clock()
             for process, peer in list(self.peers.items()):
                 if peer.expires <= now:
@@ -237,6 +332,7 @@ class Signals:
         if room_empty:
             self.shown.pop(uri, None)
             self.reads.pop(uri, None)
+            self.read_frames.forget_room(uri)
             self.drop_typing(uri)
             self.asking.discard(uri)
             for outs in (self.typing_out, self.diff_out):
@@ -390,18 +486,33 @@ class Signals:
             self.stop_typing(uri, user)
             return
         now = self.clock()
-        typist = self.typing.get(uri, {}).get(user["id"])
-        if typist is not None and now - typist.accepted < TYPING_THROTTLE:
+        accepted = self.typing_accepted
+        while accepted and next(iter(accepted.values())) <= now - TYPING_THROTTLE:
+            accepted.popitem(last=False)
+        key = (uri, user["id"])
+        if key in accepted:
+            if key not in self.typing_later and user["id"] not in self.typing.get(uri, {}):
+                self.typing_later[key] = asyncio.get_running_loop().call_later(
+                    accepted[key] + TYPING_THROTTLE - now, self.typing_due, uri, user)
             return
+        accepted[key] = now
         self.notify({"type": "signal.typing", "uri": uri, "user": [user["id"], user["username"]],
                      "ttl": self.typing_ttl})
         self.set_typing(uri, user["id"], user["username"], self.typing_ttl).accepted = now
+
+    def typing_due(self, uri: str, user: dict) -> None:
+        del self.typing_later[(uri, user["id"])]
+        self.typing_accepted.pop((uri, user["id"]), None)  # its throttle is over
+        self.typing_frame(uri, user, stop=False)
 
     def stop_typing(self, uri: str, user: dict) -> None:
         """user stopped typing (said so, sent a message, left, closed the last socket).
         A process with sockets in uri keeps the room's typing set and tells the
         others only when user is in it; one without (a post over HTTP) cannot
         know, so it tells them anyway."""
+        later = self.typing_later.pop((uri, user["id"]), None)
+        if later is not None:
+            later.cancel()
         typists = self.typing.get(uri)
         if uri in self.shown and (typists is None or user["id"] not in typists):
             return
@@ -517,14 +628,18 @@ class Signals:
     # Read positions ----------------------------------------------------
 
     def read(self, uri: str, user: dict, seq: int) -> None:
-        """user has read uri up to seq (checked by the caller): store and tell."""
+        """user has read uri up to seq (checked by the caller): store and tell
+        (paced: READ_EVERY)."""
         known = self.reads.get(uri)
         if known is not None and known.get(user["id"], 0) >= seq:
             return  # never down, and no news
+        if not self.read_notices.rise(uri, user["id"], user["username"], seq):
+            return  # told (or waiting to be) already
         self.save_read(uri, user["id"], seq)
-        self.notify({"type": "signal.read", "uri": uri, "user": [user["id"], user["username"]],
-                     "seq": seq})
         self.raise_read(uri, user["id"], user["username"], seq)
+
+    def notify_read(self, uri: str, user_id: str, username: str, seq: int) -> None:
+        self.notify({"type": "signal.read", "uri": uri, "user": [user_id, username], "seq": seq})
 
     def posted(self, uri: str, user: dict, seq: int) -> None:
         """user posted seq: they have read what came before it. Stored, but told to
@@ -550,7 +665,11 @@ class Signals:
         if known is None or known.get(user_id, 0) >= seq:
             return
         known[user_id] = seq
-        self.send(uri, read_payload(uri, user_id, username, seq))
+        self.read_frames.rise(uri, user_id, username, seq)
+
+    def send_read(self, uri: str, user_id: str, username: str, seq: int) -> None:
+        if uri in self.reads:
+            self.send(uri, read_payload(uri, user_id, username, seq))
 
     def on_read(self, notice: dict, _peer: Peer) -> None:
         user_id, username = notice["user"]

@@ -105,8 +105,13 @@ class LoginHandler(ApiHandler):
 
 class RefreshHandler(LoginHandler):
     @endpoint("A fresh token for a live one", "refresh", body=models.TokenBody,
-              response=models.Token, errors=(401, 503), auth=False)
+              response=models.Token, errors=(401, 429, 503), auth=False)
     async def post(self, body: models.TokenBody) -> None:
+        # A refresh is a login without the password: limited as one, per address.
+        wait = await self.services.limits.login.hit(self.request.remote_ip or "")
+        if wait:
+            raise detail(429, "Too many logins and refreshes from this address; try again "
+                              "later.", retry_after(wait))
         rotated = await self.services.tokens.rotate(body.token)
         if rotated is None:
             raise field_error("non_field_errors", "Invalid or expired token.")
@@ -119,9 +124,11 @@ class RefreshHandler(LoginHandler):
 
 
 class LogoutHandler(ApiHandler):
-    @endpoint("Revoke this token and close its sockets", "logout", status=204, errors=(503,))
+    @endpoint("Revoke this token and close its sockets", "logout", status=204,
+              errors=(429, 503))
     async def post(self) -> None:
         user = self.require_user()
+        await self.services.limits.users.logout(user)
         await self.services.tokens.revoke(self.token_id)
         self.services.hub.revoke_token(user["id"], self.token_id)
         self.clear_cookie(TOKEN_COOKIE)

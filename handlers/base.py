@@ -17,7 +17,7 @@ import tornado.httputil
 import tornado.web
 
 from chat import store as store_errors
-from chat.events import InvalidField
+from chat.events import Conflict, InvalidField
 from chat.hub import InvalidMessage, RateLimited
 from handlers import models
 
@@ -317,6 +317,8 @@ def api_error(error: BaseException | None) -> ApiError | None:
         return field_error(error.field, str(error))
     if isinstance(error, InvalidField):
         return field_error(error.field, str(error))
+    if isinstance(error, Conflict):
+        return detail(409, str(error))
     if isinstance(error, RateLimited):
         return detail(429, str(error), {"Retry-After": str(max(1, round(error.retry_after)))})
     return None
@@ -427,7 +429,7 @@ class ApiHandler(Authenticating, tornado.web.RequestHandler):
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, (ApiError, store_errors.Unavailable, store_errors.NotFound,
                               store_errors.NotMember, store_errors.Forbidden, InvalidMessage,
-                              InvalidField, RateLimited)):
+                              InvalidField, RateLimited, Conflict)):
             return
         super().log_exception(typ, value, tb)
 

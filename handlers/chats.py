@@ -34,9 +34,10 @@ async def room_view(services, room: dict, viewer_id: str) -> dict:
 
 
 class ChatsHandler(ApiHandler):
-    @endpoint("Start a chat", "createChat", response=models.ChatCreated, errors=(503,))
+    @endpoint("Start a chat", "createChat", response=models.ChatCreated, errors=(429, 503))
     async def post(self) -> None:
         user = self.require_user()
+        await self.services.limits.users.room_created(user)
         room = await self.services.store.create_room(user["id"])
         self.reply({"status": "SUCCESS", "uri": room["uri"],
                     "message": "New chat session created"})
@@ -60,9 +61,10 @@ class ChatHandler(ApiHandler):
     @endpoint("Join by the chat's link; an owner or moderator adds a user by username, or "
               "locks the chat against joining by link (then the answer is the chat)",
               "joinChat", body=models.Join, body_required=False,
-              response=models.Joined | models.Chat, errors=(403, 404, 503))
+              response=models.Joined | models.Chat, errors=(403, 404, 409, 429, 503))
     async def patch(self, uri: str, body: models.Join) -> None:
         user = self.require_user()
+        await self.services.limits.users.member_change(user)
         events = self.services.events
         if body.locked is not None:
             await events.set_locked(user, uri, body.locked)
@@ -81,9 +83,10 @@ class ChatHandler(ApiHandler):
 
 class ReadHandler(ApiHandler):
     @endpoint("I have read the chat up to seq (what the socket's read frame does)", "markRead",
-              body=models.MarkReadBody, status=204, errors=(404, 503))
+              body=models.MarkReadBody, status=204, errors=(404, 429, 503))
     async def put(self, uri: str, body: models.MarkReadBody) -> None:
         user = self.require_user()
+        await self.services.limits.users.signal(user)
         await self.services.store.check_member(uri, user["id"])
         await self.services.hub.mark_read(user, uri, body.seq)
         self.set_status(204)
@@ -93,17 +96,20 @@ class ReadHandler(ApiHandler):
 class MemberHandler(ApiHandler):
     @endpoint("The owner sets a member's role: moderator, member, or owner (handing the "
               "chat over; the old owner stays on as a moderator)", "setMemberRole",
-              body=models.RoleBody, status=204, errors=(404, 503))
+              body=models.RoleBody, status=204, errors=(404, 409, 429, 503))
     async def put(self, uri: str, username: str, body: models.RoleBody) -> None:
         user = self.require_user()
+        await self.services.limits.users.member_change(user)
         await self.services.events.set_role(user, uri, username, body.role)
         self.set_status(204)
         self.finish()
 
     @endpoint("Leave (your own username; not the owner), or remove a member (the owner, or "
-              "a moderator removing a member)", "removeMember", status=204, errors=(404, 503))
+              "a moderator removing a member)", "removeMember", status=204,
+              errors=(404, 409, 429, 503))
     async def delete(self, uri: str, username: str) -> None:
         user = self.require_user()
+        await self.services.limits.users.member_change(user)
         await self.services.events.remove(user, uri, username)
         self.set_status(204)
         self.finish()
@@ -111,18 +117,21 @@ class MemberHandler(ApiHandler):
 
 class BansHandler(ApiHandler):
     @endpoint("Ban a user (owner or moderators): removed, and refused on every path",
-              "banUser", body=models.BanBody, status=204, errors=(404, 503))
+              "banUser", body=models.BanBody, status=204, errors=(404, 409, 429, 503))
     async def post(self, uri: str, body: models.BanBody) -> None:
         user = self.require_user()
+        await self.services.limits.users.member_change(user)
         await self.services.events.ban(user, uri, body.username)
         self.set_status(204)
         self.finish()
 
 
 class BanHandler(ApiHandler):
-    @endpoint("Lift a ban (owner or moderators)", "unbanUser", status=204, errors=(404, 503))
+    @endpoint("Lift a ban (owner or moderators)", "unbanUser", status=204,
+              errors=(404, 409, 429, 503))
     async def delete(self, uri: str, username: str) -> None:
         user = self.require_user()
+        await self.services.limits.users.member_change(user)
         await self.services.events.unban(user, uri, username)
         self.set_status(204)
         self.finish()

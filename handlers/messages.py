@@ -47,7 +47,7 @@ class MessageHandler(ApiHandler):
 
     @endpoint("Delete your own message, or any as the chat's owner or a moderator: it keeps "
               "its id and seq, its text is erased", "deleteMessage", status=204,
-              errors=(404, 503))
+              errors=(404, 429, 503))
     async def delete(self, uri: str, message_id: str) -> None:
         user = self.require_user()
         await self.services.events.delete(user, uri, message_id)

@@ -27,6 +27,8 @@ ERRORS: dict[int, tuple[str, Any]] = {
     403: ("Not allowed; or a cookie-authenticated or cross-site write without the "
           "X-XSRFToken header or from an origin not in allowed_origins", models.Detail),
     404: ("No such chat", models.Detail),
+    409: ("The chat changed meanwhile (a concurrent permission change won): look again "
+          "and retry", models.Detail),
     413: ("Body over the size limit", models.Detail),
     429: ("Rate limited; see Retry-After", models.Detail),
     503: ("MongoDB unavailable; see Retry-After", models.Detail),

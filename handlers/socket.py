@@ -326,8 +326,10 @@ class ChatSocket(ClientSocket):
         await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)
 
     async def handle_typing(self, frame: models.Typing) -> None:
+        await self.services.limits.users.signal(self.user)
         self.services.hub.signals.typing_frame(self.uri, self.user, frame.stop)
 
     async def handle_read(self, frame: models.MarkRead) -> None:
+        await self.services.limits.users.signal(self.user)
         await self.services.hub.mark_read(self.user, self.uri, frame.seq)
 

@@ -53,13 +53,16 @@ class UserStreamSocket(ClientSocket):
 
     async def handle_typing(self, frame: models.StreamTyping) -> None:
         self.services.streams.member(self.stream, frame.uri)
+        await self.services.limits.users.signal(self.user)
         self.services.hub.signals.typing_frame(frame.uri, self.user, frame.stop)
 
     async def handle_read(self, frame: models.StreamMarkRead) -> None:
         self.services.streams.member(self.stream, frame.uri)
+        await self.services.limits.users.signal(self.user)
         await self.services.hub.mark_read(self.user, frame.uri, frame.seq)
 
     async def handle_subscribe(self, frame: models.Subscribe) -> None:
+        await self.services.limits.users.signal(self.user)
         seq = await self.services.streams.subscribe(self.stream, frame.uri, frame.since)
         if frame.uri not in self.stream.subscribed:
             return  # gone while it caught up

@@ -82,6 +82,9 @@ class ServerProcess:
             "CHAT_SIGNUP_PER_IP_PER_MINUTE": "100000",
             "CHAT_LOGIN_PER_IP_PER_MINUTE": "100000",
             "CHAT_USER_MESSAGES_PER_MINUTE": "100000",
+            "CHAT_USER_ROOMS_PER_HOUR": "100000",
+            "CHAT_USER_MEMBER_CHANGES_PER_MINUTE": "100000",
+            "CHAT_USER_SIGNALS_PER_MINUTE": "100000",
             "CHAT_MONGO_TIMEOUT_MS": "2000",
             "PYTHONUNBUFFERED": "1",
         })

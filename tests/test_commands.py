@@ -167,9 +167,13 @@ def test_round_trips_of_an_edit_a_reaction_and_a_history_page_after_them(in_proc
 
     edit, reaction, history = in_process(scenario)
     # (the rate limit's findAndModify comes once per reserved share, not per change)
-    change = ["find", "find", "update", "insert", "update", "find", "update"]
-    for commands in (edit, reaction):
-        assert sorted(c for c in commands if c != "findAndModify") == sorted(change), commands
+    # An edit is counted and given its version by a findAndModify; a reaction
+    # holds its emoji's place (an update when another holds it, two when new).
+    edited = ["find", "find", "insert", "update", "find", "update"]
+    assert sorted(c for c in edit if c != "findAndModify") == sorted(edited), edit
+    assert edit.count("findAndModify") in (1, 2), edit
+    reacted = ["find", "find", "update", "update", "insert", "update", "find", "update"]
+    assert sorted(c for c in reaction if c != "findAndModify") == sorted(reacted), reaction
     # The membership and the page: with no socket in the room here, this process
     # does not follow its events, so a cached membership is not believed.
     assert history == ["find", "find"]
@@ -242,9 +246,13 @@ def test_typing_and_presence_cost_no_command_and_reads_are_written_together(in_p
         return quiet, reads
 
     quiet, reads = in_process(scenario, read_flush_seconds=1.0)
-    assert quiet == []
+    # The signals limit reserves a share of 30 frames at a time: a findAndModify
+    # (and a find of the last window's count), not a command per frame.
+    limit = ("findAndModify", "find")
+    assert [c for c in quiet if c not in limit] == [] and quiet.count("findAndModify") <= 1
     # the first at once, the other nineteen together
-    assert 1 <= reads.count("update") <= 2 and set(reads) == {"update"}
+    assert 1 <= reads.count("update") <= 2 and set(reads) - set(limit) == {"update"}
+    assert reads.count("findAndModify") <= 1
 
 
 def test_a_user_streams_snapshot_costs_the_same_commands_for_3_chats_as_for_30(in_process):

@@ -377,6 +377,56 @@ def test_typing_is_throttled_and_ends_with_a_stop(world):
     run(bus, scenario)
 
 
+def test_a_typing_stop_does_not_reset_the_throttle(world):
+    """Alternating start and stop frames cost what starts alone do: one start
+    notice per TYPING_THROTTLE (and the one stop that ends it)."""
+    bus, _store, process = world
+    now = [1000.0]
+
+    async def scenario():
+        a, _b = alice_and_bob(process, {"typing_ttl": 60}, typing_ttl=60, clock=lambda: now[0])
+        for _ in range(1000):
+            a.signals.typing_frame("room", ALICE, stop=False)
+            a.signals.typing_frame("room", ALICE, stop=True)
+        told = [n for n in bus.published if n["type"] == "signal.typing"]
+        assert [bool(n.get("stop")) for n in told] == [False, True]
+        # A start after the stop is taken once the throttle allows (unless
+        # another stop comes first): one notice more.
+        a.signals.typing_frame("room", ALICE, stop=False)
+        await wait_for(lambda: len([n for n in bus.published if n["type"] == "signal.typing"]) == 3,
+                       3, "the start after the stop")
+        await asyncio.sleep(0.1)
+        told = [n for n in bus.published if n["type"] == "signal.typing"]
+        assert [bool(n.get("stop")) for n in told] == [False, True, False]
+
+    run(bus, scenario)
+
+
+def test_a_burst_of_reads_is_one_frame_a_second_to_other_sockets_and_no_rise_tells_nobody(world):
+    bus, _store, process = world
+
+    async def scenario():
+        a, b = alice_and_bob(process)
+        c = process().start()  # no socket in the room: an HTTP read lands here
+        await asyncio.sleep(0.05)
+        for seq in range(1, 202):
+            a.signals.read("room", ALICE, seq)
+        await wait_for(lambda: b.of("read") and b.of("read")[-1]["seq"] == 201, 3, "201 on b")
+        assert [f["seq"] for f in b.of("read")] == [1, 201]
+        assert [f["seq"] for f in a.of("read")] == [1, 201]
+        def notices() -> int:
+            return len([n for n in bus.published if n["type"] == "signal.read"])
+        assert notices() == 2
+        c.signals.read("room", BOB, 5)
+        await wait_for(lambda: a.of("read")[-1]["seq"] == 5, 2, "bob's read on a")
+        for _ in range(10):
+            c.signals.read("room", BOB, 5)  # no rise: no notice
+        await asyncio.sleep(1.2)
+        assert notices() == 3 and len(b.of("read")) == 3
+
+    run(bus, scenario)
+
+
 def test_typing_expires_without_a_stop(world):
     bus, _store, process = world
 
@@ -466,8 +516,10 @@ def test_read_positions_are_coalesced_only_rise_and_reach_every_process(world):
         a.signals.read("room", ALICE, 20)  # lower: ignored
         await wait_for(lambda: store.saved.get("room", {}).get("a1") == 50, 2, "saved")
         assert len(store.writes) <= 2  # the first at once, the rest together
-        assert len([n for n in bus.published if n["type"] == "signal.read"]) == 50
-        await wait_for(lambda: b.of("read") and b.of("read")[-1]["seq"] == 50, 2, "read on b")
+        # Paced: the first at once, the highest of the rest a second later.
+        await wait_for(lambda: b.of("read") and b.of("read")[-1]["seq"] == 50, 3, "read on b")
+        assert len([n for n in bus.published if n["type"] == "signal.read"]) == 2
+        assert [f["seq"] for f in b.of("read")] == [1, 50]
         seqs = [f["seq"] for f in b.of("read")]
         assert seqs == sorted(seqs) and all(f["user"] == "alice" for f in b.of("read"))
         def reads_told() -> int:

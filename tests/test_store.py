@@ -349,7 +349,7 @@ def test_a_cached_membership_is_read_again_after_its_recheck_or_a_forget(fresh_d
     async def scenario(store):
         room = await store.create_room("owner")
         uri = room["uri"]
-        await store.add_member(uri, "u2", by_link=True)
+        await store.add_member(uri, "u2")
         await store.check_member(uri, "u2")  # remembered
         await store.rooms.update_one({"uri": uri}, {"$pull": {"members": "u2"}})  # elsewhere
         await store.check_member(uri, "u2")  # still believed: no read
@@ -357,7 +357,7 @@ def test_a_cached_membership_is_read_again_after_its_recheck_or_a_forget(fresh_d
         with pytest.raises(NotMember):
             await store.check_member(uri, "u2")
         store.member_recheck = 0.0
-        await store.add_member(uri, "u2", by_link=True)
+        await store.add_member(uri, "u2")
         await store.rooms.update_one({"uri": uri}, {"$pull": {"members": "u2"}})
         with pytest.raises(NotMember):
             await store.check_member(uri, "u2")  # remembered, but not believed past its recheck

@@ -7,7 +7,7 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import BulkWriteError
 
 from chat.store.base import GroupCommit, NotAttempted, Unavailable, guarded, write_error
@@ -161,15 +161,48 @@ class EventLog:
         await self.messages.update_one({"_id": message["_id"]}, {"$inc": {"changing": step}})
 
     @guarded
+    async def begin_edit(self, message: dict) -> int:
+        """Count an edit of the message as begun: its version, one higher than
+        any other edit's begun before, whatever process began it."""
+        after = await self.messages.find_one_and_update(
+            {"_id": message["_id"]}, {"$inc": {"changing": 1, "edits": 1}},
+            {"edits": 1}, return_document=ReturnDocument.AFTER)
+        if after is None:
+            raise Unavailable(f"message {message['_id']} vanished")
+        return after["edits"]
+
+    @guarded
+    async def begin_reaction(self, message: dict, emoji: str, most: int) -> bool:
+        """Count a reaction to the message as begun, holding one of its `most`
+        places for distinct emoji (`emojis`, `emoji_count`): False when they
+        are all held by other emoji. Held before the event is stored, so
+        concurrent reactions from any process cannot pass `most`."""
+        held = await self.messages.update_one({"_id": message["_id"], "emojis": emoji},
+                                              {"$inc": {"changing": 1}})
+        if held.matched_count:
+            return True
+        taken = await self.messages.update_one(
+            {"_id": message["_id"], "emojis": {"$nin": [emoji]},
+             "emoji_count": {"$in": [None, *range(most)]}},
+            {"$push": {"emojis": emoji}, "$inc": {"changing": 1, "emoji_count": 1}})
+        return taken.matched_count > 0
+
+    @guarded
     async def save_message_state(self, message: dict, state: dict, saves_change: bool) -> bool:
         """Write a message's new state if it is still as read (same last_event_seq),
         counting one change as saved when `saves_change`: False when another
-        writer moved it on first."""
+        writer moved it on first. Emoji no longer among its reactions give
+        their places back (begin_reaction)."""
         last = message.get("last_event_seq", message["seq"])
         seen = [last, None] if last == message["seq"] else [last]
         update: dict[str, Any] = {"$set": state}
-        if saves_change:
-            update["$inc"] = {"changing": -1}
+        increments = {"changing": -1} if saves_change else {}
+        gone = [emoji for emoji in message.get("reactions", {}) if emoji not in state["reactions"]]
+        if gone:
+            update["$pull"] = {"emojis": {"$in": gone}}
+            increments["emoji_count"] = -len(gone)
+        if increments:
+            update["$inc"] = increments
         result = await self.messages.update_one(
             {"_id": message["_id"], "last_event_seq": {"$in": seen}}, update)
         return result.matched_count > 0

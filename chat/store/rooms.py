@@ -47,6 +47,26 @@ PREVIEW_MEMBERS = 4
 VISIBLE_MESSAGE = {"type": {"$in": [None, "message"]}, "deleted": {"$ne": True}}
 
 
+def ranked(condition: dict, rank: dict) -> dict:
+    """condition and rank (an $or): under $and, because nx-27017's updates
+    with a top-level $or ignore the filter's other fields (and change another
+    room)."""
+    return {"$and": [condition, rank]}
+
+
+def moderates(by_id: str) -> dict:
+    """A filter: by_id is the room's owner or one of its moderators."""
+    return {"$or": [{"owner": by_id}, {"members": by_id, f"roles.{by_id}": "moderator"}]}
+
+
+def outranks(by_id: str, user_id: str) -> dict:
+    """A filter: by_id may act on user_id. The owner acts on anyone (but
+    themself); a moderator on plain members only."""
+    return {"$or": [{"owner": by_id},
+                    {"members": by_id, f"roles.{by_id}": "moderator",
+                     "owner": {"$nin": [user_id]}, f"roles.{user_id}": {"$nin": ["moderator"]}}]}
+
+
 def new_room_uri() -> str:
     return secrets.token_hex(8)[:15]
 
@@ -136,14 +156,17 @@ class Rooms:
     # nx-27017 does not match a missing field with $ne in an update.
 
     @guarded
-    async def add_member(self, uri: str, user_id: str, by_link: bool) -> tuple[dict, bool]:
+    async def add_member(self, uri: str, user_id: str, by_id: str | None = None) -> tuple[dict, bool]:
         """Add user_id to the room: (the room after, True when they were not a
-        member before). NotFound, Banned, or Forbidden when joining a locked
-        room by link."""
+        member before); by the room's link when `by_id` is None, else by that
+        owner or moderator. NotFound, Banned, or Forbidden when joining a
+        locked room by link or when by_id moderates the room no more."""
         condition: dict[str, Any] = {"uri": uri, "members": {"$nin": [user_id]},
                                      "banned": {"$nin": [user_id]}}
-        if by_link:
+        if by_id is None:
             condition["locked"] = {"$in": [False, None]}
+        else:
+            condition = ranked(condition, moderates(by_id))
         forgotten = self.forgotten
         room = await self.rooms.find_one_and_update(
             condition, {"$addToSet": {"members": user_id}}, return_document=ReturnDocument.AFTER)
@@ -155,39 +178,55 @@ class Rooms:
             if user_id not in room["members"]:
                 if user_id in room.get("banned", ()):
                     raise Banned(uri)
+                if by_id is not None:
+                    raise Forbidden("Only the chat's owner and moderators can add members.")
                 raise Forbidden("This chat is locked: its owner or a moderator can add you.")
         if self.forgotten == forgotten:  # a ban or removal since may have undone it
             self.remember_member(uri, user_id, room["_id"])
         return room, joined
 
+    # Permission changes: each re-checks, in its update's filter, the ranks that
+    # allowed it, so a change that raced another (a hand-over, a ban, a
+    # demotion) matches nothing rather than undoing it. None / False: nothing
+    # matched, and the caller reads the room again to say why.
+
     @guarded
-    async def remove_member(self, uri: str, user_id: str, ban: bool = False) -> dict | None:
+    async def remove_member(self, uri: str, user_id: str, by_id: str | None = None,
+                            ban: bool = False) -> dict | None:
         """Take user_id out of the room's members (and roles), banning them too
-        when `ban`: the room as it was before, or None when nothing changed."""
+        when `ban`: the room as it was before, or None when nothing changed.
+        `by_id` acts on them (outranking them: see `outranks`); None is
+        user_id leaving. The owner is never taken out."""
         update: dict[str, Any] = {"$pull": {"members": user_id},
                                   "$unset": {f"roles.{user_id}": ""}}
+        condition: dict[str, Any] = {"uri": uri, "owner": {"$nin": [user_id]}}
         if ban:
-            condition = {"uri": uri, "banned": {"$nin": [user_id]}}
+            condition["banned"] = {"$nin": [user_id]}
             # $push under that condition adds them once; nx-27017's $addToSet
             # does not create a missing array.
             update["$push"] = {"banned": user_id}
         else:
-            condition = {"uri": uri, "members": user_id}
+            condition["members"] = user_id
+        if by_id is not None:
+            condition = ranked(condition, outranks(by_id, user_id))
         self.forget_member(uri, user_id)
         return await self.rooms.find_one_and_update(condition, update)
 
     @guarded
-    async def unban(self, uri: str, user_id: str) -> bool:
-        result = await self.rooms.update_one({"uri": uri, "banned": user_id},
+    async def unban(self, uri: str, by_id: str, user_id: str) -> bool:
+        result = await self.rooms.update_one(ranked({"uri": uri, "banned": user_id},
+                                                                    moderates(by_id)),
                                              {"$pull": {"banned": user_id}})
         return result.modified_count > 0
 
     @guarded
-    async def set_role(self, uri: str, user_id: str, role: str) -> bool:
-        """Make a member a moderator or a plain member; False when not a member."""
+    async def set_role(self, uri: str, owner_id: str, user_id: str, role: str) -> bool:
+        """The owner makes a member (not themself: the caller checks) a moderator
+        or a plain member."""
         update = ({"$set": {f"roles.{user_id}": role}} if role != "member"
                   else {"$unset": {f"roles.{user_id}": ""}})
-        result = await self.rooms.update_one({"uri": uri, "members": user_id}, update)
+        result = await self.rooms.update_one(
+            {"uri": uri, "owner": owner_id, "members": user_id}, update)
         return result.matched_count > 0
 
     @guarded
@@ -200,11 +239,13 @@ class Rooms:
         return result.matched_count > 0
 
     @guarded
-    async def set_locked(self, uri: str, locked: bool) -> None:
+    async def set_locked(self, uri: str, by_id: str, locked: bool) -> bool:
         # Unlocked is no field at all: nx-27017 stores a boolean given to $set
         # as 0 or 1, which a condition on false would not match.
-        await self.rooms.update_one(
-            {"uri": uri}, {"$set": {"locked": True}} if locked else {"$unset": {"locked": ""}})
+        result = await self.rooms.update_one(
+            ranked({"uri": uri}, moderates(by_id)),
+            {"$set": {"locked": True}} if locked else {"$unset": {"locked": ""}})
+        return result.matched_count > 0
 
     @guarded
     async def check_member(self, uri: str, user_id: str) -> None:

@@ -46,7 +46,8 @@ export function applyEvent(message, event) {
   const next = { ...message, last_event_seq: event.seq };
   if (message.deleted) return next;
   if (event.type === "edit") {
-    Object.assign(next, { message: event.message, version: event.version, edited: event.edited });
+    Object.assign(next, { message: event.message, version: Math.max(next.version || 0, event.version),
+                          edited: event.edited });
   } else if (event.type === "delete") {
     Object.assign(next, { message: "", deleted: true, reactions: {} });
   } else if (event.type === "reaction") {
