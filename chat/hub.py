@@ -138,6 +138,9 @@ class Hub:
         self.max_message_chars = max_message_chars
         self.user_limit = Limit(store, "messages", user_messages_per_minute, 60.0)
         self.sequencer = Sequencer(store, metrics)
+        # chat.compose.Composer.prepare, set by server.py: a post's html and
+        # mentions, made once before it is stored (the DM and @room rules too).
+        self.compose = None
         # The process's cache of live tokens, told of logouts and refreshes.
         self.tokens = tokens
         self.rooms: dict[str, Room] = {}
@@ -179,7 +182,8 @@ class Hub:
         with budget(deadline):
             await self.check_rate(user)
             recorded = await self.store.member_seq(uri, user["id"])
-        event = {"user_id": user["id"], "user": user, "message": text}
+            prepared = {} if self.compose is None else await self.compose(user, uri, text)
+        event = {"user_id": user["id"], "user": user, "message": text, **prepared}
         if client_id:
             event["client_id"] = client_id
         public, created = await self.append_event(uri, event, recorded, deadline)

@@ -1,0 +1,191 @@
+"""Formatted text: a message's Markdown as safe HTML, rendered once when it is
+posted or edited, with its mentions found on the way.
+
+CommonMark (markdown-it-py) with strikethrough and bare URLs made links; no raw
+HTML and no images. The output goes through nh3 with an explicit allow-list,
+so even a parser bug cannot let a tag, attribute or URL scheme through that is
+not listed here. `@username` of a room member and `@room` become
+`<span class="mention" ...>`; inside code they stay text.
+
+Bounded: rendering runs in a small thread pool and is waited for at most
+`timeout` seconds; past that (a pathological input, or a pool busy with them)
+the message is shown as escaped text. The worst inputs measured (runs of `[`,
+bare URLs, nested emphasis; bench/render.py) take about 25 ms at the longest
+message; nesting is capped by markdown-it's maxNesting (20).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import html
+import re
+from collections.abc import Mapping
+
+import nh3
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
+from markdown_it.token import Token
+
+ROOM = "room"
+# `@name` not glued to a word before it (an email address is no mention). A
+# username may hold . + - _ @, so trailing punctuation is tried off in turn.
+MENTION = re.compile(r"(?<![\w@.+-])@([A-Za-z0-9@.+_-]+)")
+TRAILING = ".+-_@"
+
+TAGS = {"p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "a", "ul", "ol", "li",
+        "blockquote", "span", "h1", "h2", "h3", "h4", "h5", "h6"}
+ATTRIBUTES = {"a": {"href"}, "span": {"class", "data-user"}, "code": {"class"},
+              "ol": {"start"}}
+URL_SCHEMES = {"http", "https", "mailto"}  # and no relative URL: none points into this site
+LINK_REL = "noopener noreferrer nofollow"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    html: str
+    mentions: list[str]  # members' usernames, as spelled on their accounts, in order
+    mentions_room: bool
+    fallback: bool = False  # shown as escaped text: it took too long to render
+
+
+def resolve(word: str, people: Mapping[str, str]) -> str | None:
+    """The member's username (or ROOM) that `@word` names: case ignored,
+    trailing punctuation tried off ("@bob." names bob)."""
+    while word:
+        key = word.casefold()
+        if key == ROOM:
+            return ROOM
+        if key in people:
+            return people[key]
+        if word[-1] not in TRAILING:
+            return None
+        word = word[:-1]
+    return None
+
+
+def mention_html(written: str, username: str) -> str:
+    if username == ROOM:
+        return f'<span class="mention" data-user="@room">@{html.escape(written)}</span>'
+    return (f'<span class="mention" data-user="{html.escape(username)}">'
+            f'@{html.escape(written)}</span>')
+
+
+def find_mentions(text: str, people: Mapping[str, str]) -> tuple[list[str], bool]:
+    """Mentions in plain text (the fallback's): (usernames, @room)."""
+    names: list[str] = []
+    room = False
+    for match in MENTION.finditer(text):
+        name = resolve(match.group(1), people)
+        if name == ROOM:
+            room = True
+        elif name and name not in names:
+            names.append(name)
+    return names, room
+
+
+class Mentions:
+    """What one render found; a core rule (`mention_rule`) makes mentions in
+    the text tokens (not in code or links) spans."""
+
+    def __init__(self, people: Mapping[str, str]):
+        self.people = people
+        self.names: list[str] = []
+        self.room = False
+
+    def split(self, tokens: list[Token]) -> list[Token]:
+        result: list[Token] = []
+        in_link = 0
+        for token in tokens:
+            if token.type == "link_open":
+                in_link += 1
+            elif token.type == "link_close":
+                in_link -= 1
+            if token.type != "text" or in_link or "@" not in token.content:
+                result.append(token)
+                continue
+            text, start = token.content, 0
+            for match in MENTION.finditer(text):
+                name = resolve(match.group(1), self.people)
+                if name is None:
+                    continue
+                written = match.group(1)
+                if name != ROOM:
+                    written = written[:len(name)]
+                end = match.start() + 1 + len(written)
+                if match.start() > start:
+                    result.append(self.text(text[start:match.start()]))
+                span = Token("html_inline", "", 0)
+                span.content = mention_html(written, name)
+                result.append(span)
+                start = end
+                if name == ROOM:
+                    self.room = True
+                elif name not in self.names:
+                    self.names.append(name)
+            if start < len(text):
+                result.append(self.text(text[start:]))
+        return result
+
+    @staticmethod
+    def text(content: str) -> Token:
+        token = Token("text", "", 0)
+        token.content = content
+        return token
+
+
+def mention_rule(state: StateCore) -> None:
+    mentions = state.env["mentions"]
+    for block in state.tokens:
+        if block.type == "inline" and block.children:
+            block.children = mentions.split(block.children)
+
+
+def markdown() -> MarkdownIt:
+    parser = MarkdownIt("commonmark", {"html": False, "linkify": True, "typographer": False})
+    parser.enable(["strikethrough", "linkify"]).disable("image")
+    parser.core.ruler.push("mentions", mention_rule)
+    return parser
+
+
+# One parser for every thread: a render keeps its state in its own StateCore and env.
+PARSER = markdown()
+
+
+def sanitize(fragment: str) -> str:
+    return nh3.clean(fragment, tags=TAGS, attributes=ATTRIBUTES, url_schemes=URL_SCHEMES,
+                     link_rel=LINK_REL, set_tag_attribute_values={"a": {"target": "_blank"}},
+                     url_relative="deny", strip_comments=True)
+
+
+def render_now(text: str, people: Mapping[str, str]) -> Rendered:
+    """Render in this thread (the thread pool's work)."""
+    mentions = Mentions(people)
+    return Rendered(sanitize(PARSER.render(text, {"mentions": mentions})), mentions.names,
+                    mentions.room)
+
+
+def escaped(text: str, people: Mapping[str, str]) -> Rendered:
+    """The text as it was written, escaped: what a message that took too long shows."""
+    names, room = find_mentions(text, people)
+    return Rendered(f"<p>{html.escape(text)}</p>", names, room, fallback=True)
+
+
+class Renderer:
+    """Renders in its own threads, waiting at most `timeout` seconds for each."""
+
+    def __init__(self, timeout: float = 0.05, threads: int = 2):
+        self.timeout = timeout
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="render")
+
+    async def render(self, text: str, people: Mapping[str, str]) -> Rendered:
+        """`people`: {casefolded username: username} of the room's members."""
+        work = asyncio.get_running_loop().run_in_executor(self.pool, render_now, text, people)
+        try:
+            return await asyncio.wait_for(work, self.timeout)
+        except TimeoutError:
+            return escaped(text, people)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
