@@ -11,7 +11,8 @@ Bounded: rendering runs in a small thread pool and is waited for at most
 `timeout` seconds; past that (a pathological input, or a pool busy with them)
 the message is shown as escaped text. The worst inputs measured (runs of `[`,
 bare URLs, nested emphasis; bench/render.py) take about 25 ms at the longest
-message; nesting is capped by markdown-it's maxNesting (20).
+message. Blocks nested deeper than markdown-it's maxNesting (20), which it
+would cut short, are shown as escaped text too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ TRAILING = ".+-_@"
 
 TAGS = {"p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "a", "ul", "ol", "li",
         "blockquote", "span", "h1", "h2", "h3", "h4", "h5", "h6"}
-ATTRIBUTES = {"a": {"href"}, "span": {"class", "data-user"}, "code": {"class"},
+ATTRIBUTES = {"a": {"href", "title"}, "span": {"class", "data-user"}, "code": {"class"},
               "ol": {"start"}}
 URL_SCHEMES = {"http", "https", "mailto"}  # and no relative URL: none points into this site
 LINK_REL = "noopener noreferrer nofollow"
@@ -135,6 +136,18 @@ class Mentions:
         return token
 
 
+class TooDeep(ValueError):
+    """Blocks nested so deep that markdown-it would drop what is inside them."""
+
+
+def depth_rule(state: StateCore) -> None:
+    # Past maxNesting markdown-it skips the rest of a block silently: a message
+    # must never lose text, so one nested that deep is shown as escaped text.
+    limit = state.md.options.maxNesting - 1
+    if any(token.level >= limit for token in state.tokens):
+        raise TooDeep()
+
+
 def mention_rule(state: StateCore) -> None:
     mentions = state.env["mentions"]
     for block in state.tokens:
@@ -145,6 +158,7 @@ def mention_rule(state: StateCore) -> None:
 def markdown() -> MarkdownIt:
     parser = MarkdownIt("commonmark", {"html": False, "linkify": True, "typographer": False})
     parser.enable(["strikethrough", "linkify"]).disable("image")
+    parser.core.ruler.after("block", "depth", depth_rule)
     parser.core.ruler.push("mentions", mention_rule)
     return parser
 
@@ -162,8 +176,11 @@ def sanitize(fragment: str) -> str:
 def render_now(text: str, people: Mapping[str, str]) -> Rendered:
     """Render in this thread (the thread pool's work)."""
     mentions = Mentions(people)
-    return Rendered(sanitize(PARSER.render(text, {"mentions": mentions})), mentions.names,
-                    mentions.room)
+    try:
+        fragment = PARSER.render(text, {"mentions": mentions})
+    except (TooDeep, RecursionError):
+        return escaped(text, people)
+    return Rendered(sanitize(fragment), mentions.names, mentions.room)
 
 
 def escaped(text: str, people: Mapping[str, str]) -> Rendered:
