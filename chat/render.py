@@ -34,6 +34,8 @@ ROOM = "room"
 # username may hold . + - _ @, so trailing punctuation is tried off in turn.
 MENTION = re.compile(r"(?<![\w@.+-])@([A-Za-z0-9@.+_-]+)")
 TRAILING = ".+-_@"
+# How long a render may wait for a free thread before the text is shown escaped.
+QUEUE_SECONDS = 0.5
 
 TAGS = {"p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "a", "ul", "ol", "li",
         "blockquote", "span", "h1", "h2", "h3", "h4", "h5", "h6"}
@@ -156,7 +158,9 @@ def mention_rule(state: StateCore) -> None:
 
 
 def markdown() -> MarkdownIt:
-    parser = MarkdownIt("commonmark", {"html": False, "linkify": True, "typographer": False})
+    # breaks: a new line in a chat message is a line break, as people type them.
+    parser = MarkdownIt("commonmark", {"html": False, "linkify": True, "typographer": False,
+                                       "breaks": True})
     parser.enable(["strikethrough", "linkify"]).disable("image")
     parser.core.ruler.after("block", "depth", depth_rule)
     parser.core.ruler.push("mentions", mention_rule)
@@ -184,23 +188,52 @@ def render_now(text: str, people: Mapping[str, str]) -> Rendered:
 
 
 def escaped(text: str, people: Mapping[str, str]) -> Rendered:
-    """The text as it was written, escaped: what a message that took too long shows."""
-    names, room = find_mentions(text, people)
-    return Rendered(f"<p>{html.escape(text)}</p>", names, room, fallback=True)
+    """The text as it was written, escaped, its mentions still spans: what a
+    message that took too long shows."""
+    names: list[str] = []
+    room = False
+    parts, start = [], 0
+    for match in MENTION.finditer(text):
+        name = resolve(match.group(1), people)
+        if name is None:
+            continue
+        written = match.group(1) if name == ROOM else match.group(1)[:len(name)]
+        parts += [html.escape(text[start:match.start()]), mention_html(written, name)]
+        start = match.start() + 1 + len(written)
+        if name == ROOM:
+            room = True
+        elif name not in names:
+            names.append(name)
+    parts.append(html.escape(text[start:]))
+    body = "".join(parts).replace("\n", "<br>\n")
+    return Rendered(f"<p>{body}</p>", names, room, fallback=True)
 
 
 class Renderer:
-    """Renders in its own threads, waiting at most `timeout` seconds for each."""
+    """Renders in its own threads, waiting at most `timeout` seconds for each
+    once it has begun (and at most QUEUE_SECONDS for a thread to begin it:
+    a pool busy with slow inputs makes the next ones fall back, not wait)."""
 
     def __init__(self, timeout: float = 0.05, threads: int = 2):
         self.timeout = timeout
+        self.queue_seconds = QUEUE_SECONDS
         self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="render")
 
     async def render(self, text: str, people: Mapping[str, str]) -> Rendered:
         """`people`: {casefolded username: username} of the room's members."""
-        work = asyncio.get_running_loop().run_in_executor(self.pool, render_now, text, people)
+        loop = asyncio.get_running_loop()
+        begun = loop.create_future()
+
+        def work() -> Rendered:
+            loop.call_soon_threadsafe(lambda: begun.done() or begun.set_result(None))
+            return render_now(text, people)
+
+        job = loop.run_in_executor(self.pool, work)
         try:
-            return await asyncio.wait_for(work, self.timeout)
+            # Time spent queued is not the render's: on a loaded machine a
+            # message that renders in a millisecond may wait longer than that.
+            await asyncio.wait_for(asyncio.shield(begun), self.queue_seconds)
+            return await asyncio.wait_for(job, self.timeout)
         except TimeoutError:
             return escaped(text, people)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
 
+import chat.render
 from chat.render import Renderer, render_now
 from tests.xss_payloads import markdown_payloads, unsafe
 
@@ -80,27 +82,51 @@ def pathological(size: int) -> dict[str, str]:
 
 
 def test_pathological_inputs_render_or_fall_back_to_escaped_text():
-    """With room to render, each worst input renders; with none (a timeout no
-    render meets), each falls back to its escaped text, mentions still found.
-    How long they take is for the bench (bench/render.py), not an assert."""
+    """Each worst input renders (how long it takes is for the bench,
+    bench/render.py, not an assert); rendered or not, no text is lost."""
     async def scenario():
-        roomy, hurried = Renderer(timeout=5.0), Renderer(timeout=0)
+        renderer = Renderer(timeout=5.0)
         try:
             for name, text in pathological(2000).items():
-                rendered = await roomy.render(text + " @bob", PEOPLE)
+                rendered = await renderer.render(text + " @bob", PEOPLE)
                 # Nested past markdown-it's limit: escaped rather than cut short.
                 assert rendered.fallback == (name in ("quotes", "list items")), name
                 assert rendered.mentions == ["Bob"] or name == "backticks", name
                 assert "@bob" in rendered.html
-                fallen = await hurried.render(text + " @bob <script>", PEOPLE)
-                assert fallen.fallback, name
-                assert fallen.mentions == ["Bob"]
-                assert "<script>" not in fallen.html and fallen.html.startswith("<p>")
         finally:
-            roomy.close()
-            hurried.close()
+            renderer.close()
 
     asyncio.run(scenario())
+
+
+def test_a_render_past_its_time_or_stuck_behind_others_falls_back(monkeypatch):
+    """A render that outlives `timeout`, and one that waits for a thread longer
+    than queue_seconds, both give the escaped text with its mentions."""
+    release = threading.Event()
+    real = chat.render.render_now
+
+    def stuck(text, people):
+        release.wait(10)
+        return real(text, people)
+
+    monkeypatch.setattr(chat.render, "render_now", stuck)
+
+    async def scenario():
+        renderer = Renderer(timeout=0.05, threads=1)
+        renderer.queue_seconds = 0.05
+        try:
+            slow, queued = await asyncio.gather(renderer.render("**a** @bob <script>", PEOPLE),
+                                                renderer.render("*b* @room", PEOPLE))
+        finally:
+            release.set()
+            renderer.close()
+        return slow, queued
+
+    slow, queued = asyncio.run(scenario())
+    assert slow.fallback and queued.fallback
+    assert slow.html == ('<p>**a** <span class="mention" data-user="Bob">@bob</span> '
+                         '&lt;script&gt;</p>')
+    assert slow.mentions == ["Bob"] and queued.mentions_room
 
 
 def test_a_slow_render_does_not_hold_the_event_loop():

@@ -8,6 +8,7 @@ import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
 import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
+import { chatName, mentionCompletion, roomHeading } from "./people.js";
 
 const PAGE = 50;
 const GAP_PAGE = 200;
@@ -181,10 +182,24 @@ export class ChatView {
 
   // Layout ------------------------------------------------------------
 
+  // Its name, a DM's other person, or else its members.
+  title() {
+    return chatName(this.room, this.me) || chatTitle(this.room.members, this.me);
+  }
+
+  // The name or topic changed (a room event, or my own edit).
+  onRoomInfo(info) {
+    Object.assign(this.room, { name: info.name, topic: info.topic });
+    this.titleEl.textContent = this.title();
+    setTitle(`${this.title()} · Chat`);
+    this.roomInfo.show();
+  }
+
   build() {
-    const title = chatTitle(this.room.members, this.me);
+    const title = this.title();
     setTitle(`${title} · Chat`);
     this.titleEl = h("h1", { class: "chat-title", text: title });
+    this.roomInfo = roomHeading(this);
     this.subtitle = h("p", { class: "chat-subtitle", text: "Connecting…" });
     this.membersButton = h("button", {
       type: "button", class: "icon-button", "aria-label": "Members", "aria-expanded": "false",
@@ -193,8 +208,9 @@ export class ChatView {
     const header = h("header", { class: "chat-header" },
       h("a", { href: "/", class: "icon-button back", "data-link": "", "aria-label": "Back to my chats",
         title: "My chats" }, icon("back")),
-      h("div", { class: "chat-heading" }, this.titleEl, this.subtitle),
+      h("div", { class: "chat-heading" }, this.titleEl, this.roomInfo.el, this.subtitle),
       h("button", { type: "button", class: "icon-button invite", "aria-label": "Copy invite link",
+        hidden: this.room.kind === "dm",
         title: "Copy invite link", onclick: () => this.copyLink() }, icon("link"), h("span", { text: "Invite" })),
       this.membersButton,
       this.roomMenuButton = h("button", {
@@ -229,6 +245,7 @@ export class ChatView {
       h("p", { id: "composer-hint", class: "composer-hint" },
         h("kbd", { text: "Enter" }), " to send, ", h("kbd", { text: "Shift" }), " + ", h("kbd", { text: "Enter" }),
         " for a new line", this.counter));
+    mentionCompletion(this.input, composer, () => this.room.members);
 
     this.memberList = h("ul", { class: "member-list" });
     this.side = h("aside", { id: "chat-side", class: "chat-side", "aria-label": "Chat details" },
@@ -317,7 +334,8 @@ export class ChatView {
     this.renderModeration();
     if (focused) this.side.querySelector(focused)?.focus();
     this.timeline.refreshTools();
-    const title = chatTitle(this.room.members, this.me);
+    this.roomInfo.show();
+    const title = this.title();
     this.titleEl.textContent = title;
     setTitle(`${title} · Chat`);
     this.updateEmptyState();
@@ -537,6 +555,7 @@ export class ChatView {
     if (event.type === "message") this.onMessage(event);
     else if (MESSAGE_EVENTS.has(event.type)) this.timeline.apply(event);
     else if (event.type === "member") this.refreshMembers();
+    else if (event.type === "room") this.onRoomInfo(event);
   }
 
   onMessage(message) {

@@ -11,6 +11,7 @@
 
 import { avatar, h, icon, richText } from "./dom.js";
 import { showPicker } from "./menu.js";
+import { mentionsMe, messageBody } from "./people.js";
 
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 
@@ -46,9 +47,10 @@ export function applyEvent(message, event) {
   const next = { ...message, last_event_seq: event.seq };
   if (message.deleted) return next;
   if (event.type === "edit") {
-    Object.assign(next, { message: event.message, version: event.version, edited: event.edited });
+    Object.assign(next, { message: event.message, version: event.version, edited: event.edited,
+      html: event.html, mentions: event.mentions || [], mentions_room: Boolean(event.mentions_room) });
   } else if (event.type === "delete") {
-    Object.assign(next, { message: "", deleted: true, reactions: {} });
+    Object.assign(next, { message: "", deleted: true, reactions: {}, html: "", mentions: [], mentions_room: false });
   } else if (event.type === "reaction") {
     const reactions = { ...(message.reactions || {}) };
     const users = (reactions[event.emoji] || []).filter((name) => name !== event.user.username);
@@ -191,8 +193,10 @@ export class Timeline {
     if (message.deleted) {
       text.replaceChildren(icon("block"), h("span", { text: "message deleted" }));
     } else {
-      text.replaceChildren(...richText(message.message));
+      text.replaceChildren(...messageBody(message, this.me));
+      text.classList.toggle("formatted", Boolean(message.html));
     }
+    el.classList.toggle("mentions-me", !message.deleted && mentionsMe(message, this.me));
     const mark = el.querySelector(".edited-mark");
     if (message.version && !message.deleted) {
       const edited = Date.parse(message.edited);
