@@ -183,7 +183,7 @@ class ChatServer:
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens)
         # Talking to people: a room's people cached for the post path, Markdown
         # rendered once per message, DMs and blocks.
-        self.people = People(self.store, config.mention_room_max_without_role)
+        self.people = People(self.store, self.hub, config.mention_room_max_without_role)
         self.renderer = Renderer(config.render_timeout_seconds, config.render_threads)
         events = RoomEvents(self.store, self.hub, self.people)
         direct = DirectMessages(self.store, self.people, events)

@@ -31,7 +31,7 @@ class BlockList:
         """The pair's DM is read again at its next post (its blocks changed)."""
         room = await self.store.find_dm(user["id"], other["id"])
         if room is not None:
-            self.people.forget(room["uri"])
+            self.people.changed(room["uri"])
 
     async def listed(self, user: dict) -> list[dict]:
         return [{"user": doc["blocked"], "created": iso(doc["created"])}

@@ -153,7 +153,7 @@ class RoomEvents:
         if role:
             event["role"] = role
         if self.people is not None:
-            self.people.forget(uri)
+            self.people.changed(uri)
         await self.hub.append_event(uri, event)
 
     async def join(self, user: dict, uri: str) -> dict:

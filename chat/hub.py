@@ -141,6 +141,9 @@ class Hub:
         # chat.compose.Composer.prepare, set by server.py: a post's html and
         # mentions, made once before it is stored (the DM and @room rules too).
         self.compose = None
+        # chat.mentions.People.forget, set by People: a room's people changed
+        # (a "room_people" control notice, from any process).
+        self.on_room_people = None
         # The process's cache of live tokens, told of logouts and refreshes.
         self.tokens = tokens
         self.rooms: dict[str, Room] = {}
@@ -607,6 +610,9 @@ class Hub:
             for sock in list(self.sockets_by_user.get(notice.get("user_id"), ())):
                 if sock.token_id == notice.get("token_id"):
                     sock.close_with(CLOSE_POLICY, "logged out")
+        elif notice.get("type") == "room_people":
+            if self.on_room_people is not None and isinstance(notice.get("uri"), str):
+                self.on_room_people(notice["uri"])
         elif notice.get("type") == "expel":
             uri, user_id = notice.get("uri"), notice.get("user_id")
             if not isinstance(uri, str) or not isinstance(user_id, str):

@@ -7,10 +7,11 @@ when this process blocks or unblocks.
 A post must cost no MongoDB read beyond its insert: the room's members (for
 `@name`), owner, roles (for `@room`) and kind come from this cache. An entry
 is read on first use (two commands: the room, its members' names), dropped
-when this process announces a membership change (RoomEvents.announce), and
-read again when older than `PEOPLE_TTL`, or sooner when a post is in doubt
-(an `@word` no member answers to, an `@room` refused): a change made through
-another process is then seen at the next such post, and at worst after the TTL.
+in every process when one announces a membership or role change
+(RoomEvents.announce) or a block touches a DM (a "room_people" control
+notice), and read again when older than `PEOPLE_TTL`, or sooner when a post
+is in doubt (an `@word` no member answers to, an `@room` refused): a notice
+lost with a broker outage costs at most that.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class RoomPeople:
 
 
 class People:
-    def __init__(self, store, mention_room_max_without_role: int = 20):
+    def __init__(self, store, hub, mention_room_max_without_role: int = 20):
         self.store = store
+        self.hub = hub
+        hub.on_room_people = self.forget
         self.mention_room_max = mention_room_max_without_role
         self.rooms: collections.OrderedDict[str, RoomPeople] = collections.OrderedDict()
         self.ttl = PEOPLE_TTL
@@ -82,6 +85,12 @@ class People:
 
     def forget(self, uri: str) -> None:
         self.rooms.pop(uri, None)
+
+    def changed(self, uri: str) -> None:
+        """The room's members, roles or a DM's blocks changed: every process
+        forgets its entry (here at once, elsewhere by a control notice)."""
+        self.forget(uri)
+        self.hub.notify({"type": "room_people", "uri": uri})
 
     def check_room_mention(self, entry: RoomPeople, user_id: str) -> None:
         """@room in a big room is for its owner and moderators."""

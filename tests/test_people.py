@@ -333,3 +333,25 @@ def test_concurrent_first_dms_from_both_sides_on_two_processes_make_one_room(two
     assert [c["uri"] for c in dms] == [uri]
     joins = [e for e in events(alice, uri) if e["type"] == "member"]
     assert len(joins) == 2  # made once, announced once
+
+
+@pytest.mark.slow
+def test_a_member_who_joins_through_another_process_is_mentioned_at_once(two_servers):
+    """Each process caches a room's people for the post path; a join through
+    another process reaches it as a control notice, ahead of the join event."""
+    first, second = two_servers
+    alice = Api(first.url).signup()
+    bob = Api(second.url).signup()
+    uri = alice.new_chat()
+    assert alice.post(uri, f"@{bob.username} is not here yet")["mentions"] == []
+
+    async def scenario():
+        async with websockets.connect(alice.ws_url(uri, since=0)) as ws:
+            await next_frame(ws, "ready")
+            bob.join(uri)  # on the second process
+            joined = await next_frame(ws, "member")
+            return joined, alice.post(uri, f"welcome @{bob.username}")
+
+    joined, posted = asyncio.run(scenario())
+    assert joined["user"]["username"] == bob.username
+    assert posted["mentions"] == [bob.username]
