@@ -113,3 +113,18 @@ def test_a_dm_a_mention_and_a_code_block_in_the_page(server, tabs):  # noqa: F81
     expect(bob.page.locator(".chat-topic")).to_have_text("Moved to Monday")
     expect(bob.page.get_by_role("button", name="Edit name and topic")).to_be_hidden()
     alice.page.screenshot(path=str(shots() / "room-desktop.png"))
+
+    # Alice blocks Bob from the member list: his messages in the room are hidden
+    # behind a button; his new ones too.
+    alice.page.get_by_role("button", name=f"Manage {bob_api.username}").click()
+    alice.page.get_by_role("menuitem", name="Block").click()
+    expect(alice.page.locator(".toast", has_text="is blocked")).to_be_visible()
+    bob_api.post(room, "a message Alice hides")
+    hidden = alice.page.locator(".msg", has_text="Message from someone you blocked")
+    expect(hidden).to_have_count(1)
+    expect(alice.page.locator(".text", has_text="a message Alice hides")).to_have_count(0)
+    alice.page.screenshot(path=str(shots() / "blocked-desktop.png"))
+    hidden.get_by_role("button", name="Show").click()
+    expect(alice.page.locator(".text", has_text="a message Alice hides")).to_be_visible()
+    assert [b["user"]["username"] for b in alice_api.request("GET", "/api/blocks/").json()] == \
+        [bob_api.username]

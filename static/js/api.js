@@ -88,4 +88,7 @@ export const api = {
   // Talking to people.
   setRoomInfo: (uri, info) => request("PATCH", `/api/chats/${uri}/`, info),
   startDm: (username) => request("POST", "/api/dms/", { username }),
+  blocks: () => request("GET", "/api/blocks/"),
+  block: (username) => request("PUT", `/api/blocks/${encodeURIComponent(username)}/`),
+  unblock: (username) => request("DELETE", `/api/blocks/${encodeURIComponent(username)}/`),
 };

@@ -8,7 +8,7 @@ import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
 import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
-import { chatName, mentionCompletion, roomHeading } from "./people.js";
+import { blockAction, chatName, loadBlocks, mentionCompletion, roomHeading } from "./people.js";
 
 const PAGE = 50;
 const GAP_PAGE = 200;
@@ -102,7 +102,7 @@ export class ChatView {
       h("p", { text: "Opening the chat…" })));
     let room;
     try {
-      room = await this.openRoom();
+      [room] = await Promise.all([this.openRoom(), loadBlocks()]);
     } catch (error) {
       if (this.stopped) return;
       if (error instanceof ApiError && error.status === 401) {
@@ -344,9 +344,10 @@ export class ChatView {
 
   // What I may do to a member: the owner anything, a moderator remove or ban plain members.
   memberActions(member, myRole) {
-    if (member.id === this.me.id || member.role === "owner") return [];
+    if (member.id === this.me.id) return [];
+    const actions = [blockAction(this, member)];
+    if (member.role === "owner") return actions;
     const name = member.username;
-    const actions = [];
     if (myRole === "owner") {
       actions.push(member.role === "moderator"
         ? { label: "Make member", onSelect: () => this.moderate(api.setRole(this.uri, name, "member"), `${name} is a member now`) }

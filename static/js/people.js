@@ -72,6 +72,54 @@ export function mentionsMe(message, me) {
   return Boolean(message.mentions_room) || (message.mentions || []).some((m) => m.toLowerCase() === name);
 }
 
+// Blocks ----------------------------------------------------------------
+
+// Whom I blocked (user ids), read once per page load.
+const blocked = new Set();
+let blocksLoaded = null;
+
+export function loadBlocks() {
+  blocksLoaded ||= api.blocks().then((list) => {
+    for (const entry of list) blocked.add(entry.user.id);
+  }).catch(() => {
+    blocksLoaded = null; // shown unhidden this time; asked again next time
+  });
+  return blocksLoaded;
+}
+
+export function isBlocked(userId) {
+  return blocked.has(userId);
+}
+
+// A blocked person's message in a shared chat stays there (as in Slack): the
+// page hides it behind a button that shows it.
+export function hiddenBody(message, onShow) {
+  return [h("span", { class: "blocked-note", text: "Message from someone you blocked. " }),
+    h("button", { type: "button", class: "link-button", text: "Show", onclick: onShow })];
+}
+
+// The member menu's Block / Unblock item. view: the ChatView (app, timeline).
+export function blockAction(view, member) {
+  const on = !blocked.has(member.id);
+  return {
+    label: on ? "Block" : "Unblock",
+    danger: on,
+    onSelect: async () => {
+      try {
+        await (on ? api.block(member.username) : api.unblock(member.username));
+      } catch (caught) {
+        view.app.toast(caught.message);
+        return;
+      }
+      if (on) blocked.add(member.id);
+      else blocked.delete(member.id);
+      view.app.toast(on ? `${member.username} is blocked` : `${member.username} is unblocked`);
+      view.timeline.refill((message) => message.user.id === member.id);
+      view.renderMembers();
+    },
+  };
+}
+
 // Chats and DMs --------------------------------------------------------
 
 // A chat's own name: its name, or for a DM the other person; null when it has

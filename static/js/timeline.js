@@ -11,7 +11,7 @@
 
 import { avatar, h, icon, richText } from "./dom.js";
 import { showPicker } from "./menu.js";
-import { mentionsMe, messageBody } from "./people.js";
+import { hiddenBody, isBlocked, mentionsMe, messageBody } from "./people.js";
 
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 
@@ -192,6 +192,12 @@ export class Timeline {
     const text = el.querySelector(".text");
     if (message.deleted) {
       text.replaceChildren(icon("block"), h("span", { text: "message deleted" }));
+    } else if (isBlocked(message.user.id) && !el.dataset.shown) {
+      text.replaceChildren(...hiddenBody(message, () => {
+        el.dataset.shown = "1";
+        this.fill(el, message);
+      }));
+      text.classList.remove("formatted");
     } else {
       text.replaceChildren(...messageBody(message, this.me));
       text.classList.toggle("formatted", Boolean(message.html));
@@ -253,6 +259,17 @@ export class Timeline {
   }
 
   // Edit and delete show only where they are allowed (moderation can change).
+  // Draw again the shown messages that match (after a block or an unblock).
+  refill(matches) {
+    for (const [seq, message] of this.states) {
+      const el = this.bySeq.get(seq);
+      if (el && matches(message)) {
+        delete el.dataset.shown;
+        this.fill(el, message);
+      }
+    }
+  }
+
   refreshTools() {
     const moderator = this.actions.canModerate();
     this.confirmed.classList.toggle("moderating", moderator);
