@@ -194,10 +194,11 @@ class TokenBody(Wire):
 
 # Talking to people (issue 20) -----------------------------------------
 
-RoomName = Annotated[required(max_length=80), Field(description="The chat's name (1-80 "
-                                                                "characters)")]
-Topic = Annotated[str, Field(max_length=250, description="The chat's topic (0-250 characters; "
-                                                         "empty: none)")]
+# Kept without the spaces around them.
+RoomName = Annotated[required(max_length=80), AfterValidator(str.strip),
+                     Field(description="The chat's name (1-80 characters)")]
+Topic = Annotated[str, Field(max_length=250), AfterValidator(str.strip),
+                  Field(description="The chat's topic (0-250 characters; empty: none)")]
 
 
 class NewChat(Wire):
@@ -524,7 +525,7 @@ class ReadyFrame(Wire):
 class ErrorFrame(Wire):
     """Server -> client, in answer to a frame the client sent."""
     type: Literal["error"]
-    code: Literal["invalid", "rate_limited", "unavailable"]
+    code: Literal["invalid", "rate_limited", "unavailable", "forbidden"]
     detail: str
     client_id: str | None = None
 

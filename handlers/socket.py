@@ -12,7 +12,7 @@ from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from chat.frames import encode, text_frame
 from chat.hub import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited
-from chat.store import Banned, NotFound, NotMember, Unavailable
+from chat.store import Banned, Forbidden, NotFound, NotMember, Unavailable
 from handlers import models
 from handlers.base import (
     ApiError,
@@ -208,6 +208,8 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
                                   client_id)
         except (NotFound, NotMember):
             self.close_with(CLOSE_POLICY, "no longer a member")
+        except Forbidden as error:  # a rule of the post (@room, a DM's block): it is not stored
+            self.send_error_frame("forbidden", str(error), client_id)
 
     async def handle_message(self, frame: models.SendMessage) -> None:
         await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 
 import pytest
 import websockets
@@ -126,6 +127,15 @@ def test_room_mentions_in_big_rooms_need_a_role(server):
                                 json={"message": "hey @room"})
     assert refused.status_code == 403
     assert "@room" in refused.json()["detail"] and "moderators" in refused.json()["detail"]
+
+    async def over_the_socket():
+        async with websockets.connect(others[0].ws_url(uri, since=0)) as ws:
+            await next_frame(ws, "ready")
+            await ws.send(json.dumps({"type": "message", "message": "@room", "client_id": "c1"}))
+            return await next_frame(ws, "error")
+
+    error = asyncio.run(over_the_socket())
+    assert (error["code"], error["client_id"]) == ("forbidden", "c1") and "@room" in error["detail"]
     posted = others[0].post(uri, "an edit may not either")
     refused = others[0].request("PATCH", f"/api/chats/{uri}/messages/{posted['id']}/",
                                 json={"message": "@room now"})
