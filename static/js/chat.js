@@ -345,9 +345,10 @@ export class ChatView {
   // What I may do to a member: the owner anything, a moderator remove or ban plain members.
   memberActions(member, myRole) {
     if (member.id === this.me.id) return [];
-    const actions = [blockAction(this, member)];
-    if (member.role === "owner") return actions;
+    const block = blockAction(this, member);
+    if (member.role === "owner") return [block];
     const name = member.username;
+    const actions = [];
     if (myRole === "owner") {
       actions.push(member.role === "moderator"
         ? { label: "Make member", onSelect: () => this.moderate(api.setRole(this.uri, name, "member"), `${name} is a member now`) }
@@ -358,6 +359,7 @@ export class ChatView {
       actions.push({ label: "Remove from chat", danger: true, onSelect: () => this.moderate(api.removeMember(this.uri, name), `${name} was removed`) });
       actions.push({ label: "Ban from chat", danger: true, onSelect: () => this.moderate(api.ban(this.uri, name), `${name} was banned`) });
     }
+    actions.push(block);
     return actions;
   }
 
