@@ -7,12 +7,17 @@ so even a parser bug cannot let a tag, attribute or URL scheme through that is
 not listed here. `@username` of a room member and `@room` become
 `<span class="mention" ...>`; inside code they stay text.
 
-Bounded: rendering runs in a small thread pool and is waited for at most
-`timeout` seconds; past that (a pathological input, or a pool busy with them)
-the message is shown as escaped text. The worst inputs measured (runs of `[`,
-bare URLs, nested emphasis; bench/render.py) take about 25 ms at the longest
-message. Blocks nested deeper than markdown-it's maxNesting (20), which it
-would cut short, are shown as escaped text too.
+Bounded: rendering runs in a small thread pool, off the event loop. A render
+that takes more than `timeout` seconds of its thread's CPU time (a
+pathological input) is shown as escaped text instead, and so is one not done
+WALL_FACTOR times as long on the clock, or that waits for a thread longer
+than QUEUE_SECONDS (a pool busy with slow inputs). CPU time, not the clock,
+decides for renders that finish: on a loaded machine an ordinary message that
+costs 3 ms of CPU can take 50 ms on the clock, and its fallback would be
+stored for good. The worst inputs measured (runs of `[`, bare URLs, nested
+emphasis; bench/render.py) take about 25 ms at the longest message. Blocks
+nested deeper than markdown-it's maxNesting (20), which it would cut short,
+are shown as escaped text too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import concurrent.futures
 import dataclasses
 import html
 import re
+import time
 from collections.abc import Mapping
 
 import nh3
@@ -36,6 +42,8 @@ MENTION = re.compile(r"(?<![\w@.+-])@([A-Za-z0-9@.+_-]+)")
 TRAILING = ".+-_@"
 # How long a render may wait for a free thread before the text is shown escaped.
 QUEUE_SECONDS = 0.5
+# A render is waited for at most this many times its CPU budget on the clock.
+WALL_FACTOR = 10
 
 TAGS = {"p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "a", "ul", "ol", "li",
         "blockquote", "span", "h1", "h2", "h3", "h4", "h5", "h6"}
@@ -210,9 +218,7 @@ def escaped(text: str, people: Mapping[str, str]) -> Rendered:
 
 
 class Renderer:
-    """Renders in its own threads, waiting at most `timeout` seconds for each
-    once it has begun (and at most QUEUE_SECONDS for a thread to begin it:
-    a pool busy with slow inputs makes the next ones fall back, not wait)."""
+    """Renders in its own threads: each may cost `timeout` seconds of CPU."""
 
     def __init__(self, timeout: float = 0.05, threads: int = 2):
         self.timeout = timeout
@@ -224,18 +230,20 @@ class Renderer:
         loop = asyncio.get_running_loop()
         begun = loop.create_future()
 
-        def work() -> Rendered:
+        def work() -> tuple[Rendered, float]:
             loop.call_soon_threadsafe(lambda: begun.done() or begun.set_result(None))
-            return render_now(text, people)
+            started = time.thread_time()
+            rendered = render_now(text, people)
+            return rendered, time.thread_time() - started
 
         job = loop.run_in_executor(self.pool, work)
         try:
-            # Time spent queued is not the render's: on a loaded machine a
-            # message that renders in a millisecond may wait longer than that.
+            # Time spent queued is not the render's.
             await asyncio.wait_for(asyncio.shield(begun), self.queue_seconds)
-            return await asyncio.wait_for(job, self.timeout)
+            rendered, cpu = await asyncio.wait_for(job, self.timeout * WALL_FACTOR)
         except TimeoutError:
             return escaped(text, people)
+        return escaped(text, people) if cpu > self.timeout else rendered
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

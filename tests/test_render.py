@@ -99,34 +99,75 @@ def test_pathological_inputs_render_or_fall_back_to_escaped_text():
     asyncio.run(scenario())
 
 
-def test_a_render_past_its_time_or_stuck_behind_others_falls_back(monkeypatch):
-    """A render that outlives `timeout`, and one that waits for a thread longer
-    than queue_seconds, both give the escaped text with its mentions."""
-    release = threading.Event()
+def slow_render(monkeypatch, busy: float = 0.0, release: threading.Event | None = None):
+    """render_now made slow: `busy` seconds of CPU, or waiting (no CPU) for `release`."""
     real = chat.render.render_now
 
-    def stuck(text, people):
-        release.wait(10)
+    def slow(text, people):
+        until = time.thread_time() + busy
+        while time.thread_time() < until:
+            pass
+        if release is not None:
+            release.wait(10)
         return real(text, people)
 
-    monkeypatch.setattr(chat.render, "render_now", stuck)
+    monkeypatch.setattr(chat.render, "render_now", slow)
+
+
+def test_a_render_that_costs_too_much_cpu_falls_back(monkeypatch):
+    slow_render(monkeypatch, busy=0.08)
 
     async def scenario():
-        renderer = Renderer(timeout=0.05, threads=1)
+        renderer = Renderer(timeout=0.05)
+        try:
+            return await renderer.render("**a** @bob <script>", PEOPLE)
+        finally:
+            renderer.close()
+
+    rendered = asyncio.run(scenario())
+    assert rendered.fallback and rendered.mentions == ["Bob"]
+    assert rendered.html == ('<p>**a** <span class="mention" data-user="Bob">@bob</span> '
+                             '&lt;script&gt;</p>')
+
+
+def test_a_render_slow_on_the_clock_only_is_kept(monkeypatch):
+    """A loaded machine: the render waits (no CPU of its own) longer than its
+    budget, but finishes within WALL_FACTOR of it, so it is not thrown away."""
+    release = threading.Event()
+    slow_render(monkeypatch, release=release)
+
+    async def scenario():
+        renderer = Renderer(timeout=0.05)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, release.set)
+        try:
+            return await renderer.render("**a** @bob", PEOPLE)
+        finally:
+            renderer.close()
+
+    rendered = asyncio.run(scenario())
+    assert not rendered.fallback and "<strong>a</strong>" in rendered.html
+
+
+def test_a_render_stuck_on_the_clock_or_behind_others_falls_back(monkeypatch):
+    """Not done within WALL_FACTOR times its budget, or no thread free within
+    queue_seconds: the escaped text, with its mentions."""
+    release = threading.Event()
+    slow_render(monkeypatch, release=release)
+
+    async def scenario():
+        renderer = Renderer(timeout=0.01, threads=1)
         renderer.queue_seconds = 0.05
         try:
-            slow, queued = await asyncio.gather(renderer.render("**a** @bob <script>", PEOPLE),
-                                                renderer.render("*b* @room", PEOPLE))
+            return await asyncio.gather(renderer.render("**a** @bob", PEOPLE),
+                                        renderer.render("*b* @room", PEOPLE))
         finally:
             release.set()
             renderer.close()
-        return slow, queued
 
-    slow, queued = asyncio.run(scenario())
-    assert slow.fallback and queued.fallback
-    assert slow.html == ('<p>**a** <span class="mention" data-user="Bob">@bob</span> '
-                         '&lt;script&gt;</p>')
-    assert slow.mentions == ["Bob"] and queued.mentions_room
+    stuck, queued = asyncio.run(scenario())
+    assert stuck.fallback and queued.fallback
+    assert stuck.mentions == ["Bob"] and queued.mentions_room
 
 
 def test_a_slow_render_does_not_hold_the_event_loop():
