@@ -1,9 +1,6 @@
 """Who is in a room, as the post path needs it (the process's cache), and the
 rules of mentions.
 
-The cache also keeps a DM's blocks (a third command when it is read), dropped
-when this process blocks or unblocks.
-
 A post must cost no MongoDB read beyond its insert: the room's members (for
 `@name`), owner, roles (for `@room`) and kind come from this cache. An entry
 is read on first use (two commands: the room, its members' names), dropped
@@ -11,7 +8,8 @@ in every process when one announces a membership or role change
 (RoomEvents.announce) or a block touches a DM (a "room_people" control
 notice), and read again when older than `PEOPLE_TTL`, or sooner when a post
 is in doubt (an `@word` no member answers to, an `@room` refused): a notice
-lost with a broker outage costs at most that.
+lost with a broker outage costs at most that. A DM's entry also holds the
+blocks between its two people (a third command when it is read).
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 
 from chat.store import Forbidden, NotFound, remember
 
@@ -40,7 +39,7 @@ class RoomPeople:
     loaded: float
     blocks: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # a DM's: (by, whom)
 
-    @property
+    @functools.cached_property
     def by_name(self) -> dict[str, str]:
         """{casefolded username: username} of the members."""
         return {name.casefold(): name for name in self.members.values()}
