@@ -13,10 +13,11 @@ figures that setting is judged against. Quick: a few seconds.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 
-from chat.render import escaped, render_now
+from chat.render import Renderer, escaped, render_now
 from tests.test_render import pathological
 
 PEOPLE = {f"user{i}": f"User{i}" for i in range(200)}
@@ -26,7 +27,8 @@ def ordinary(size: int) -> dict[str, str]:
     chat = ("Hey @user1, the **deploy** is done: see https://example.com/builds/42 and "
             "`make test` passed.\n")
     code = "```python\ndef main():\n    return {'ok': True}\n```\n"
-    return {"chat text": (chat * (size // len(chat) + 1))[:size],
+    return {"short message": "hey @user1, lunch at **noon**?",
+            "chat text": (chat * (size // len(chat) + 1))[:size],
             "code block": ("```\n" + "x = 1  # a line of code\n" * (size // 24))[:size - 4] + "\n```",
             "mixed": ((chat + code) * (size // len(chat + code) + 1))[:size]}
 
@@ -49,6 +51,20 @@ def main() -> None:
     started = time.perf_counter()
     escaped(inputs["chat text"], PEOPLE)
     print(f"{'(the fallback)':<16} {(time.perf_counter() - started) * 1000:>10.2f}")
+    print(f"{'(through pool)':<16} {asyncio.run(through_pool(inputs['short message'], args.rounds)):>10.2f}"
+          "  a short message, thread hop and wait included")
+
+
+async def through_pool(text: str, rounds: int) -> float:
+    """The median time of Renderer.render, as the post path calls it (ms)."""
+    renderer = Renderer()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await renderer.render(text, PEOPLE)
+        times.append((time.perf_counter() - started) * 1000)
+    renderer.close()
+    return statistics.median(times)
 
 
 if __name__ == "__main__":
