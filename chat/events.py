@@ -93,13 +93,18 @@ def fold(message: dict, events: list[dict]) -> dict:
         kind = event["type"]
         if kind == "edit":
             state["message"] = event.get("message", "")
+            # Rendered and its mentions found when it was made (chat/compose.py).
+            for key in ("html", "mentions", "mentions_room"):
+                if key in event:
+                    state[key] = event[key]
             # Versions are handed out as edits begin, which may be stored in
             # another order: the state shows the highest.
             state["version"] = max(state["version"], event["version"])
             # Epoch seconds: nx-27017 stores a datetime given to $set as a string.
             state["edited"] = event["created"].timestamp()
         elif kind == "delete":
-            state.update(message="", deleted=True, reactions={})
+            state.update(message="", deleted=True, reactions={}, html="", mentions=[],
+                         mentions_room=False)
         elif kind == "reaction":
             if event["emoji"] not in state["reactions"] and len(state["reactions"]) >= MAX_REACTIONS:
                 continue  # past the cap: only a place given back and taken again in a race
@@ -115,9 +120,13 @@ def fold(message: dict, events: list[dict]) -> dict:
 
 
 class RoomEvents:
-    def __init__(self, store, hub):
+    def __init__(self, store, hub, people=None):
         self.store = store
         self.hub = hub
+        # chat.mentions.People: the post path's cache of rooms, told of membership changes.
+        self.people = people
+        # chat.compose.Composer (set by server.py): renders edits and finds their mentions.
+        self.composer = None
 
     # Rooms and members ----------------------------------------------------
 
@@ -132,6 +141,8 @@ class RoomEvents:
 
     async def moderated_room(self, uri: str, user_id: str) -> dict:
         room = await self.member_room(uri, user_id)
+        if room.get("kind") == "dm":
+            raise Forbidden("A direct message has no owner, moderators, bans or lock.")
         self.check_moderator(uri, room, {"id": user_id})
         return room
 
@@ -148,6 +159,8 @@ class RoomEvents:
         event = {"type": "member", "op": op, "user": brief(user), "by": brief(by)}
         if role:
             event["role"] = role
+        if self.people is not None:
+            self.people.changed(uri)
         await self.hub.append_event(uri, event)
 
     async def join(self, user: dict, uri: str) -> dict:
@@ -161,6 +174,9 @@ class RoomEvents:
         """An owner or moderator adds a user by name, locked room or not: (room, user)."""
         await self.moderated_room(uri, by["id"])
         user = await self.user_named(username, "username")
+        if (user["id"], by["id"]) in await self.store.blocks_among([user["id"], by["id"]]):
+            # Without saying that it is a block.
+            raise Forbidden(f"{user['username']} cannot be added to this chat.")
         try:
             room, joined = await self.store.add_member(uri, user["id"], by_id=by["id"])
         except Banned:
@@ -283,6 +299,16 @@ class RoomEvents:
             raise await self.refused(uri, check)
         await self.announce(uri, "role", user, by, role)
 
+    async def set_info(self, by: dict, uri: str, name: str | None, topic: str | None) -> None:
+        """The owner or a moderator names the room or sets its topic: a `room` event."""
+        room = await self.moderated_room(uri, by["id"])
+        info = {"name": room.get("name") if name is None else name,
+                "topic": room.get("topic", "") if topic is None else topic}
+        if info == {"name": room.get("name"), "topic": room.get("topic", "")}:
+            return
+        await self.store.set_room_info(uri, info)
+        await self.hub.append_event(uri, {"type": "room", **info, "by": brief(by)})
+
     async def set_locked(self, by: dict, uri: str, locked: bool) -> None:
         room = await self.moderated_room(uri, by["id"])
         if bool(room.get("locked")) != locked and \
@@ -319,10 +345,12 @@ class RoomEvents:
             raise NotFound(message_id)
         if text != message["message"]:
             await self.hub.check_rate(user)
+            rendered = {} if self.composer is None else await self.composer.prepare(
+                user, uri, text, posting=False)
             version = await self.store.begin_edit(message)
             message = await self.change(uri, message, {
                 "type": "edit", "user": brief(user), "user_id": user["id"], "message": text,
-                "version": version}, counted=True)
+                "version": version, **rendered}, counted=True)
         return public_message(message)
 
     async def delete(self, user: dict, uri: str, message_id: str) -> None:
