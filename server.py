@@ -22,14 +22,17 @@ from chat import config as chat_config
 from chat import embedded, logs
 from chat.broker import AmqpBroker, MemoryBroker
 from chat.events import RoomEvents
+from chat.fetch import Fetcher
+from chat.files import Files
 from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.passwords import Passwords
+from chat.previews import Previews
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.tokens import Tokens
-from handlers import auth, chats, messages, openapi, ops, pages, socket
+from handlers import auth, chats, files, messages, openapi, ops, pages, socket
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -76,6 +79,9 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (rf"/api/chats/{URI}/members/([^/]+)/", chats.MemberHandler),
         (rf"/api/chats/{URI}/bans/", chats.BansHandler),
         (rf"/api/chats/{URI}/bans/([^/]+)/", chats.BanHandler),
+        (rf"/api/chats/{URI}/files/", files.UploadHandler),
+        (rf"/api/chats/{URI}/files/([0-9a-f]{{24}})/", files.FileHandler),
+        (rf"/api/chats/{URI}/messages/([^/]+)/preview/", files.PreviewHandler),
         (rf"/ws/chats/{URI}/", socket.ChatSocket),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
@@ -172,9 +178,16 @@ class ChatServer:
         self.tokens = Tokens(self.store, config.secret, config.token_ttl_days)
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens)
+        events = RoomEvents(self.store, self.hub)
+        self.previews = Previews(self.store, events,
+                                 Fetcher(config.link_preview_allow, config.link_preview_timeout_seconds),
+                                 None, config.link_previews)
+        self.files = Files(self.store, self.hub, self.previews, config.max_upload_bytes,
+                           config.upload_quota_bytes)
+        self.previews.files = self.files
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
-                                 self.metrics, Limits(config, self.store),
-                                 RoomEvents(self.store, self.hub))
+                                 self.metrics, Limits(config, self.store), events,
+                                 self.files, self.previews)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -187,6 +200,7 @@ class ChatServer:
         gc.set_threshold(*GC_THRESHOLDS)
         await self.broker.start()
         self.signals.start()
+        self.files.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
@@ -217,6 +231,8 @@ class ChatServer:
             log.warning("%d HTTP requests still running at shutdown", self.in_flight.count)
         self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")  # opened meanwhile
         await self.hub.stop()
+        await self.previews.stop()
+        await self.files.stop()
         await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()
         if self.http is not None:

@@ -10,6 +10,7 @@ import pydantic
 import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
+from chat.events import InvalidField
 from chat.frames import encode, text_frame
 from chat.hub import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, InvalidMessage, RateLimited
 from chat.store import Banned, NotFound, NotMember, Unavailable
@@ -210,7 +211,11 @@ class ChatSocket(Authenticating, tornado.websocket.WebSocketHandler):
             self.close_with(CLOSE_POLICY, "no longer a member")
 
     async def handle_message(self, frame: models.SendMessage) -> None:
-        await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)
+        try:
+            await self.services.files.post(self.user, self.uri, frame.message, frame.client_id,
+                                           frame.attachments)
+        except InvalidField as error:  # its attachments
+            self.send_error_frame("invalid", f"{error.field}: {error}", frame.client_id)
 
     async def handle_typing(self, frame: models.Typing) -> None:
         self.services.hub.signals.typing_frame(self.uri, self.user, frame.stop)
