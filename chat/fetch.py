@@ -130,11 +130,14 @@ class Fetcher:
                 name, _, value = line.partition(":")
                 head[name.strip().lower()] = value.strip()
 
+        cut = []
+
         def collect(data: bytes) -> None:
             room = self.max_bytes - len(body)
             body.extend(data[:room])
             if len(data) > room:
-                raise Cut()
+                cut.append(True)
+                raise Cut()  # Tornado closes the connection: the rest is never read
 
         request = tornado.httpclient.HTTPRequest(
             url, follow_redirects=False, streaming_callback=collect, header_callback=header,
@@ -142,12 +145,12 @@ class Fetcher:
             headers={"User-Agent": USER_AGENT, "Accept": accept}, decompress_response=False)
         try:
             response = await client.fetch(request, raise_error=False)
-        except Cut:
-            return Fetched(url, int(head.get("status", 200)), head.get("content-type", ""),
-                           bytes(body), True), None
         except Refused:
             raise
         except Exception as error:
+            if cut:
+                return Fetched(url, int(head.get("status", 200)), head.get("content-type", ""),
+                               bytes(body), True), None
             raise Refused(f"fetch failed: {error}") from None
         if response.code in (301, 302, 303, 307, 308) and "Location" in response.headers:
             return Fetched(url, response.code, "", b"", False), response.headers["Location"]

@@ -3,6 +3,7 @@ served so that no file can run as this origin), and a message's link preview."""
 
 from __future__ import annotations
 
+import logging
 import re
 import urllib.parse
 
@@ -12,6 +13,8 @@ from chat.files import TooLarge, served_type
 from chat.store import REQUEST_DEADLINE, NotFound, NotMember, Unavailable, background
 from handlers import models
 from handlers.base import ApiError, ApiHandler, detail, endpoint, field_error
+
+log = logging.getLogger("chat.files")
 
 # What a multipart body may add to its one file (boundaries, part headers).
 MULTIPART_SLACK = 16 * 1024
@@ -162,8 +165,8 @@ class UploadHandler(ApiHandler):
         self.failure = error
         try:
             await self.upload.abort()
-        except Unavailable:
-            pass  # its chunks have no files document: nobody can read them
+        except Exception:  # its chunks have no files document: nobody can read them
+            log.warning("removing the chunks of a refused upload failed", exc_info=True)
 
     @endpoint("Upload a file: the raw body (?name= its name) or multipart/form-data with one "
               "part `file`; streamed into storage. Its type is found from its content; images "
@@ -182,9 +185,8 @@ class UploadHandler(ApiHandler):
         self.services.store.begin_request()  # the budget starts again after the body
         try:
             public = await self.upload.finish()
-        except BaseException:  # a decompression bomb, MongoDB gone: nothing is kept
-            self.failure = detail(400, "The upload failed.")
-            background(self.upload.abort())
+        except Exception:  # a decompression bomb, MongoDB gone: nothing is kept
+            await self.fail(detail(400, "The upload failed."))
             raise
         self.done = True
         self.reply(public, 201)

@@ -78,14 +78,15 @@ class UploadStream:
 
     async def rewrite(self, data: bytes) -> None:
         """Replace what was written with data (an image without its EXIF)."""
-        await self.store.delete_chunks([self.id])
-        self.buffer.clear()
-        self.chunks = self.size = 0
+        await self.abort()
+        self.size = 0
         await self.write(data)
 
     async def abort(self) -> None:
         self.buffer.clear()
-        await self.store.delete_chunks([self.id])
+        if self.chunks:
+            await self.store.delete_chunks([self.id])
+            self.chunks = 0
 
 
 class Files:
@@ -228,9 +229,13 @@ class Files:
     @guarded
     async def cached_preview(self, url: str) -> dict | None:
         """{"preview": ... or None} when url was fetched within the hour."""
-        return await self.link_previews.find_one({"_id": url, "expires": {"$gt": now()}})
+        # `until` (epoch seconds) is compared, `expires` only ends the document
+        # (TTL): some wire servers store a datetime given to $set as a string.
+        return await self.link_previews.find_one({"_id": url, "until": {"$gt": now().timestamp()}})
 
     @guarded
     async def cache_preview(self, url: str, preview: dict | None, expires: datetime.datetime) -> None:
-        await self.link_previews.replace_one({"_id": url}, {"preview": preview, "expires": expires},
-                                             upsert=True)
+        # $set, not a replacement: nx-27017 upserts no document for replace_one.
+        await self.link_previews.update_one(
+            {"_id": url}, {"$set": {"preview": preview, "expires": expires,
+                                    "until": expires.timestamp()}}, upsert=True)
