@@ -12,7 +12,7 @@ import tornado.web
 from chat.files import TooLarge, served_type
 from chat.store import REQUEST_DEADLINE, NotFound, NotMember, Unavailable, background
 from handlers import models
-from handlers.base import ApiError, ApiHandler, detail, endpoint, field_error
+from handlers.base import ApiError, ApiHandler, api_error, detail, endpoint, field_error
 
 log = logging.getLogger("chat.files")
 
@@ -121,15 +121,30 @@ class UploadHandler(ApiHandler):
         if self.request.method == "OPTIONS":
             return
         self.services.store.begin_request()
+        declared = self.request.headers.get("Content-Length")
+        size = int(declared) if declared and declared.isdigit() else None
+        try:
+            await self.begin(size)
+        except Exception as error:
+            refused = api_error(error)
+            if refused is None or refused.status == 413 or (size or 0) > DRAIN_SLACK:
+                raise
+            # Answered once the (small) body is read: closing a connection
+            # with unread bytes resets it, and the client might never read why.
+            self.failure = refused
+            self.request.connection.set_max_body_size(DRAIN_SLACK)
+            return
+        self.request.connection.set_max_body_size(self.services.files.max_upload_bytes
+                                                  + MULTIPART_SLACK + DRAIN_SLACK)
+
+    async def begin(self, size: int | None) -> None:
+        """Authenticate, check the query, and begin the upload (refused early
+        when its declared size is too large)."""
         self.current_user = await self.authenticate()
         user = self.require_user()
         query = self.parse_query(models.UploadQuery)
         uri = self.path_args[0]
-        files = self.services.files
         content_type = self.request.headers.get("Content-Type", "")
-        declared = self.request.headers.get("Content-Length")
-        size = int(declared) if declared and declared.isdigit() else None
-        name = query.name or ""
         if content_type.split(";")[0].strip().lower() == "multipart/form-data":
             boundary = boundary_of(content_type)
             if boundary is None:
@@ -138,13 +153,11 @@ class UploadHandler(ApiHandler):
             if size is not None:
                 size = max(0, size - MULTIPART_SLACK)
         try:
-            self.upload = await files.begin(user, uri, name, size)
+            self.upload = await self.services.files.begin(user, uri, query.name or "", size)
         except TooLarge as error:
             raise detail(413, str(error)) from None
         except NotMember:
             raise NotFound(uri) from None
-        self.request.connection.set_max_body_size(files.max_upload_bytes + MULTIPART_SLACK
-                                                  + DRAIN_SLACK)
 
     async def data_received(self, chunk: bytes) -> None:
         if self.failure is not None:

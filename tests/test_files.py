@@ -329,6 +329,15 @@ def test_the_quota_counts_what_a_user_keeps(server):
     assert upload(alice, uri, b"\0" * (11 * MiB)).status_code == 201  # freed by the delete
 
 
+def test_uploads_count_against_the_write_limit(server, start_server):
+    strict = start_server(mongo_url=server.mongo_url, user_messages_per_minute=3)
+    alice, _, uri = two_members(strict.url)
+    statuses = [upload(alice, uri, b"x").status_code for _ in range(4)]
+    assert statuses == [201, 201, 201, 429]
+    assert alice.request("POST", f"/api/chats/{uri}/messages/",
+                         json={"message": "and posts share it"}).status_code == 429
+
+
 # Attachments ------------------------------------------------------------
 
 def test_attachments_ride_frames_and_history_and_go_with_their_message(server, db):
@@ -341,6 +350,10 @@ def test_attachments_ride_frames_and_history_and_go_with_their_message(server, d
             await next_frame(ws, "ready")
             async with websockets.connect(alice.ws_url(uri, since=0)) as mine:
                 await next_frame(mine, "ready")
+                await mine.send(json.dumps({"type": "message", "attachments": ["nope"],
+                                            "client_id": "c0"}))
+                refused = await next_frame(mine, "error")
+                assert refused["client_id"] == "c0" and refused["detail"].startswith("attachments:")
                 await mine.send(json.dumps({"type": "message", "attachments": [note["id"]],
                                             "client_id": "c1"}))
                 return await next_frame(ws, "message")
@@ -484,6 +497,22 @@ def test_a_link_preview_reaches_both_processes_and_its_author_can_remove_it(serv
 
     assert asyncio.run(second_preview())["preview"]["title"] == "The OpenGraph title"
     assert Site.hits.get(url.removeprefix(site), 0) == fetched == 1
+
+    # An edit that changes the link gets the new link's preview.
+    edited_url = f"{site}/page?edited"
+
+    async def edited_preview():
+        async with websockets.connect(bob.ws_url(uri, since=again["seq"] + 1)) as ws:
+            await next_frame(ws, "ready")
+            edit = alice.request("PATCH", f"/api/chats/{uri}/messages/{again['id']}/",
+                                 json={"message": f"better: {edited_url}"})
+            assert edit.status_code == 200, edit.text
+            while True:
+                frame = await next_frame(ws, "preview", wait=15)
+                if frame["target_seq"] == again["seq"]:
+                    return frame
+
+    assert asyncio.run(edited_preview())["preview"]["url"] == edited_url
 
     path = f"/api/chats/{uri}/messages/{message['id']}/preview/"
     assert bob.request("DELETE", path).status_code == 403
