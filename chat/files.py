@@ -204,7 +204,9 @@ class Files:
         if used + (declared or 0) > self.upload_quota_bytes:
             raise TooLarge(self.quota_message())
         await self.hub.check_rate(user)
-        return Upload(self, user, uri, name, self.upload_quota_bytes - used)
+        upload = Upload(self, user, uri, name, self.upload_quota_bytes - used)
+        await self.store.record_partial(upload.stream, uri, user["id"])
+        return upload
 
     async def inspect_image(self, stream: UploadStream) -> dict | None:
         """Read the image back and decode it in a worker thread, IMAGE_WORKERS at a time."""

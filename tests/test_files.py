@@ -247,6 +247,7 @@ def test_one_byte_over_the_limit_is_413_and_leaves_nothing(server, db):
     answer = raw_request(server.port, head + "Transfer-Encoding: chunked\r\n\r\n", body)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert gridfs_ids(db) == before
+    assert db.files.find_one({"kind": "partial"}) is None
     # Exactly the limit is fine.
     assert upload(alice, uri, b"\0" * limit).status_code == 201
 
@@ -405,6 +406,17 @@ def test_uploads_never_attached_are_swept_after_a_day(server, db):
     left = uploaded(alice, uri, png(100, 100), "left.png")
     clock = {"now": time.time()}
 
+    async def crashed_upload() -> str:
+        """An upload whose process died after its first chunks."""
+        store = Store(server.mongo_url, db.name)
+        try:
+            stream = store.upload_stream()
+            await store.record_partial(stream, uri, alice.user["id"])
+            await stream.write(b"p" * 600_000)
+            return str(stream.id)
+        finally:
+            await store.close()
+
     async def sweep() -> int:
         store = Store(server.mongo_url, db.name)
         files = Files(store, None, None, 0, 0, clock=lambda: clock["now"])
@@ -414,11 +426,15 @@ def test_uploads_never_attached_are_swept_after_a_day(server, db):
             await files.stop()
             await store.close()
 
+    partial = asyncio.run(crashed_upload())
+    assert len(chunks_of(db, partial)) == 2
+    assert download(alice, uri, partial).status_code == 404  # never shown
     assert asyncio.run(sweep()) == 0  # not a day old yet
     clock["now"] += 25 * 3600
-    assert asyncio.run(sweep()) >= 1
+    assert asyncio.run(sweep()) >= 2
     assert download(alice, uri, left["id"]).status_code == 404
-    assert chunks_of(db, left["id"]) == []
+    assert chunks_of(db, left["id"]) == [] and chunks_of(db, partial) == []
+    assert db.files.find_one({"_id": ObjectId(partial)}) is None
     assert download(alice, uri, kept["id"]).status_code == 200
 
 

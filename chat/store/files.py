@@ -10,12 +10,14 @@ concurrent uploads would hold a gigabyte); a download reads a few chunks at a
 time, only those its range covers; an image is read back before its files
 document exists (a GridOut needs one).
 
-A file's `files` document (same _id) is written after its bytes and holds
-room, user_id, name, type, size, width/height, thumb (its thumbnail's id),
-kind ("upload", "thumb" or "preview") and attached (the seq of the message
-that carries it; None until then). It is a collection of its own rather than
-fields of fs.files because those are GridFS's; nx-27017 also keeps fs.files
-in a table of fixed columns that takes no conditional update.
+A file's `files` document (same _id) holds room, user_id, name, type, size,
+uploaded (epoch seconds), width/height, thumb (its thumbnail's id), kind
+("upload", "thumb", "preview", or "partial" while an upload is being written:
+recorded before its first chunk, so that the sweep finds what a dead process
+left) and attached (the seq of the message that carries it; None until then).
+It is a collection of its own rather than fields of fs.files because those are
+GridFS's; nx-27017 also keeps fs.files in a table of fixed columns that takes
+no conditional update.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING
+from pymongo.errors import OperationFailure
 
 from chat.store.base import Unavailable, guarded, now
 
@@ -53,6 +56,7 @@ class UploadStream:
         self.buffer = bytearray()
         self.chunks = 0
         self.size = 0
+        self.recorded = False  # a "partial" document names it while it is written
 
     async def write(self, data: bytes) -> None:
         self.buffer += data
@@ -74,19 +78,26 @@ class UploadStream:
 
     async def finish(self, metadata: dict[str, Any]) -> dict:
         await self.flush()
-        return await self.store.insert_file_doc(self.id, self.size, metadata)
+        return await self.store.insert_file_doc(self, metadata)
 
     async def rewrite(self, data: bytes) -> None:
         """Replace what was written with data (an image without its EXIF)."""
-        await self.abort()
+        await self.discard_chunks()
         self.size = 0
         await self.write(data)
 
-    async def abort(self) -> None:
+    async def discard_chunks(self) -> None:
         self.buffer.clear()
         if self.chunks:
             await self.store.delete_chunks([self.id])
             self.chunks = 0
+
+    async def abort(self) -> None:
+        """Remove everything written, and the document that named it."""
+        await self.discard_chunks()
+        if self.recorded:
+            await self.store.forget_partial(self.id)
+            self.recorded = False
 
 
 class Files:
@@ -114,15 +125,33 @@ class Files:
         return UploadStream(self)
 
     @guarded
-    async def insert_file_doc(self, file_id: ObjectId, size: int, metadata: dict[str, Any]) -> dict:
+    async def record_partial(self, stream: UploadStream, room: str, user_id: str) -> None:
+        """Name an upload before its first chunk: if its process dies before it
+        ends, the sweep of uploads never attached finds its chunks by this."""
+        await self.files.insert_one({"_id": stream.id, "room": room, "user_id": user_id,
+                                     "kind": "partial", "attached": None, "size": 0,
+                                     "uploaded": now().timestamp()})
+        stream.recorded = True
+
+    @guarded
+    async def forget_partial(self, file_id: ObjectId) -> None:
+        await self.files.delete_one({"_id": file_id, "kind": "partial"})
+
+    @guarded
+    async def insert_file_doc(self, stream: UploadStream, metadata: dict[str, Any]) -> dict:
         """The file's GridFS document, then the chat's: the file exists from then on."""
         uploaded = now()
-        await self.fs_files.insert_one({"_id": file_id, "length": size, "chunkSize": CHUNK_BYTES,
-                                        "uploadDate": uploaded, "filename": metadata.get("name", "")})
-        doc = {"_id": file_id, "size": size, "uploaded": uploaded, **metadata}
-        await self.files.insert_one(doc)
+        await self.fs_files.insert_one({"_id": stream.id, "length": stream.size,
+                                        "chunkSize": CHUNK_BYTES, "uploadDate": uploaded,
+                                        "filename": metadata.get("name", "")})
+        # Epoch seconds: some wire servers store a datetime of a replacement as a string.
+        doc = {"_id": stream.id, "size": stream.size, "uploaded": uploaded.timestamp(), **metadata}
+        if stream.recorded:
+            await self.files.replace_one({"_id": stream.id, "kind": "partial"}, doc)
+        else:
+            await self.files.insert_one(doc)
         if metadata.get("kind") == "upload":
-            await self.count_usage(metadata["user_id"], size)
+            await self.count_usage(metadata["user_id"], stream.size)
         return doc
 
     @guarded
@@ -131,7 +160,13 @@ class Files:
         command: nx-27017 deletes GridFS documents by exact id only)."""
         for file_id in file_ids:
             await self.fs_chunks.delete_many({"files_id": file_id})
-            await self.fs_files.delete_one({"_id": file_id})
+            try:
+                await self.fs_files.delete_one({"_id": file_id})
+            except OperationFailure as error:
+                # nx-27017 refuses to delete a GridFS document that does not
+                # exist (an upload that ended before its files document).
+                if "not found" not in str(error):
+                    raise
 
     @guarded
     async def bytes_used(self, user_id: str) -> int:
@@ -150,7 +185,7 @@ class Files:
         found = object_id(file_id)
         if found is None:
             return None
-        return await self.files.find_one({"_id": found, "room": uri})
+        return await self.files.find_one({"_id": found, "room": uri, "kind": {"$ne": "partial"}})
 
     async def read_file(self, doc: dict, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes start..end (exclusive) of a file, a few chunks per read: a
@@ -210,8 +245,10 @@ class Files:
             # Bytes first, then the document that names them: a failure in
             # between leaves a document the next delete or sweep finds.
             await self.delete_chunks([doc["_id"], *extra])
-            await self.files.delete_many({"_id": {"$in": [doc["_id"], *extra]}})
-            if doc["kind"] == "upload":
+            if extra:
+                await self.files.delete_many({"_id": {"$in": extra}})
+            deleted = await self.files.delete_one({"_id": doc["_id"]})
+            if doc["kind"] == "upload" and deleted.deleted_count:  # freed once, whoever deletes
                 await self.count_usage(doc["user_id"], -doc["size"])
         return len(docs)
 
@@ -220,9 +257,10 @@ class Files:
         return await self.delete_files({"room": uri, "attached": seq})
 
     async def sweep_unattached(self, before: datetime.datetime) -> int:
-        """Uploads never attached to a message, uploaded before `before`."""
-        return await self.delete_files({"kind": "upload", "attached": None,
-                                        "uploaded": {"$lt": before}})
+        """Uploads never attached to a message, and the remains of uploads that
+        never ended, begun before `before`."""
+        return await self.delete_files({"kind": {"$in": ["upload", "partial"]}, "attached": None,
+                                        "uploaded": {"$lt": before.timestamp()}})
 
     # The link preview cache ---------------------------------------------
 
