@@ -114,8 +114,9 @@ class Previews:
             if found is None:
                 return
             _, message = await self.events.target(user, uri, message_id)
-            if message.get("deleted") or first_url(message["message"]) != url:
-                return  # deleted or edited meanwhile
+            if message.get("deleted") or first_url(message["message"]) != url \
+                    or (message.get("preview") or {}).get("url") == url:
+                return  # deleted or edited meanwhile, or previewed already (a repeated post)
             preview = {key: found[key] for key in ("url", "title", "description", "site_name")}
             if found.get("thumb"):
                 image = self.store.upload_stream()
@@ -147,7 +148,10 @@ class Previews:
         page = await self.fetcher.fetch(url)
         if page.status != 200 or "html" not in page.content_type.lower():
             return None
-        found: dict[str, Any] = {"url": url, **parse_page(page.body, page.content_type)}
+        loop = asyncio.get_running_loop()
+        # Up to a megabyte of someone else's HTML: parsed off the event loop.
+        parsed = await loop.run_in_executor(self.files.pool, parse_page, page.body, page.content_type)
+        found: dict[str, Any] = {"url": url, **parsed}
         if not found["title"]:
             return None
         image_url = found.pop("image")
@@ -156,7 +160,6 @@ class Previews:
                 image = await self.fetcher.fetch(urllib.parse.urljoin(page.url, image_url),
                                                  accept="image/*")
                 if image.status == 200 and not image.truncated:
-                    loop = asyncio.get_running_loop()
                     decoded = await loop.run_in_executor(self.files.pool, process_image, image.body)
                     if decoded is not None:
                         found["thumb"] = decoded["thumb"]
