@@ -29,6 +29,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError, core_schema
@@ -179,7 +180,10 @@ AttachmentIds = Annotated[
                       "(up to 10); the text may then be empty")]
 MessageText = Annotated[
     Annotated[str, Configured("max_message_chars")] | None,
-    Field(validate_default=True, description="The text; required unless there are attachments")]
+    Field(validate_default=True),
+    # Documented as the string it is when given (null is what "absent" looks like inside).
+    WithJsonSchema({"type": "string", "x-configured-maxLength": "max_message_chars",
+                    "description": "The text; required unless there are attachments"})]
 
 
 def text_or_files(value: str | None, info: ValidationInfo) -> str:

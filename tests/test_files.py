@@ -60,7 +60,7 @@ class Site(http.server.BaseHTTPRequestHandler):
     """The local site previews are made of (on the allow list)."""
 
     port = 0
-    release = threading.Event()
+    release: threading.Event
     hits: dict[str, int] = {}
 
     def log_message(self, *args) -> None:
@@ -108,6 +108,7 @@ class Site(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def site():
+    Site.release = threading.Event()  # each module's site holds /hang until its end
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
     httpd.daemon_threads = True
     Site.port = httpd.server_address[1]
