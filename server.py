@@ -25,18 +25,21 @@ from chat.broker import AmqpBroker, MemoryBroker
 from chat.compose import Composer
 from chat.dms import DirectMessages
 from chat.events import RoomEvents
+from chat.fetch import Fetcher
+from chat.files import Files
 from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import Limit
 from chat.mentions import People
 from chat.metrics import Metrics
 from chat.passwords import Passwords
+from chat.previews import Previews
 from chat.quotas import UserLimits
 from chat.render import Renderer
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.streams import Streams
 from chat.tokens import Tokens
-from handlers import auth, chats, dms, messages, openapi, ops, pages, socket, stream
+from handlers import auth, chats, dms, files, messages, openapi, ops, pages, socket, stream
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -88,6 +91,9 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (rf"/api/chats/{URI}/members/([^/]+)/", chats.MemberHandler),
         (rf"/api/chats/{URI}/bans/", chats.BansHandler),
         (rf"/api/chats/{URI}/bans/([^/]+)/", chats.BanHandler),
+        (rf"/api/chats/{URI}/files/", files.UploadHandler),
+        (rf"/api/chats/{URI}/files/([0-9a-f]{{24}})/", files.FileHandler),
+        (rf"/api/chats/{URI}/messages/([^/]+)/preview/", files.PreviewHandler),
         (rf"/ws/chats/{URI}/", socket.ChatSocket),
         (r"/ws/", stream.UserStreamSocket),
         # Talking to people (issue 20).
@@ -198,10 +204,18 @@ class ChatServer:
         direct = DirectMessages(self.store, self.people, events)
         events.composer = Composer(self.renderer, self.people, direct)
         self.hub.compose = events.composer.prepare
+        # Files and link previews.
+        self.previews = Previews(self.store, events,
+                                 Fetcher(config.link_preview_allow, config.link_preview_timeout_seconds),
+                                 None, config.link_previews)
+        self.files = Files(self.store, self.hub, self.previews, config.max_upload_bytes,
+                           config.upload_quota_bytes)
+        self.previews.files = self.files
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
                                  self.metrics, Limits(config, self.store), events,
                                  Streams(self.hub, self.store, config.max_subscriptions),
-                                 direct, BlockList(self.store, self.people, events))
+                                 direct, BlockList(self.store, self.people, events),
+                                 self.files, self.previews)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -214,6 +228,7 @@ class ChatServer:
         gc.set_threshold(*GC_THRESHOLDS)
         await self.broker.start()
         self.signals.start()
+        self.files.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
@@ -244,6 +259,8 @@ class ChatServer:
             log.warning("%d HTTP requests still running at shutdown", self.in_flight.count)
         self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")  # opened meanwhile
         await self.hub.stop()
+        await self.previews.stop()
+        await self.files.stop()
         await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()
         if self.http is not None:

@@ -59,6 +59,12 @@ class Config:
     presence_ttl_seconds: float = 20.0
     typing_ttl_seconds: float = 6.0
     read_flush_seconds: float = 1.0
+    # Files and link previews.
+    max_upload_bytes: int = 26214400
+    upload_quota_bytes: int = 1073741824
+    link_previews: bool = True
+    link_preview_allow: tuple[str, ...] = ()
+    link_preview_timeout_seconds: float = 3.0
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_token: str = ""
@@ -96,7 +102,8 @@ class Config:
                               "it cannot be combined with other URLs")
         for name in ("port", "listen_backlog", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes",
                      "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds",
-                     "ws_ready_timeout", "render_timeout_seconds", "render_threads"):
+                     "ws_ready_timeout", "render_timeout_seconds", "render_threads",
+                     "max_upload_bytes", "upload_quota_bytes", "link_preview_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.presence_grace_seconds < 0:

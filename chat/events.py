@@ -1,11 +1,12 @@
-"""Room events besides posts: edits, deletes, reactions, membership and moderation.
+"""Room events besides posts: edits, deletes, reactions, link previews, membership
+and moderation.
 
 Every change is an event in the room's log (DESIGN.md, "Data"): stored at the
 room's next seq through the hub's one append path, then delivered like a
 message, so a socket resuming with `since` replays it exactly once, in order.
 
 The order of the two writes each change makes:
-- Edit, delete, reaction: the event first, then the message's state in place.
+- Edit, delete, reaction, preview: the event first, then the message's state in place.
   A message document carries `last_event_seq`, and its state is always exactly
   the fold of its events up to that seq: the state is written with a
   compare-and-set on last_event_seq that folds in every stored event after
@@ -84,6 +85,7 @@ def fold(message: dict, events: list[dict]) -> dict:
         "edited": message.get("edited"),
         "deleted": message.get("deleted", False),
         "reactions": {key: list(users) for key, users in message.get("reactions", {}).items()},
+        "preview": message.get("preview"),
         "last_event_seq": message.get("last_event_seq", message["seq"]),
     }
     for event in events:
@@ -104,7 +106,9 @@ def fold(message: dict, events: list[dict]) -> dict:
             state["edited"] = event["created"].timestamp()
         elif kind == "delete":
             state.update(message="", deleted=True, reactions={}, html="", mentions=[],
-                         mentions_room=False)
+                         mentions_room=False, preview=None)
+        elif kind == "preview":
+            state["preview"] = event.get("preview")
         elif kind == "reaction":
             if event["emoji"] not in state["reactions"] and len(state["reactions"]) >= MAX_REACTIONS:
                 continue  # past the cap: only a place given back and taken again in a race
@@ -360,9 +364,12 @@ class RoomEvents:
         if message.get("deleted"):
             # Deleted already; erasing again heals a process that died before it erased.
             await self.store.erase_edits(uri, message["seq"])
+            await self.store.delete_message_files(uri, message["seq"])
             return
         await self.hub.check_rate(user)
         await self.change(uri, message, {"type": "delete", "by": brief(user), "user_id": user["id"]})
+        # Its files (attachments, preview image) go with it; a ban keeps them.
+        await self.store.delete_message_files(uri, message["seq"])
 
     async def react(self, user: dict, uri: str, message_id: str, emoji: Any, add: bool) -> None:
         emoji = check_emoji(emoji)

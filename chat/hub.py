@@ -229,10 +229,12 @@ class Hub:
         if retry_after:
             raise RateLimited(retry_after)
 
-    async def post(self, user: dict, uri: str, text: Any,
-                   client_id: str | None = None) -> dict[str, Any]:
-        """Store a message and publish it: the path of both HTTP and socket posts."""
-        text = self.check_text(text)
+    async def post(self, user: dict, uri: str, text: Any, client_id: str | None = None,
+                   attachments: list[dict] | None = None) -> dict[str, Any]:
+        """Store a message and publish it: the path of both HTTP and socket posts.
+        `attachments`: its files (chat/files.py checked and claimed them); the
+        text may then be empty."""
+        text = "" if attachments and not (text or "").strip() else self.check_text(text)
         deadline = self.store.deadline()
         with budget(deadline):
             await self.check_rate(user)
@@ -241,6 +243,8 @@ class Hub:
         event = {"user_id": user["id"], "user": user, "message": text, **prepared}
         if client_id:
             event["client_id"] = client_id
+        if attachments:
+            event["attachments"] = attachments
         public, created = await self.append_event(uri, event, recorded, deadline)
         if created:
             self.metrics.posted.inc()

@@ -247,7 +247,7 @@ class Services:
     """What every handler needs, built once in server.py."""
 
     def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events, streams,
-                 dms=None, blocks=None):
+                 dms=None, blocks=None, files=None, previews=None):
         self.config = config
         self.streams = streams
         self.store = store
@@ -259,6 +259,8 @@ class Services:
         self.events = events
         self.dms = dms  # chat.dms.DirectMessages
         self.blocks = blocks  # chat.blocks.BlockList
+        self.files = files
+        self.previews = previews
 
 
 class Authenticating:

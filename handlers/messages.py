@@ -12,7 +12,8 @@ class MessagesHandler(ApiHandler):
               errors=(403, 404, 429, 503))
     async def post(self, uri: str, body: models.NewMessage) -> None:
         user = self.require_user()
-        message = await self.services.hub.post(user, uri, body.message, body.client_id)
+        message = await self.services.files.post(user, uri, body.message, body.client_id,
+                                                 body.attachments)
         self.reply({"status": "SUCCESS", **message})
 
     @endpoint("History, oldest first: messages in their current state (edited text, "
@@ -43,7 +44,9 @@ class MessageHandler(ApiHandler):
               response=models.Message, errors=(404, 429, 503))
     async def patch(self, uri: str, message_id: str, body: models.EditBody) -> None:
         user = self.require_user()
-        self.reply(await self.services.events.edit(user, uri, message_id, body.message))
+        message = await self.services.events.edit(user, uri, message_id, body.message)
+        self.services.previews.schedule(user, uri, message)
+        self.reply(message)
 
     @endpoint("Delete your own message, or any as the chat's owner or a moderator: it keeps "
               "its id and seq, its text is erased", "deleteMessage", status=204,

@@ -29,6 +29,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError, core_schema
@@ -168,6 +169,61 @@ class Wire(BaseModel):
     error_messages: ClassVar[dict[tuple[str, str], str]] = {}
 
 
+# Files and link previews: shared pieces ---------------------------------
+
+MAX_ATTACHMENTS = 10
+
+AttachmentIds = Annotated[
+    list[Annotated[str, Field(max_length=24)]] | None,
+    Field(max_length=MAX_ATTACHMENTS,
+          description="Ids of files the poster uploaded to this chat and has not attached yet "
+                      "(up to 10); the text may then be empty")]
+MessageText = Annotated[
+    Annotated[str, Configured("max_message_chars")] | None,
+    Field(validate_default=True),
+    # Documented as the string it is when given (null is what "absent" looks like inside).
+    WithJsonSchema({"type": "string", "x-configured-maxLength": "max_message_chars",
+                    "description": "The text; required unless there are attachments"})]
+
+
+def text_or_files(value: str | None, info: ValidationInfo) -> str:
+    """The message's text: it may be empty only when the message carries files."""
+    if info.data.get("attachments"):
+        return value or ""
+    if value is None:
+        raise PydanticCustomError("missing", "This field is required.")
+    not_blank(value)
+    return value
+
+
+class FileInfo(Wire):
+    """An uploaded file, as uploads answer and messages carry it."""
+    id: str
+    name: str
+    type: Annotated[str, Field(description="Found from the content, not the name or header")]
+    size: int = Field(ge=0)
+    width: int | None = None
+    height: int | None = None
+    thumb: Annotated[str, Field(description="The thumbnail's URL (images)")] | None = None
+
+
+class LinkPreview(Wire):
+    url: str
+    title: str
+    description: str
+    site_name: str
+    image: Annotated[str, Field(description="The image's thumbnail, stored here (a URL of "
+                                            "this server)")] | None = None
+
+
+class UploadQuery(Wire):
+    name: Annotated[Text, Field(max_length=255, description="The file's name (raw bodies)")] | None = None
+
+
+class FileQuery(Wire):
+    thumb: Annotated[counter(0, 1), Field(description="1: the thumbnail")] = 0
+
+
 # Requests -------------------------------------------------------------
 
 class Register(Wire):
@@ -240,8 +296,14 @@ class BanBody(Wire):
 
 
 class NewMessage(Wire):
-    message: Annotated[Required, Configured("max_message_chars")]
+    attachments: AttachmentIds = None
+    message: MessageText = None
     client_id: ClientId = None
+
+    @field_validator("message")
+    @classmethod
+    def check_text(cls, value: str | None, info: ValidationInfo) -> str:
+        return text_or_files(value, info)
 
 
 class MarkReadBody(Wire):
@@ -397,6 +459,8 @@ class Message(Wire):
     deleted: bool | None = None
     reactions: Annotated[dict[str, list[str]], Field(
         description="Emoji -> the usernames who reacted with it")] | None = None
+    attachments: list[FileInfo] | None = None
+    preview: Annotated[LinkPreview, Field(description="Its first link's preview")] | None = None
 
 
 class Posted(Message):
@@ -438,6 +502,13 @@ class ReactionEvent(MessageEvent):
     user: Member
 
 
+class PreviewEvent(MessageEvent):
+    """A message's first link got its preview, or (preview null) its author removed it."""
+    type: Literal["preview"]
+    preview: LinkPreview | None
+    user: Member
+
+
 class MemberEvent(Wire):
     """Someone joined, left, was removed, banned or unbanned, or got a role."""
     type: Literal["member"]
@@ -467,7 +538,7 @@ class HistoryMessage(Message):
 
 
 RoomEvent = Annotated[HistoryMessage | EditEvent | DeleteEvent | ReactionEvent | MemberEvent
-                      | RoomInfoEvent, Field(discriminator="type")]
+                      | RoomInfoEvent | PreviewEvent, Field(discriminator="type")]
 
 
 class MessagePage(Wire):
@@ -495,8 +566,14 @@ class SocketQuery(Wire):
 class SendMessage(Wire):
     """Client -> server: post a message; it comes back through the stream."""
     type: Literal["message"]
-    message: Annotated[Required, Configured("max_message_chars")]
+    attachments: AttachmentIds = None
+    message: MessageText = None
     client_id: ClientId = None
+
+    @field_validator("message")
+    @classmethod
+    def check_text(cls, value: str | None, info: ValidationInfo) -> str:
+        return text_or_files(value, info)
 
 
 class Typing(Wire):
@@ -628,8 +705,8 @@ STREAM_CLIENT_FRAMES: list[type[Wire]] = [StreamSendMessage, StreamTyping, Strea
 STREAM_SERVER_FRAMES: list[type[Wire]] = [ChatsFrame, ChatFrame, ChatGoneFrame,
                                           StreamReadyFrame]
 SERVER_FRAMES: list[type[Wire]] = [MessageFrame, EditEvent, DeleteEvent, ReactionEvent,
-                                   MemberEvent, RoomInfoEvent, ReadyFrame, ErrorFrame, PresenceFrame,
-                                   TypingFrame, ReadFrame]
+                                   MemberEvent, RoomInfoEvent, PreviewEvent, ReadyFrame, ErrorFrame,
+                                   PresenceFrame, TypingFrame, ReadFrame]
 
 
 def one_of(kinds: list[type[Wire]]) -> Any:

@@ -10,6 +10,7 @@ import pydantic
 import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
+from chat.events import InvalidField
 from chat.frames import encode, text_frame
 from chat.hub import (
     CLOSE_INTERNAL_ERROR,
@@ -192,6 +193,14 @@ class ClientSocket(Authenticating, tornado.websocket.WebSocketHandler):
 
     def not_a_member(self, uri: str | None) -> None:
         self.close_with(CLOSE_POLICY, "no longer a member")
+    async def post(self, uri: str, frame: models.SendMessage) -> None:
+        """A message frame, with its attachments, posted to uri."""
+        try:
+            await self.services.files.post(self.user, uri, frame.message, frame.client_id,
+                                           frame.attachments)
+        except InvalidField as error:  # its attachments
+            self.send_error_frame("invalid", f"{error.field}: {error}", frame.client_id,
+                                  getattr(frame, "uri", None))
 
     def send_error_frame(self, code: str, message: str, client_id: str | None = None,
                          uri: str | None = None) -> None:
@@ -325,7 +334,7 @@ class ChatSocket(ClientSocket):
         self.services.hub.leave(self, self.uri)
 
     async def handle_message(self, frame: models.SendMessage) -> None:
-        await self.services.hub.post(self.user, self.uri, frame.message, frame.client_id)
+        await self.post(self.uri, frame)
 
     async def handle_typing(self, frame: models.Typing) -> None:
         await self.services.limits.users.signal(self.user)

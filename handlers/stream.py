@@ -49,7 +49,7 @@ class UserStreamSocket(ClientSocket):
 
     async def handle_message(self, frame: models.StreamSendMessage) -> None:
         self.services.streams.member(self.stream, frame.uri)
-        await self.services.hub.post(self.user, frame.uri, frame.message, frame.client_id)
+        await self.post(frame.uri, frame)
 
     async def handle_typing(self, frame: models.StreamTyping) -> None:
         self.services.streams.member(self.stream, frame.uri)

@@ -2,8 +2,9 @@
 
 Each module owns its collections and their indexes: `accounts` (users, tokens,
 failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
-read positions, the chat list), `eventlog` (the rooms' event log) and
-`blocks` (whom each user blocked); `base`
+read positions, the chat list), `eventlog` (the rooms' event log),
+`blocks` (whom each user blocked) and `files` (GridFS: uploads, thumbnails,
+preview images, the link preview cache); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -40,6 +41,7 @@ from chat.store.base import (
 )
 from chat.store.blocks import Blocks
 from chat.store.eventlog import EventLog
+from chat.store.files import CHUNK_BYTES, Files, UploadStream, object_id
 from chat.store.public import (
     EVENT_RENDERERS,
     public_event,
@@ -61,15 +63,46 @@ from chat.store.rooms import (
 
 __all__ = [
     "CHAT_PAGE",
-    "EVENT_RENDERERS", "KNOWN_MEMBERS", "KNOWN_ROOMS", "LATEST_SCAN", "PREVIEW_CHARS", "REQUEST_DEADLINE",
-    "UNREAD_CAP", "UNREAD_SCAN", "Banned", "ClientIdTaken", "Forbidden", "GroupCommit",
-    "NotAttempted", "NotFound", "NotMember", "SeqTaken", "Store", "Unavailable", "UsernameTaken",
-    "background", "budget", "guarded", "iso", "live_token_user", "new_room_uri", "now",
-    "public_event", "public_message", "public_user", "remember", "username_key", "write_error",
+    "CHUNK_BYTES",
+    "EVENT_RENDERERS",
+    "KNOWN_MEMBERS",
+    "KNOWN_ROOMS",
+    "LATEST_SCAN",
+    "PREVIEW_CHARS",
+    "REQUEST_DEADLINE",
+    "UNREAD_CAP",
+    "UNREAD_SCAN",
+    "Banned",
+    "ClientIdTaken",
+    "Files",
+    "Forbidden",
+    "GroupCommit",
+    "NotAttempted",
+    "NotFound",
+    "NotMember",
+    "SeqTaken",
+    "Store",
+    "Unavailable",
+    "UploadStream",
+    "UsernameTaken",
+    "background",
+    "budget",
+    "guarded",
+    "iso",
+    "live_token_user",
+    "new_room_uri",
+    "now",
+    "object_id",
+    "public_event",
+    "public_message",
+    "public_user",
+    "remember",
+    "username_key",
+    "write_error",
 ]
 
 
-class Store(Accounts, RateCounts, Rooms, EventLog, Blocks):
+class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files):
     """One client and its collections; each part's methods are in its own module."""
 
     def __init__(self, url: str, database: str, timeout_ms: int = 2500,
@@ -104,6 +137,7 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks):
         self.blocks = db.blocks
         self.init_rooms()
         self.init_event_log()
+        self.init_files(db)
 
     def deadline(self) -> float:
         """When an operation begun now must have ended (event loop time): the
@@ -122,6 +156,7 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks):
         await self.ensure_room_indexes()
         await self.ensure_event_indexes()
         await self.ensure_block_indexes()
+        await self.ensure_file_indexes()
 
     @guarded
     async def ping(self) -> None:

@@ -43,6 +43,10 @@ def public_message(doc: dict[str, Any]) -> dict[str, Any]:
         message["deleted"] = True
     if doc.get("reactions"):
         message["reactions"] = doc["reactions"]
+    if doc.get("attachments") and not doc.get("deleted"):
+        message["attachments"] = doc["attachments"]
+    if doc.get("preview"):
+        message["preview"] = doc["preview"]
     return message
 
 
@@ -78,6 +82,11 @@ def public_reaction(doc: dict[str, Any]) -> dict[str, Any]:
     return {**event_about(doc), "emoji": doc["emoji"], "op": doc["op"], "user": doc["user"]}
 
 
+def public_preview(doc: dict[str, Any]) -> dict[str, Any]:
+    """A link preview of a message, or (preview null) its removal."""
+    return {**event_about(doc), "preview": doc.get("preview"), "user": doc["user"]}
+
+
 def public_member(doc: dict[str, Any]) -> dict[str, Any]:
     member = {"seq": doc["seq"], "uri": doc["room"], "created": iso(doc["created"]),
               "op": doc["op"], "user": doc["user"], "by": doc["by"]}
@@ -103,6 +112,7 @@ EVENT_RENDERERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "delete": public_delete,
     "reaction": public_reaction,
     "member": public_member,
+    "preview": public_preview,
 }
 
 

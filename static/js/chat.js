@@ -3,6 +3,7 @@
 
 import { api, ApiError } from "./api.js";
 import { avatar, clear, h, icon } from "./dom.js";
+import { Uploader } from "./files.js";
 import { closePopover, showMenu } from "./menu.js";
 import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
@@ -16,7 +17,7 @@ const SEND_TIMEOUT_MS = 10_000;
 const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 400;
 // Room events that change a shown message.
-const MESSAGE_EVENTS = new Set(["edit", "delete", "reaction"]);
+const MESSAGE_EVENTS = new Set(["edit", "delete", "reaction", "preview"]);
 // Why the server closed our socket (1008) when we stopped being a member.
 const EXPELLED = {
   "removed from the chat": "You were removed from this chat.",
@@ -239,9 +240,10 @@ export class ChatView {
     this.sendButton = h("button", { type: "submit", class: "send", "aria-label": "Send", title: "Send",
       disabled: true }, icon("send"));
     this.counter = h("span", { class: "counter", "aria-live": "polite" });
-    const composer = h("form", { class: "composer", onsubmit: (event) => { event.preventDefault(); this.send(); } },
+    this.uploader = new Uploader(this.uri, { onError: (text) => this.app.toast(text) });
+    const composer = h("form", { class: "composer with-files", onsubmit: (event) => { event.preventDefault(); this.send(); } },
       h("label", { for: "composer-text", class: "visually-hidden", text: "Message" }),
-      this.input, this.sendButton,
+      this.uploader.button, this.uploader.input, this.input, this.sendButton,
       h("p", { id: "composer-hint", class: "composer-hint" },
         h("kbd", { text: "Enter" }), " to send, ", h("kbd", { text: "Shift" }), " + ", h("kbd", { text: "Enter" }),
         " for a new line", this.counter));
@@ -259,7 +261,8 @@ export class ChatView {
 
     this.typingLine = h("p", { class: "typing-line", "aria-live": "polite" });
     const pane = h("div", { class: "chat-pane" }, this.banner, this.scroller, this.pill, this.typingLine,
-      composer);
+      this.uploader.tray, composer);
+    this.uploader.listen(pane, this.input);
     // On narrow screens the details are a drawer over the chat: a tap beside it closes it.
     pane.addEventListener("click", (event) => {
       if (this.el.classList.contains("side-open")) {

@@ -3,13 +3,14 @@
 // them; the sender's own pending messages sit below them until their client_id
 // comes back on the stream.
 //
-// A message changes through events (edit, delete, reaction), each with its
+// A message changes through events (edit, delete, reaction, preview), each with its
 // own seq. Every message carries the seq of the last event that changed it
 // (last_event_seq): an event applies only when it is newer, and a copy of the
 // message (a history page, a catch-up) replaces the shown one only when newer,
 // so nothing is applied twice and an older page never undoes a change.
 
 import { avatar, h, icon, richText } from "./dom.js";
+import { fillFiles } from "./files.js";
 import { showPicker } from "./menu.js";
 import { hiddenBody, isBlocked, mentionsMe, messageBody } from "./people.js";
 
@@ -51,7 +52,10 @@ export function applyEvent(message, event) {
       edited: event.edited, html: event.html, mentions: event.mentions || [],
       mentions_room: Boolean(event.mentions_room) });
   } else if (event.type === "delete") {
-    Object.assign(next, { message: "", deleted: true, reactions: {}, html: "", mentions: [], mentions_room: false });
+    Object.assign(next, { message: "", deleted: true, reactions: {}, html: "", mentions: [], mentions_room: false,
+                          preview: null });
+  } else if (event.type === "preview") {
+    next.preview = event.preview;
   } else if (event.type === "reaction") {
     const reactions = { ...(message.reactions || {}) };
     const users = (reactions[event.emoji] || []).filter((name) => name !== event.user.username);
@@ -214,6 +218,7 @@ export class Timeline {
       mark.remove();
     }
     this.fillReactions(el, message);
+    fillFiles(el, message, this.me);
     el.querySelector(".msg-tools").hidden = Boolean(message.deleted);
   }
 
