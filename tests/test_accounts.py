@@ -312,7 +312,8 @@ def test_deleting_an_account_erases_it_and_keeps_its_messages(server, db):
     again = bob.http.post("/auth/users/create/", json={"username": bob.username,
                                                        "password": "pass-word-2"})
     assert again.status_code == 400 and "username" in again.json()
-    set_in_the_past(db.users, {"_id": ObjectId(bob_id)}, "deleted", days=31)
+    month_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=31)
+    db.users.update_one({"_id": ObjectId(bob_id)}, {"$set": {"deleted": month_ago.timestamp()}})
     again = bob.http.post("/auth/users/create/", json={"username": bob.username,
                                                        "password": "pass-word-2"})
     assert again.status_code == 201, again.text

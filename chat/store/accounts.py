@@ -82,7 +82,8 @@ class Accounts:
         """Rename the deleted account holding username, if it was deleted long
         enough ago, so that the name can be taken: whether it was."""
         holder = await self.users.find_one(
-            {"username_key": username_key(username), "deleted": {"$lt": now() - reuse_after}},
+            {"username_key": username_key(username),
+             "deleted": {"$lt": (now() - reuse_after).timestamp()}},
             {"_id": 1})
         if holder is None:
             return False
@@ -159,19 +160,23 @@ class Accounts:
         """(accounts, those seen since `since`), deleted ones left out."""
         live = {"deleted": {"$exists": False}}
         return (await self.users.count_documents(live),
-                await self.users.count_documents({**live, "last_seen": {"$gt": since}}))
+                await self.users.count_documents({**live,
+                                                  "last_seen": {"$gt": since.timestamp()}}))
 
     @guarded
     async def touch_last_seen(self, user_id: str) -> None:
-        await self.users.update_one({"_id": ObjectId(user_id)}, {"$max": {"last_seen": now()}})
+        # Times written by an update are epoch seconds: nx-27017 stores a
+        # datetime given to $set or $max as a string.
+        await self.users.update_one({"_id": ObjectId(user_id)},
+                                    {"$max": {"last_seen": now().timestamp()}})
 
     @guarded
     async def mark_deleted(self, user_id: str) -> dict | None:
         """The account as deleted: inactive, its personal data erased; its
-        username stays reserved (`deleted` is when) until it may be reused."""
+        username stays reserved (`deleted` is when, epoch seconds) until it may be reused."""
         return await self.users.find_one_and_update(
             {"_id": ObjectId(user_id), "deleted": {"$exists": False}},
-            {"$set": {"deleted": now(), "active": False, "email": "", "first_name": "",
+            {"$set": {"deleted": now().timestamp(), "active": False, "email": "", "first_name": "",
                       "last_name": ""},
              "$unset": {"password": "", "display_name": "", "avatar": "", "admin": ""}})
 

@@ -30,9 +30,9 @@ class Stats:
     async def content_counts(self) -> dict[str, Any]:
         """Rooms, messages (not other room events), files and their bytes. A
         count of messages scans the event log: for admins' occasional looks only."""
-        files = await self.files.aggregate(
-            [{"$group": {"_id": None, "count": {"$sum": 1}, "bytes": {"$sum": "$length"}}}]
-        ).to_list(None)
+        cursor = await self.files.aggregate(
+            [{"$group": {"_id": None, "count": {"$sum": 1}, "bytes": {"$sum": "$length"}}}])
+        files = await cursor.to_list(None)
         return {"rooms": await self.rooms.count_documents({}),
                 "messages": await self.messages.count_documents({"type": {"$exists": False}}),
                 "files": files[0]["count"] if files else 0,
