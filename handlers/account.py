@@ -26,7 +26,8 @@ class MeHandler(ApiHandler):
         self.reply(accounts.me(doc))
 
     @endpoint("Change the profile: display name, email, picture", "updateProfile",
-              body=models.ProfileUpdate, response=models.Me, errors=(503,))
+              body=models.ProfileUpdate, body_required=False, response=models.Me,
+              errors=(503,))
     async def patch(self, body: models.ProfileUpdate) -> None:
         fields = {name: getattr(body, name) for name in body.model_fields_set}
         if "display_name" in fields:
@@ -60,7 +61,7 @@ class AvatarUploadHandler(ApiHandler):
         self.request.body = body
 
     @endpoint("Set the profile picture (the image is the body)", "setAvatar",
-              response=models.Me, errors=(413, 503))
+              response=models.Me, errors=(400, 413, 503))
     async def put(self) -> None:
         if not self.request.body:
             raise field_error("avatar", "Send the image as the request's body.")

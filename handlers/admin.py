@@ -66,7 +66,7 @@ class UsersHandler(AdminHandler):
 
 class UserHandler(AdminHandler):
     @endpoint("Deactivate or reactivate a user, make them an admin or not", "adminUpdateUser",
-              body=models.AdminUserUpdate, response=models.AdminUser,
+              body=models.AdminUserUpdate, body_required=False, response=models.AdminUser,
               errors=(*ADMIN_ERRORS, 404))
     async def patch(self, username: str, body: models.AdminUserUpdate) -> None:
         by = await self.admin()

@@ -607,7 +607,8 @@ class Stats(Wire):
 
 
 class AuditQuery(Wire):
-    before: Annotated[Text | None, Field(pattern=r"^[0-9a-f]{24}$")] = None
+    before: Annotated[Text | None, Field(pattern=r"^(?:[0-9a-f]{24})?$",
+                                         description="The id of the last entry seen")] = None
 
 
 class AuditEntry(Wire):
