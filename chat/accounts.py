@@ -134,13 +134,11 @@ class AccountService:
                             base_url: str) -> float:
         """A forgotten password: 0, or the seconds this address must wait. The
         answer never says whether the account exists: the account is looked up
-        and mailed after it (when it has an email and has not asked too often)."""
+        and mailed after it (when it has an email and has not had
+        password_reset_per_account_per_hour mails this hour, by username or email)."""
         wait = await self.limits.reset_address.hit(address)
         if wait:
             return wait
-        given = (username or email or "").strip()
-        if await self.limits.reset_account.hit(given.casefold()):
-            return 0.0  # that account asked often enough: no more mail for now
         task = background(self.send_reset(username, email, base_url))
         self.sending.add(task)
         task.add_done_callback(self.sending.discard)
@@ -153,8 +151,11 @@ class AccountService:
             if (doc is None or not doc.get("email")
                     or not active(doc) or not self.mailer.enabled):
                 return
-            token = secrets.token_urlsafe(32)
             user_id = str(doc["_id"])
+            if await self.limits.reset_account.hit(user_id):
+                log.info("password reset for user %s not sent: asked too often", user_id)
+                return
+            token = secrets.token_urlsafe(32)
             await self.store.add_password_reset(token_hash(token), user_id, now() + RESET_TTL)
             link = f"{base_url}/#reset={token}"
             await self.mailer.send(
