@@ -307,6 +307,9 @@ def test_deleting_an_account_erases_it_and_keeps_its_messages(server, db):
                                "last_name": ""}
     shown = [m for m in alice.history(uri)["messages"] if m["id"] == posted["id"]]
     assert shown[0]["user"]["username"] == "Deleted user"
+    # Nobody can add the deleted account to a chat by its old name.
+    added = alice.request("PATCH", f"/api/chats/{uri}/", json={"username": bob.username})
+    assert added.status_code == 400 and "username" in added.json()
 
     # The username is kept for username_reuse_days, then free.
     again = bob.http.post("/auth/users/create/", json={"username": bob.username,

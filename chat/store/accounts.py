@@ -183,9 +183,11 @@ class Accounts:
     @guarded
     async def user_by_name(self, username: str) -> dict | None:
         """The account named username in any case; its exact spelling first (two
-        accounts made before names ignored case may differ only in case)."""
+        accounts made before names ignored case may differ only in case). A
+        deleted account has no name any more (it only keeps it from being taken)."""
         found = await self.users.find({"$or": [{"username": username},
-                                                {"username_key": username_key(username)}]},
+                                                {"username_key": username_key(username)}],
+                                       "deleted": {"$exists": False}},
                                       limit=2).to_list(None)
         return next((d for d in found if d["username"] == username), found[0] if found else None)
 
