@@ -173,10 +173,16 @@ def test_a_picture_is_checked_by_content_reencoded_and_served_safely(server, db)
     assert served.headers["X-Content-Type-Options"] == "nosniff"
     assert "sandbox" in served.headers["Content-Security-Policy"]
     assert Image.open(io.BytesIO(served.content)).size == (256, 128)
+    # A new picture replaces it: the old URL is gone.
+    again = api.request("PUT", "/auth/me/avatar/", content=png())
+    assert again.status_code == 200, again.text
+    assert api.http.get(again.json()["avatar"]).status_code == 200
+    assert api.http.get(url).status_code == 404
+    url = again.json()["avatar"]
     # Removed: the profile says none, and the old URL is gone.
     assert api.request("PATCH", "/auth/me/", json={"avatar": None}).json()["avatar"] is None
     assert api.http.get(url).status_code == 404
-    assert db.avatars.count_documents({"_id": api.user["id"]}) == 0
+    assert db.avatars.count_documents({"user_id": api.user["id"]}) == 0
 
 
 # Passwords ----------------------------------------------------------------
@@ -294,7 +300,7 @@ def test_deleting_an_account_erases_it_and_keeps_its_messages(server, db):
     assert doc["email"] == "" and "display_name" not in doc and "avatar" not in doc
     assert not doc["active"] and doc["deleted"]
     assert db.tokens.count_documents({"user_id": bob_id}) == 0
-    assert db.avatars.count_documents({"_id": bob_id}) == 0
+    assert db.avatars.count_documents({"user_id": bob_id}) == 0
     assert db.push_subscriptions.count_documents({"user_id": bob_id}) == 0
     assert db.blocks.count_documents({"user_id": bob_id}) == 0
     assert db.rooms.count_documents({"members": bob_id}) == 0

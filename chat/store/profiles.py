@@ -15,6 +15,7 @@ class Profiles:
     blocks of a deleted account (collections other issues fill) are erased here."""
 
     async def ensure_profile_indexes(self) -> None:
+        await self.avatars.create_index([("user_id", 1), ("version", 1)], name="user_version")
         await self.password_resets.create_index("user_id", name="user_id")
         await self.password_resets.create_index("expires", expireAfterSeconds=0,
                                                 name="expires_ttl")
@@ -22,19 +23,21 @@ class Profiles:
     @guarded
     async def save_avatar(self, user_id: str, version: str, data: bytes,
                           content_type: str) -> None:
-        """One picture per user, replaced by the next (its version is in its URL)."""
-        await self.avatars.replace_one(
-            {"_id": user_id},
-            {"_id": user_id, "version": version, "data": Binary(data), "type": content_type,
-             "saved": now()}, upsert=True)
+        """The user's new picture, then the end of the ones before (their URLs
+        name their version). Inserted, never replaced: nx-27017 cannot replace
+        a document holding binary data."""
+        await self.avatars.insert_one({"user_id": user_id, "version": version,
+                                       "data": Binary(data), "type": content_type,
+                                       "saved": now()})
+        await self.avatars.delete_many({"user_id": user_id, "version": {"$ne": version}})
 
     @guarded
     async def avatar(self, user_id: str, version: str) -> dict | None:
-        return await self.avatars.find_one({"_id": user_id, "version": version})
+        return await self.avatars.find_one({"user_id": user_id, "version": version})
 
     @guarded
     async def delete_avatar(self, user_id: str) -> None:
-        await self.avatars.delete_one({"_id": user_id})
+        await self.avatars.delete_many({"user_id": user_id})
 
     @guarded
     async def add_password_reset(self, token_hash: str, user_id: str,
@@ -60,7 +63,7 @@ class Profiles:
     async def erase_user_traces(self, user_id: str) -> None:
         """A deleted account's picture, reset links, push subscriptions and blocks
         (those it made and those naming it)."""
-        await self.avatars.delete_one({"_id": user_id})
+        await self.avatars.delete_many({"user_id": user_id})
         await self.password_resets.delete_many({"user_id": user_id})
         await self.push_subscriptions.delete_many({"user_id": user_id})
         await self.blocks.delete_many({"$or": [{"user_id": user_id}, {"blocked_id": user_id}]})
