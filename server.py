@@ -195,13 +195,12 @@ class ChatServer:
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens)
         limits = Limits(config, self.store)
         self.avatars = Avatars()
-        self.accounts = AccountService(config, self.store, self.passwords, self.tokens, self.hub,
-                                       Mailer(config), self.avatars, limits)
         self.process_id = f"{sockets.gethostname()}:{config.port}:{os.getpid()}"
-        self.census: asyncio.Task | None = None
+        self.accounts = AccountService(config, self.store, self.passwords, self.tokens, self.hub,
+                                       Mailer(config), self.avatars, limits, self.process_id)
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
                                  self.metrics, limits, RoomEvents(self.store, self.hub),
-                                 self.accounts, self.process_id)
+                                 self.accounts)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -214,7 +213,6 @@ class ChatServer:
         gc.set_threshold(*GC_THRESHOLDS)
         await self.broker.start()
         self.signals.start()
-        self.census = asyncio.ensure_future(self.accounts.record_census(self.process_id))
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
@@ -245,8 +243,6 @@ class ChatServer:
             log.warning("%d HTTP requests still running at shutdown", self.in_flight.count)
         self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")  # opened meanwhile
         await self.hub.stop()
-        if self.census is not None:
-            self.census.cancel()
         await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()
         if self.http is not None:

@@ -47,8 +47,8 @@ DELETED_NAME = "Deleted user"
 # Rooms whose members hear of a profile change at once (the newest first).
 PROFILE_ROOMS = 200
 DISPLAY_NAME_CHARS = 64
-# How often each process records its open sockets for the admins' stats.
-CENSUS_SECONDS = 10.0
+# How long the admins' stats wait for the other processes to count their sockets.
+CENSUS_WAIT = 0.5
 
 
 def token_hash(token: str) -> str:
@@ -63,7 +63,8 @@ def profile_brief(user: dict) -> dict:
 
 
 class AccountService:
-    def __init__(self, config, store, passwords, tokens, hub, mailer, avatars, limits):
+    def __init__(self, config, store, passwords, tokens, hub, mailer, avatars, limits,
+                 process_id: str):
         self.config = config
         self.store = store
         self.passwords = passwords
@@ -75,6 +76,11 @@ class AccountService:
         self.configured_admins = {username_key(name) for name in config.admins}
         # Mails being sent (a reset is answered before its mail goes).
         self.sending: set[asyncio.Task] = set()
+        self.process_id = process_id
+        # The socket counts of the stats being gathered: request id -> process -> sockets.
+        self.censuses: dict[str, dict[str, int]] = {}
+        hub.handle_notices("census_request", self.on_census_request)
+        hub.handle_notices("census", self.on_census)
 
     # Who is who -----------------------------------------------------------
 
@@ -355,21 +361,31 @@ class AccountService:
     def sockets_here(self) -> int:
         return sum(len(sockets) for sockets in self.hub.sockets_by_user.values())
 
-    async def stats(self, process_id: str) -> dict:
+    async def stats(self) -> dict:
         total, recent = await self.store.count_users(now() - datetime.timedelta(hours=24))
-        processes = {p["_id"]: p["sockets"]
-                     for p in await self.store.processes_since(now() - datetime.timedelta(
-                         seconds=3 * CENSUS_SECONDS))}
-        processes[process_id] = self.sockets_here()  # this one's, as of now
         return {"users": {"total": total, "active_24h": recent},
                 **await self.store.content_counts(),
-                "sockets": {"total": sum(processes.values()), "per_process": processes}}
+                "sockets": await self.census()}
 
-    async def record_census(self, process_id: str) -> None:
-        """Every CENSUS_SECONDS, this process's open sockets, for the stats."""
-        while True:
-            try:
-                await self.store.record_process(process_id, self.sockets_here())
-            except Exception:
-                log.warning("could not record this process's sockets", exc_info=True)
-            await asyncio.sleep(CENSUS_SECONDS)
+    async def census(self) -> dict:
+        """Every process's open sockets now: asked on the control exchange, the
+        answers that come within CENSUS_WAIT (this process's at once). Nothing
+        is written anywhere."""
+        request = uuid.uuid4().hex
+        answers: dict[str, int] = {}
+        self.censuses[request] = answers
+        try:
+            self.hub.notify({"type": "census_request", "id": request})
+            await asyncio.sleep(CENSUS_WAIT)
+        finally:
+            del self.censuses[request]
+        return {"total": sum(answers.values()), "per_process": dict(sorted(answers.items()))}
+
+    def on_census_request(self, notice: dict) -> None:
+        self.hub.notify({"type": "census", "id": notice.get("id"), "process": self.process_id,
+                         "sockets": self.sockets_here()})
+
+    def on_census(self, notice: dict) -> None:
+        answers = self.censuses.get(notice.get("id"))
+        if answers is not None and isinstance(notice.get("sockets"), int):
+            answers[str(notice.get("process"))] = notice["sockets"]

@@ -22,6 +22,7 @@ import asyncio
 import datetime
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from chat.broker import AmqpBroker, MemoryBroker, backoff_delay
@@ -140,6 +141,8 @@ class Hub:
         self.sequencer = Sequencer(store, metrics)
         # The process's cache of live tokens, told of logouts and refreshes.
         self.tokens = tokens
+        # Control notices of other modules' own types: type -> what acts on one.
+        self.notice_handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.rooms: dict[str, Room] = {}
         self.sockets_by_user: dict[str, set[Socket]] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -587,6 +590,10 @@ class Hub:
         next use reads the user as it is now (a changed profile)."""
         self.notify({"type": "user_changed", "user_id": user_id})
 
+    def handle_notices(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Control notices of type `kind` (from any process, this one too) go to handler."""
+        self.notice_handlers[kind] = handler
+
     def expel(self, uri: str, user_id: str, reason: str) -> None:
         """A member left, was removed or banned: every process forgets their
         membership and closes their sockets of the room (1008, `reason`)."""
@@ -626,6 +633,8 @@ class Hub:
                 for sock in list(self.sockets_by_user.get(user_id, ())):
                     if sock.token_id != keep:
                         sock.close_with(CLOSE_POLICY, str(notice.get("reason", "signed out")))
+        elif notice.get("type") in self.notice_handlers:
+            self.notice_handlers[notice["type"]](notice)
         elif notice.get("type") == "expel":
             uri, user_id = notice.get("uri"), notice.get("user_id")
             if not isinstance(uri, str) or not isinstance(user_id, str):

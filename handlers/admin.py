@@ -85,7 +85,7 @@ class StatsHandler(AdminHandler):
               response=models.Stats, errors=ADMIN_ERRORS)
     async def get(self) -> None:
         await self.admin()
-        self.reply(await self.services.accounts.stats(self.services.process_id))
+        self.reply(await self.services.accounts.stats())
 
 
 class AuditHandler(AdminHandler):

@@ -247,7 +247,7 @@ class Services:
     """What every handler needs, built once in server.py."""
 
     def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events,
-                 accounts=None, process_id: str = ""):
+                 accounts=None):
         self.config = config
         self.store = store
         self.tokens = tokens
@@ -257,7 +257,6 @@ class Services:
         self.limits = limits
         self.events = events
         self.accounts = accounts
-        self.process_id = process_id
 
 
 class Authenticating:

@@ -14,7 +14,7 @@ from bson import ObjectId
 from pymongo import MongoClient
 
 from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, next_frame, two_members
+from tests.helpers import Api, ServerProcess, next_frame, two_members, wait_until
 from tests.test_accounts import set_in_the_past
 
 ADMIN_PATHS = [("GET", "/api/admin/invites/"), ("POST", "/api/admin/invites/"),
@@ -235,6 +235,14 @@ def test_password_change_and_deactivation_close_sockets_on_the_other_process(two
                 websockets.connect(other_device.ws_url(uri, since=0, base_url=second.url)) as cut:
             await next_frame(kept, "ready")
             await next_frame(cut, "ready")
+            # The stats count the sockets of every process on the broker that
+            # answers in time (under load, a later ask): both sockets are on the second.
+            def census():
+                counted = admin.request("GET", "/api/admin/stats/").json()["sockets"]["per_process"]
+                return {int(name.split(":")[-2]): n for name, n in counted.items()}
+            ports = wait_until(lambda: (found := census()).keys() >= {first.port, second.port}
+                               and found, 10, "both processes counted")
+            assert (ports[first.port], ports[second.port]) == (0, 2)
             reply = bob.request("POST", "/auth/password/", json={
                 "old_password": bob.password, "new_password": "new-pass-word-1"})
             assert reply.status_code == 204, reply.text

@@ -3,8 +3,8 @@
 Each module owns its collections and their indexes: `accounts` (users, tokens,
 failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
 read positions, the chat list), `eventlog` (the rooms' event log), `invites`,
-`audit`, `profiles` (pictures, password resets) and `stats` (counts, the
-processes' sockets); `base`
+`audit`, `profiles` (pictures, password resets) and `stats` (what the admins'
+stats count); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -138,7 +138,6 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Invites, Audit, Profiles, Sta
         self.password_resets = db.password_resets
         self.push_subscriptions = db.push_subscriptions
         self.blocks = db.blocks
-        self.processes = db.processes
         self.files = db["fs.files"]
         self.init_rooms()
         self.init_event_log()
@@ -162,7 +161,6 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Invites, Audit, Profiles, Sta
         await self.ensure_invite_indexes()
         await self.ensure_audit_indexes()
         await self.ensure_profile_indexes()
-        await self.ensure_stats_indexes()
 
     @guarded
     async def ping(self) -> None:

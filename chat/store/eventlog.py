@@ -181,7 +181,6 @@ class EventLog:
             {"room": uri, "target_seq": target_seq, "type": "edit", "message": {"$exists": True}},
             {"$unset": {"message": ""}})
 
-
     @guarded
     async def disown_events(self, user_id: str, name: str, erase: bool) -> None:
         """A deleted account's events show `name` as their author; with erase,

@@ -1,30 +1,15 @@
-"""What the admins' stats count, and each process's open sockets (the
-processes collection: each process writes its own count now and then)."""
+"""What the admins' stats count (each process counts its own sockets:
+AccountService.census)."""
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
-from chat.store.base import guarded, now
+from chat.store.base import guarded
 
 
 class Stats:
-    """The processes collection: {_id: process id, sockets, at}."""
-
-    async def ensure_stats_indexes(self) -> None:
-        # A process that stopped is dropped a while after its last word.
-        await self.processes.create_index("at", expireAfterSeconds=300, name="at_ttl")
-
-    @guarded
-    async def record_process(self, process_id: str, sockets: int) -> None:
-        await self.processes.replace_one({"_id": process_id},
-                                         {"_id": process_id, "sockets": sockets, "at": now()},
-                                         upsert=True)
-
-    @guarded
-    async def processes_since(self, since: datetime.datetime) -> list[dict]:
-        return await self.processes.find({"at": {"$gt": since}}).sort("_id").to_list(None)
+    """Counts over the rooms, messages and files collections."""
 
     @guarded
     async def content_counts(self) -> dict[str, Any]:
