@@ -10,8 +10,10 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import re
 import signal
+import socket as sockets
 import sys
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import tornado.web
 
 from chat import config as chat_config
 from chat import embedded, logs
+from chat.accounts import AccountService
+from chat.avatars import Avatars
 from chat.blocks import BlockList
 from chat.broker import AmqpBroker, MemoryBroker
 from chat.compose import Composer
@@ -29,6 +33,7 @@ from chat.fetch import Fetcher
 from chat.files import Files
 from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import Limit
+from chat.mail import Mailer
 from chat.mentions import People
 from chat.metrics import Metrics
 from chat.passwords import Passwords
@@ -39,7 +44,7 @@ from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.streams import Streams
 from chat.tokens import Tokens
-from handlers import auth, chats, dms, files, messages, openapi, ops, pages, socket, stream
+from handlers import account, admin, auth, chats, dms, files, messages, openapi, ops, pages, socket, stream
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -73,6 +78,9 @@ class Limits:
                                 member_changes_per_minute=config.user_member_changes_per_minute,
                                 signals_per_minute=config.user_signals_per_minute,
                                 logouts_per_minute=config.user_logouts_per_minute)
+        self.reset_address = Limit(store, "reset_ip", config.password_reset_per_ip_per_hour, 3600.0)
+        self.reset_account = Limit(store, "reset_account",
+                                   config.password_reset_per_account_per_hour, 3600.0)
 
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
@@ -81,7 +89,20 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (r"/auth/jwt/create/", auth.LoginHandler),
         (r"/auth/jwt/refresh/", auth.RefreshHandler),
         (r"/auth/logout/", auth.LogoutHandler),
-        (r"/auth/me/", auth.MeHandler),
+        # Accounts and the operator (chat/accounts.py).
+        (r"/auth/me/", account.MeHandler),
+        (r"/auth/me/avatar/", account.AvatarUploadHandler),
+        (r"/auth/password/", account.PasswordHandler),
+        (r"/auth/password/reset/", account.PasswordResetHandler),
+        (r"/auth/password/reset/confirm/", account.PasswordResetConfirmHandler),
+        (r"/auth/sessions/others/", account.SignOutOthersHandler),
+        (r"/api/avatars/([0-9a-f]{24})/([0-9a-f]{12})/", account.AvatarHandler),
+        (r"/api/admin/invites/", admin.InvitesHandler),
+        (r"/api/admin/invites/([A-Za-z0-9_-]+)/", admin.InviteHandler),
+        (r"/api/admin/users/", admin.UsersHandler),
+        (r"/api/admin/users/([^/]+)/", admin.UserHandler),
+        (r"/api/admin/stats/", admin.StatsHandler),
+        (r"/api/admin/audit/", admin.AuditHandler),
         (r"/api/chats/", chats.ChatsHandler),
         (rf"/api/chats/{URI}/", chats.ChatHandler),
         (rf"/api/chats/{URI}/messages/", messages.MessagesHandler),
@@ -196,6 +217,7 @@ class ChatServer:
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens,
                        max_sockets_per_user=config.max_sockets_per_user)
+        limits = Limits(config, self.store)
         # Talking to people: a room's people cached for the post path, Markdown
         # rendered once per message, DMs and blocks.
         self.people = People(self.store, self.hub, config.mention_room_max_without_role)
@@ -211,11 +233,16 @@ class ChatServer:
         self.files = Files(self.store, self.hub, self.previews, config.max_upload_bytes,
                            config.upload_quota_bytes)
         self.previews.files = self.files
+        # Accounts and the operator.
+        self.avatars = Avatars()
+        self.process_id = f"{sockets.gethostname()}:{config.port}:{os.getpid()}"
+        self.accounts = AccountService(config, self.store, self.passwords, self.tokens, self.hub,
+                                       Mailer(config), self.avatars, limits, self.process_id)
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
-                                 self.metrics, Limits(config, self.store), events,
+                                 self.metrics, limits, events,
                                  Streams(self.hub, self.store, config.max_subscriptions),
                                  direct, BlockList(self.store, self.people, events),
-                                 self.files, self.previews)
+                                 self.files, self.previews, self.accounts)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -268,6 +295,7 @@ class ChatServer:
         await self.store.close()
         self.passwords.close()
         self.renderer.close()
+        self.avatars.close()
         self.metrics.unwatch_gc()
 
 

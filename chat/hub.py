@@ -186,6 +186,8 @@ class Hub:
         self.on_room_people = None
         # The process's cache of live tokens, told of logouts and refreshes.
         self.tokens = tokens
+        # Control notices of other modules' own types: type -> what acts on one.
+        self.notice_handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.rooms: dict[str, Room] = {}
         # Every socket of a user here, room sockets and user streams alike
         # (admitted before its first await, so the cap holds under a storm).
@@ -793,6 +795,23 @@ class Hub:
         self.notify({"type": "logout" if close_sockets else "token_revoked",
                      "user_id": user_id, "token_id": token_id})
 
+    def revoke_user(self, user_id: str, keep_token: str | None = None,
+                    reason: str = "signed out") -> None:
+        """Every process forgets the user's tokens (but keep_token) and closes
+        their sockets opened with them: password change or reset, deactivation,
+        deletion (accounts)."""
+        self.notify({"type": "logout_user", "user_id": user_id, "keep_token": keep_token,
+                     "reason": reason})
+
+    def user_changed(self, user_id: str) -> None:
+        """Every process forgets the user's tokens it believed live, so their
+        next use reads the user as it is now (a changed profile)."""
+        self.notify({"type": "user_changed", "user_id": user_id})
+
+    def handle_notices(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Control notices of type `kind` (from any process, this one too) go to handler."""
+        self.notice_handlers[kind] = handler
+
     def expel(self, uri: str, user_id: str, reason: str) -> None:
         """A member left, was removed or banned: every process forgets their
         membership and closes their sockets of the room (1008, `reason`)."""
@@ -804,7 +823,7 @@ class Hub:
         body = encode(notice)
         self.on_control(body)
         self.broker.publish_control(body)
-        if notice["type"] in ("logout", "token_revoked"):
+        if notice["type"] in ("logout", "token_revoked", "logout_user", "user_changed"):
             self.revocations.append((asyncio.get_running_loop().time(), body))
 
     def on_control(self, body: bytes) -> None:
@@ -832,6 +851,18 @@ class Hub:
         elif notice.get("type") == "room_people":
             if self.on_room_people is not None and isinstance(notice.get("uri"), str):
                 self.on_room_people(notice["uri"])
+        elif notice.get("type") in ("logout_user", "user_changed"):
+            user_id, keep = notice.get("user_id"), notice.get("keep_token")
+            if not isinstance(user_id, str):
+                return
+            if self.tokens is not None:
+                self.tokens.forget_user(user_id, keep if isinstance(keep, str) else None)
+            if notice["type"] == "logout_user":
+                for sock in list(self.sockets_by_user.get(user_id, ())):
+                    if sock.token_id != keep:
+                        sock.close_with(CLOSE_POLICY, str(notice.get("reason", "signed out")))
+        elif notice.get("type") in self.notice_handlers:
+            self.notice_handlers[notice["type"]](notice)
         elif notice.get("type") == "expel":
             uri, user_id = notice.get("uri"), notice.get("user_id")
             if not isinstance(uri, str) or not isinstance(user_id, str):

@@ -247,7 +247,7 @@ class Services:
     """What every handler needs, built once in server.py."""
 
     def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events, streams,
-                 dms=None, blocks=None, files=None, previews=None):
+                 dms=None, blocks=None, files=None, previews=None, accounts=None):
         self.config = config
         self.streams = streams
         self.store = store
@@ -261,6 +261,7 @@ class Services:
         self.blocks = blocks  # chat.blocks.BlockList
         self.files = files
         self.previews = previews
+        self.accounts = accounts
 
 
 class Authenticating:

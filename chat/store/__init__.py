@@ -3,8 +3,9 @@
 Each module owns its collections and their indexes: `accounts` (users, tokens,
 failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
 read positions, the chat list), `eventlog` (the rooms' event log),
-`blocks` (whom each user blocked) and `files` (GridFS: uploads, thumbnails,
-preview images, the link preview cache); `base`
+`blocks` (whom each user blocked), `files` (GridFS: uploads, thumbnails,
+preview images, the link preview cache), `invites`, `audit`, `profiles`
+(pictures, password resets) and `stats` (what the admins' stats count); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -19,6 +20,7 @@ import asyncio
 from pymongo import AsyncMongoClient
 
 from chat.store.accounts import Accounts, live_token_user, username_key
+from chat.store.audit import Audit
 from chat.store.base import (
     REQUEST_DEADLINE,
     Banned,
@@ -42,8 +44,11 @@ from chat.store.base import (
 from chat.store.blocks import Blocks
 from chat.store.eventlog import EventLog
 from chat.store.files import CHUNK_BYTES, Files, UploadStream, object_id
+from chat.store.invites import Invites
+from chat.store.profiles import Profiles
 from chat.store.public import (
     EVENT_RENDERERS,
+    active,
     public_event,
     public_message,
     public_user,
@@ -60,6 +65,7 @@ from chat.store.rooms import (
     Rooms,
     new_room_uri,
 )
+from chat.store.stats import Stats
 
 __all__ = [
     "CHAT_PAGE",
@@ -85,6 +91,7 @@ __all__ = [
     "Unavailable",
     "UploadStream",
     "UsernameTaken",
+    "active",
     "background",
     "budget",
     "guarded",
@@ -102,7 +109,7 @@ __all__ = [
 ]
 
 
-class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files):
+class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files, Invites, Audit, Profiles, Stats):
     """One client and its collections; each part's methods are in its own module."""
 
     def __init__(self, url: str, database: str, timeout_ms: int = 2500,
@@ -134,6 +141,11 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files):
         self.rate_counts = db.rate_counts
         self.rooms = db.rooms
         self.messages = db.messages
+        self.invites = db.invites
+        self.audit = db.audit
+        self.avatars = db.avatars
+        self.password_resets = db.password_resets
+        self.push_subscriptions = db.push_subscriptions
         self.blocks = db.blocks
         self.init_rooms()
         self.init_event_log()
@@ -157,6 +169,9 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files):
         await self.ensure_event_indexes()
         await self.ensure_block_indexes()
         await self.ensure_file_indexes()
+        await self.ensure_invite_indexes()
+        await self.ensure_audit_indexes()
+        await self.ensure_profile_indexes()
 
     @guarded
     async def ping(self) -> None:

@@ -13,6 +13,7 @@ import { avatar, h, icon, richText } from "./dom.js";
 import { fillFiles } from "./files.js";
 import { showPicker } from "./menu.js";
 import { hiddenBody, isBlocked, mentionsMe, messageBody } from "./people.js";
+import { personAvatar, personName } from "./profiles.js";
 
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 
@@ -369,14 +370,14 @@ export class Timeline {
       h(
         "div",
         { class: "msg-row" },
-        mine ? null : avatar(user.username, "msg-avatar"),
+        mine ? null : personAvatar(user, "msg-avatar"),
         h(
           "div",
           { class: "msg-main" },
           h(
             "div",
             { class: "bubble" },
-            mine ? null : h("div", { class: "author", text: user.username }),
+            mine ? null : personName(user, { class: "author" }, "div"),
             body,
             h("div", { class: "foot" }, time, h("span", { class: "status" })),
           ),
