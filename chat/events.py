@@ -355,19 +355,20 @@ class RoomEvents:
             "user": brief(user), "user_id": user["id"]}, counted=add)
 
     async def current(self, docs: list[dict]) -> list[dict]:
-        """A history page with the stored events of its messages that have
-        changes in flight folded in (their writers have not saved them yet, or
-        died first)."""
+        """A history page (or the chat list's latest messages, of several rooms)
+        with the stored events of its messages that have changes in flight
+        folded in (their writers have not saved them yet, or died first)."""
         messages = [doc for doc in docs if doc.get("type") is None and doc.get("changing")]
         if not messages:
             return docs
-        unsaved: dict[int, list[dict]] = {}
+        unsaved: dict[tuple[str, int], list[dict]] = {}
         for event in await self.store.unsaved_events(messages):
-            unsaved.setdefault(event["target_seq"], []).append(event)
+            unsaved.setdefault((event["room"], event["target_seq"]), []).append(event)
         if not unsaved:
             return docs
-        return [{**doc, **fold(doc, unsaved[doc["seq"]])}
-                if doc.get("type") is None and doc["seq"] in unsaved else doc for doc in docs]
+        return [{**doc, **fold(doc, unsaved[doc["room"], doc["seq"]])}
+                if doc.get("type") is None and (doc["room"], doc["seq"]) in unsaved else doc
+                for doc in docs]
 
     async def settle(self, uri: str, message: dict, saves_change: bool = False) -> dict:
         """The message with every stored event about it folded in, and saved so;

@@ -148,10 +148,11 @@ class EventLog:
 
     @guarded
     async def unsaved_events(self, messages: list[dict]) -> list[dict]:
-        """The events about these messages (of one room) that their saved state
-        may not include yet, in seq order."""
-        cursor = self.messages.find({"room": messages[0]["room"], "$or": [
-            {"target_seq": m["seq"], "seq": {"$gt": m.get("last_event_seq", m["seq"])}}
+        """The events about these messages (of one room or several) that their
+        saved state may not include yet, in seq order."""
+        cursor = self.messages.find({"$or": [
+            {"room": m["room"], "target_seq": m["seq"],
+             "seq": {"$gt": m.get("last_event_seq", m["seq"])}}
             for m in messages]})
         return await cursor.sort("seq", ASCENDING).to_list(None)
 
