@@ -29,6 +29,7 @@ from chat.passwords import Passwords
 from chat.quotas import UserLimits
 from chat.signals import Signals
 from chat.store import Store, Unavailable
+from chat.sweeper import Sweeper
 from chat.tokens import Tokens
 from handlers import auth, chats, messages, openapi, ops, pages, socket
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
@@ -181,6 +182,8 @@ class ChatServer:
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
                                  self.metrics, Limits(config, self.store),
                                  RoomEvents(self.store, self.hub))
+        self.sweeper = Sweeper(self.store, self.services.events, config.changes_sweep_seconds,
+                               config.changes_stale_seconds)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -193,6 +196,7 @@ class ChatServer:
         gc.set_threshold(*GC_THRESHOLDS)
         await self.broker.start()
         self.signals.start()
+        self.sweeper.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
@@ -222,6 +226,7 @@ class ChatServer:
         if not await drained:
             log.warning("%d HTTP requests still running at shutdown", self.in_flight.count)
         self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")  # opened meanwhile
+        await self.sweeper.stop()
         await self.hub.stop()
         await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()

@@ -52,6 +52,8 @@ class Config:
     user_member_changes_per_minute: int = 100
     user_signals_per_minute: int = 600
     user_logouts_per_minute: int = 30
+    changes_sweep_seconds: float = 10.0
+    changes_stale_seconds: float = 30.0
     max_sockets_per_user: int = 10
     presence_enabled: bool = True
     presence_grace_seconds: float = 10.0
@@ -91,7 +93,7 @@ class Config:
                               "it cannot be combined with other URLs")
         for name in ("port", "listen_backlog", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes",
                      "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds",
-                     "ws_ready_timeout"):
+                     "ws_ready_timeout", "changes_sweep_seconds", "changes_stale_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.presence_grace_seconds < 0:

@@ -370,6 +370,15 @@ class RoomEvents:
                 if doc.get("type") is None and (doc["room"], doc["seq"]) in unsaved else doc
                 for doc in docs]
 
+    async def finish(self, message: dict) -> None:
+        """Finish the changes left in flight on a message (a save that failed, a
+        process that died): fold and save them, erase a deleted one's edits,
+        and count none in flight. Idempotent, on any process (chat/sweeper.py)."""
+        settled = await self.settle(message["room"], message)
+        if settled.get("deleted"):
+            await self.store.erase_edits(message["room"], message["seq"])
+        await self.store.end_changes(message)  # unless a change began since it was read
+
     async def settle(self, uri: str, message: dict, saves_change: bool = False) -> dict:
         """The message with every stored event about it folded in, and saved so;
         `saves_change`: the caller's counted change is among them."""
@@ -385,9 +394,11 @@ class RoomEvents:
                     await self.store.count_change(message, -1)
                 return message
             state = fold(message, events)
+            if state["deleted"]:
+                # Before the state is saved: a process that dies in between
+                # leaves the change counted, for the next change or the sweeper.
+                await self.store.erase_edits(uri, message["seq"])
             if await self.store.save_message_state(message, state, saves_change):
-                if state["deleted"]:
-                    await self.store.erase_edits(uri, message["seq"])
                 return {**message, **state}
             message = await self.store.message_at(uri, message["seq"])
         raise Unavailable(f"message {message['_id']} changes faster than it can be saved")
