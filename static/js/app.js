@@ -5,6 +5,7 @@
 import { api, ApiError } from "./api.js";
 import { ChatView, chatTitle } from "./chat.js";
 import { avatar, h, icon } from "./dom.js";
+import { loadMoreOnScroll } from "./morechats.js";
 import { installNotifications, setTitle } from "./notify.js";
 import { onReadElsewhere } from "./signals.js";
 
@@ -251,9 +252,9 @@ class App {
 
   // The rows of my chats, all from one request: names, latest message, unread count.
   async listChats(list, status) {
-    let rooms;
+    let page;
     try {
-      rooms = await api.chats();
+      page = await api.chatPage();
     } catch (caught) {
       if (caught.status === 401) {
         this.signedOut();
@@ -263,6 +264,7 @@ class App {
       return;
     }
     if (!list.isConnected) return;
+    const rooms = page.chats;
     if (!rooms.length) {
       status.replaceChildren(h("div", { class: "empty-card" },
         h("h2", { text: "No chats yet" }),
@@ -271,6 +273,7 @@ class App {
     }
     status.remove();
     list.replaceChildren(...rooms.map((room) => this.chatItem(room)));
+    loadMoreOnScroll(list, page, (room) => this.chatItem(room));
   }
 
   chatItem(room) {
