@@ -25,7 +25,14 @@ The order of the two writes each change makes:
   so a ban holds before anyone hears of it), then the control notice that
   closes the member's sockets in every process, then the event. A process
   that dies before the event leaves the change made but unannounced; the
-  room's members list shows it.
+  room's members list shows it. Each permission change re-checks the ranks
+  that allowed it in its update's filter (chat/store/rooms.py: `moderates`,
+  `outranks`), so of two racing changes the second matches nothing and is
+  answered 403/404 (what changed) or 409: the owner is always a member.
+- Edits take their version from a counter on the message as they begin, and
+  a new emoji holds one of the message's MAX_REACTIONS places before its
+  event is stored, so neither depends on an earlier read. A change left in
+  flight (a failed save, a dead process) is finished by chat/sweeper.py.
 """
 
 from __future__ import annotations
