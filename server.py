@@ -43,6 +43,7 @@ from chat.render import Renderer
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.streams import Streams
+from chat.sweeper import Sweeper
 from chat.tokens import Tokens
 from handlers import account, admin, auth, chats, dms, files, messages, openapi, ops, pages, socket, stream
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
@@ -240,9 +241,12 @@ class ChatServer:
                                        Mailer(config), self.avatars, limits, self.process_id)
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
                                  self.metrics, limits, events,
-                                 Streams(self.hub, self.store, config.max_subscriptions),
+                                 Streams(self.hub, self.store, events.current,
+                                         config.max_subscriptions),
                                  direct, BlockList(self.store, self.people, events),
                                  self.files, self.previews, self.accounts)
+        self.sweeper = Sweeper(self.store, self.services.events, config.changes_sweep_seconds,
+                               config.changes_stale_seconds)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -256,6 +260,7 @@ class ChatServer:
         await self.broker.start()
         self.signals.start()
         self.files.start()
+        self.sweeper.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
@@ -285,6 +290,7 @@ class ChatServer:
         if not await drained:
             log.warning("%d HTTP requests still running at shutdown", self.in_flight.count)
         self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")  # opened meanwhile
+        await self.sweeper.stop()
         await self.hub.stop()
         await self.previews.stop()
         await self.files.stop()

@@ -52,6 +52,8 @@ class Config:
     user_member_changes_per_minute: int = 100
     user_signals_per_minute: int = 600
     user_logouts_per_minute: int = 30
+    changes_sweep_seconds: float = 10.0
+    changes_stale_seconds: float = 30.0
     max_sockets_per_user: int = 10
     max_subscriptions: int = 10
     presence_enabled: bool = True
@@ -119,7 +121,7 @@ class Config:
                      "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds",
                      "ws_ready_timeout", "render_timeout_seconds", "render_threads",
                      "max_upload_bytes", "upload_quota_bytes", "link_preview_timeout_seconds",
-                     "avatar_max_bytes"):
+                     "avatar_max_bytes", "changes_sweep_seconds", "changes_stale_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.signup not in ("open", "invite", "closed"):

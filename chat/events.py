@@ -26,7 +26,14 @@ The order of the two writes each change makes:
   so a ban holds before anyone hears of it), then the control notice that
   closes the member's sockets in every process, then the event. A process
   that dies before the event leaves the change made but unannounced; the
-  room's members list shows it.
+  room's members list shows it. Each permission change re-checks the ranks
+  that allowed it in its update's filter (chat/store/rooms.py: `moderates`,
+  `outranks`), so of two racing changes the second matches nothing and is
+  answered 403/404 (what changed) or 409: the owner is always a member.
+- Edits take their version from a counter on the message as they begin, and
+  a new emoji holds one of the message's MAX_REACTIONS places before its
+  event is stored, so neither depends on an earlier read. A change left in
+  flight (a failed save, a dead process) is finished by chat/sweeper.py.
 """
 
 from __future__ import annotations
@@ -390,19 +397,29 @@ class RoomEvents:
             "user": brief(user), "user_id": user["id"]}, counted=add)
 
     async def current(self, docs: list[dict]) -> list[dict]:
-        """A history page with the stored events of its messages that have
-        changes in flight folded in (their writers have not saved them yet, or
-        died first)."""
+        """A history page (or the chat list's latest messages, of several rooms)
+        with the stored events of its messages that have changes in flight
+        folded in (their writers have not saved them yet, or died first)."""
         messages = [doc for doc in docs if doc.get("type") is None and doc.get("changing")]
         if not messages:
             return docs
-        unsaved: dict[int, list[dict]] = {}
+        unsaved: dict[tuple[str, int], list[dict]] = {}
         for event in await self.store.unsaved_events(messages):
-            unsaved.setdefault(event["target_seq"], []).append(event)
+            unsaved.setdefault((event["room"], event["target_seq"]), []).append(event)
         if not unsaved:
             return docs
-        return [{**doc, **fold(doc, unsaved[doc["seq"]])}
-                if doc.get("type") is None and doc["seq"] in unsaved else doc for doc in docs]
+        return [{**doc, **fold(doc, unsaved[doc["room"], doc["seq"]])}
+                if doc.get("type") is None and (doc["room"], doc["seq"]) in unsaved else doc
+                for doc in docs]
+
+    async def finish(self, message: dict) -> None:
+        """Finish the changes left in flight on a message (a save that failed, a
+        process that died): fold and save them, erase a deleted one's edits,
+        and count none in flight. Idempotent, on any process (chat/sweeper.py)."""
+        settled = await self.settle(message["room"], message)
+        if settled.get("deleted"):
+            await self.store.erase_edits(message["room"], message["seq"])
+        await self.store.end_changes(message)  # unless a change began since it was read
 
     async def settle(self, uri: str, message: dict, saves_change: bool = False) -> dict:
         """The message with every stored event about it folded in, and saved so;
@@ -419,9 +436,11 @@ class RoomEvents:
                     await self.store.count_change(message, -1)
                 return message
             state = fold(message, events)
+            if state["deleted"]:
+                # Before the state is saved: a process that dies in between
+                # leaves the change counted, for the next change or the sweeper.
+                await self.store.erase_edits(uri, message["seq"])
             if await self.store.save_message_state(message, state, saves_change):
-                if state["deleted"]:
-                    await self.store.erase_edits(uri, message["seq"])
                 return {**message, **state}
             message = await self.store.message_at(uri, message["seq"])
         raise Unavailable(f"message {message['_id']} changes faster than it can be saved")

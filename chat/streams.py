@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chat.frames import encode, text_frame
@@ -105,9 +106,11 @@ class UserStream:
 
 
 class Streams:
-    def __init__(self, hub: Hub, store: Store, max_subscriptions: int = 10):
+    def __init__(self, hub: Hub, store: Store, current: Callable[[list[dict]], Awaitable[list[dict]]],
+                 max_subscriptions: int = 10):
         self.hub = hub
         self.store = store
+        self.current = current  # RoomEvents.current: the chat list's previews, folded
         self.max_subscriptions = max_subscriptions
         self.by_user: dict[str, set[UserStream]] = {}
         # Snapshots read at once: in a connect storm the rest wait their turn
@@ -129,7 +132,8 @@ class Streams:
                     self.enter(stream, uri, 0)
             await asyncio.gather(*(asyncio.shield(room.started) for _, room, _ in stream.pending))
             known = self.hub.signals.reads_of(user_id)
-            chats = await self.store.chat_list(user_id, known, stream.user["username"])
+            chats, _ = await self.store.chat_list(user_id, known, current=self.current,
+                                                  username=stream.user["username"])
         if stream.closed:
             return
         stream.send({"type": "chats", "chats": chats})
@@ -218,8 +222,8 @@ class Streams:
         stream = entry.stream
         await asyncio.shield(room.started)
         known = self.hub.signals.reads_of(stream.user["id"])
-        chats = await self.store.chat_list(stream.user["id"], known, stream.user["username"],
-                                           uri=entry.uri)
+        chats, _ = await self.store.chat_list(stream.user["id"], known, current=self.current,
+                                              username=stream.user["username"], uri=entry.uri)
         if stream.entries.get(entry.uri) is not entry or stream.closed:
             return
         if not chats:  # left again before we could look

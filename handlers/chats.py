@@ -47,12 +47,20 @@ class ChatsHandler(ApiHandler):
         self.reply({"status": "SUCCESS", "uri": room["uri"],
                     "message": "New chat session created"})
 
-    @endpoint("My chats, newest activity first", "listChats",
-              response=list[models.ChatSummary], errors=(503,))
-    async def get(self) -> None:
+    @endpoint("My chats, newest activity first: the first 200 as a list (as ever), or a "
+              "page with has_more when asked with before= or paged=1", "listChats",
+              query=models.ChatsQuery, response=list[models.ChatSummary] | models.ChatPage,
+              errors=(503,))
+    async def get(self, query: models.ChatsQuery) -> None:
         user = self.require_user()
         known = self.services.hub.signals.reads_of(user["id"])
-        self.reply(await self.services.store.chat_list(user["id"], known, user["username"]))
+        chats, more = await self.services.store.chat_list(
+            user["id"], known, current=self.services.events.current, username=user["username"],
+            before=query.before, limit=query.limit)
+        if query.before is None and not query.paged:
+            self.reply(chats)
+        else:
+            self.reply({"chats": chats, "has_more": more})
 
 
 class ChatHandler(ApiHandler):

@@ -330,6 +330,19 @@ class MessagesQuery(Wire):
         return before
 
 
+# "<updated>_<room id>"; empty is left out, as every empty query parameter is.
+CHAT_CURSOR_PATTERN = r"^([0-9]{1,12}(\.[0-9]{1,20})?_[0-9a-f]{24})?$"
+
+
+class ChatsQuery(Wire):
+    before: Annotated[str, Field(pattern=CHAT_CURSOR_PATTERN,
+                                 description="The `cursor` of the last chat of the page before: "
+                                             "the chats after it")] | None = None
+    limit: counter(1, MAX_PAGE) = MAX_PAGE
+    paged: Annotated[counter(0, 1), Field(description="1: answer a ChatPage (chats and "
+                                                      "has_more) even for the first page")] = 0
+
+
 # Responses ------------------------------------------------------------
 
 class User(Wire):
@@ -408,6 +421,14 @@ class ChatSummary(Wire):
     last_message: Annotated[MessagePreview | None, Field(description="The latest message that "
                                                                      "is not deleted")]
     people: Annotated[list[Member], Field(description="The first few members, to name the chat")]
+    cursor: Annotated[str, Field(description="Where the page after this chat begins "
+                                             "(GET /api/chats/?before=<cursor>)")]
+
+
+class ChatPage(Wire):
+    chats: list[ChatSummary]
+    has_more: Annotated[bool, Field(description="More chats follow: ask with before=<the "
+                                                "last chat's cursor>")]
 
 
 class ChatMember(User):

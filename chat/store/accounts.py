@@ -194,7 +194,9 @@ class Accounts:
     @guarded
     async def users_by_id(self, ids: list[str]) -> dict[str, dict]:
         object_ids = [ObjectId(i) for i in ids]
-        found = await self.users.find({"_id": {"$in": object_ids}}).to_list(None)
+        # One batch (the chat list names up to 800): one command, not a getMore too.
+        found = await self.users.find({"_id": {"$in": object_ids}}).batch_size(
+            len(object_ids)).to_list(None)
         return {str(doc["_id"]): public_user(doc) for doc in found}
 
     # Tokens ------------------------------------------------------------

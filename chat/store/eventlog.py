@@ -3,6 +3,7 @@ and the state of a message as the fold of its events."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bson import ObjectId
@@ -11,6 +12,13 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import BulkWriteError
 
 from chat.store.base import GroupCommit, NotAttempted, Unavailable, guarded, write_error
+
+
+def began() -> dict:
+    """When the latest change to a message began (epoch seconds: some wire
+    servers store a datetime given to $set as a string): the sweeper finishes
+    changes older than any request could be."""
+    return {"changing_since": time.time()}
 
 
 class EventLog:
@@ -31,6 +39,10 @@ class EventLog:
             unique=True, name="room_user_client_id",
             partialFilterExpression={"client_id": {"$type": "string"}},
         )
+        # Messages with changes in flight, for the sweeper: few at any time.
+        await self.messages.create_index(
+            [("changing", ASCENDING), ("changing_since", ASCENDING)], name="changing",
+            partialFilterExpression={"changing": {"$gt": 0}})
 
     @guarded
     async def insert_events(self, docs: list[dict], deadline: float | None = None) -> list:
@@ -148,24 +160,45 @@ class EventLog:
 
     @guarded
     async def unsaved_events(self, messages: list[dict]) -> list[dict]:
-        """The events about these messages (of one room) that their saved state
-        may not include yet, in seq order."""
-        cursor = self.messages.find({"room": messages[0]["room"], "$or": [
-            {"target_seq": m["seq"], "seq": {"$gt": m.get("last_event_seq", m["seq"])}}
+        """The events about these messages (of one room or several) that their
+        saved state may not include yet, in seq order."""
+        cursor = self.messages.find({"$or": [
+            {"room": m["room"], "target_seq": m["seq"],
+             "seq": {"$gt": m.get("last_event_seq", m["seq"])}}
             for m in messages]})
         return await cursor.sort("seq", ASCENDING).to_list(None)
 
     @guarded
     async def count_change(self, message: dict, step: int) -> None:
         """Count a change to the message as begun (1) or saved (-1)."""
-        await self.messages.update_one({"_id": message["_id"]}, {"$inc": {"changing": step}})
+        update: dict[str, Any] = {"$inc": {"changing": step}}
+        if step > 0:
+            update["$set"] = began()
+        await self.messages.update_one({"_id": message["_id"]}, update)
+
+    @guarded
+    async def stale_changes(self, before: float, limit: int) -> list[dict]:
+        """Messages with changes counted in flight, the last begun before
+        `before` (epoch seconds): left by a save that failed or a process that
+        died, since no request lives that long."""
+        cursor = self.messages.find({"changing": {"$gt": 0}, "$or": [
+            {"changing_since": {"$lt": before}}, {"changing_since": None}]})
+        return await cursor.limit(limit).to_list(None)
+
+    @guarded
+    async def end_changes(self, message: dict) -> bool:
+        """Count no change of the message in flight, unless one began since it was read."""
+        result = await self.messages.update_one(
+            {"_id": message["_id"], "changing_since": message.get("changing_since")},
+            {"$set": {"changing": 0}})
+        return result.modified_count > 0
 
     @guarded
     async def begin_edit(self, message: dict) -> int:
         """Count an edit of the message as begun: its version, one higher than
         any other edit's begun before, whatever process began it."""
         after = await self.messages.find_one_and_update(
-            {"_id": message["_id"]}, {"$inc": {"changing": 1, "edits": 1}},
+            {"_id": message["_id"]}, {"$inc": {"changing": 1, "edits": 1}, "$set": began()},
             {"edits": 1}, return_document=ReturnDocument.AFTER)
         if after is None:
             raise Unavailable(f"message {message['_id']} vanished")
@@ -178,13 +211,14 @@ class EventLog:
         are all held by other emoji. Held before the event is stored, so
         concurrent reactions from any process cannot pass `most`."""
         held = await self.messages.update_one({"_id": message["_id"], "emojis": emoji},
-                                              {"$inc": {"changing": 1}})
+                                              {"$inc": {"changing": 1}, "$set": began()})
         if held.matched_count:
             return True
         taken = await self.messages.update_one(
             {"_id": message["_id"], "emojis": {"$nin": [emoji]},
              "emoji_count": {"$in": [None, *range(most)]}},
-            {"$push": {"emojis": emoji}, "$inc": {"changing": 1, "emoji_count": 1}})
+            {"$push": {"emojis": emoji}, "$inc": {"changing": 1, "emoji_count": 1},
+             "$set": began()})
         return taken.matched_count > 0
 
     @guarded

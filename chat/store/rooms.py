@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bson import ObjectId
@@ -35,9 +35,12 @@ KNOWN_ROOMS = 100_000
 # events after a read position.
 UNREAD_CAP = 999
 UNREAD_SCAN = 10 * UNREAD_CAP
-# How many of a room's last events the chat list looks through for its latest message.
+# How many of a room's last events the chat list looks through for its latest
+# message; for the rooms where none is, how many more before those (one
+# command for all of them: a bounded cost whatever the logs hold).
 LATEST_SCAN = 50
-# The chat list's first page (the user stream's snapshot too).
+LATEST_DEEP_SCAN = 2000
+# Chats per page of the chat list (its first page is the user stream's snapshot too).
 CHAT_PAGE = 200
 # The chat list shows this much of each chat's latest message, and this many
 # of its members (to name it).
@@ -70,6 +73,15 @@ def outranks(by_id: str, user_id: str) -> dict:
 def dm_key(user_id: str, other_id: str) -> str:
     """A pair's DM key: their ids, sorted (one room for yourself: your notes)."""
     return ":".join(sorted((user_id, other_id)))
+
+
+def parse_cursor(cursor: str | None) -> tuple[float, ObjectId] | None:
+    """A chat list cursor ("<updated>_<room _id>", as chat_list gives it); the
+    edge checks its form."""
+    if cursor is None:
+        return None
+    updated, room_id = cursor.split("_")
+    return float(updated), ObjectId(room_id)
 
 
 def new_room_uri() -> str:
@@ -207,12 +219,22 @@ class Rooms:
         return await self.rooms.find_one({"uri": uri})
 
     @guarded
-    async def rooms_of(self, user_id: str, limit: int = CHAT_PAGE, uri: str | None = None) -> list[dict]:
+    async def rooms_of(self, user_id: str, limit: int = CHAT_PAGE,
+                       before: tuple[float, ObjectId] | None = None,
+                       uri: str | None = None) -> list[dict]:
+        """user_id's rooms, latest activity first (then _id, so that a page ends
+        between two rooms whatever their times), after the cursor `before`;
+        `uri`: that room alone, if theirs."""
         query: dict[str, Any] = {"members": user_id}
         if uri is not None:
             query["uri"] = uri
-        cursor = self.rooms.find(query).sort("updated", DESCENDING).limit(limit)
-        return await cursor.to_list(None)
+        if before is not None:
+            updated, room_id = before
+            query["$or"] = [{"updated": {"$lt": updated}},
+                            {"updated": updated, "_id": {"$lt": room_id}}]
+        cursor = self.rooms.find(query).sort([("updated", DESCENDING), ("_id", DESCENDING)])
+        # One batch: a page is one command, not a find and its getMore.
+        return await cursor.limit(limit).batch_size(limit).to_list(None)
 
     @guarded
     async def member_uris(self, user_id: str) -> list[str]:
@@ -387,18 +409,29 @@ class Rooms:
              for uri, users in positions.items()], ordered=False)
 
     @guarded
-    async def chat_list(self, user_id: str, known_reads: dict[str, int],
-                        username: str = "", uri: str | None = None) -> list[dict]:
-        """My chats, newest activity first, each with its unread count (and of
-        those, how many mention `username` or the room), latest message and
-        first few members: four commands however many chats.
-        `known_reads` ({uri: seq}) are read positions not written yet; `uri`:
-        that chat's entry alone (none when not a member)."""
-        rooms = await self.rooms_of(user_id, uri=uri)
+    async def chat_list(self, user_id: str, known_reads: dict[str, int], *,
+                        current: Callable[[list[dict]], Awaitable[list[dict]]],
+                        username: str = "", before: str | None = None, limit: int = CHAT_PAGE,
+                        uri: str | None = None) -> tuple[list[dict], bool]:
+        """A page of my chats, newest activity first, each with its unread
+        count (and of those, how many mention `username` or the room), latest
+        message and first few members, and whether more follow (each chat's
+        `cursor` is the `before` of the page after it): at most six commands
+        however many chats and whatever their logs hold.
+        `known_reads` ({uri: seq}) are read positions not written yet;
+        `current` folds in the changes in flight of messages (RoomEvents.current);
+        `uri`: that chat's entry alone (none when not a member)."""
+        rooms = await self.rooms_of(user_id, limit + 1, parse_cursor(before), uri)
+        more = len(rooms) > limit
+        rooms = rooms[:limit]
         reads = {r["uri"]: max((r.get("last_read") or {}).get(user_id, 0),
                                known_reads.get(r["uri"], 0)) for r in rooms}
         unread = await self.unread_counts(user_id, reads, username)
         latest = await self.latest_messages({r["uri"]: r["seq"] for r in rooms})
+        # What a delete or edit in flight (or left by a dead process) made of
+        # them: a deleted text is never a preview.
+        latest = {doc["room"]: doc for doc in await current(list(latest.values()))
+                  if not doc.get("deleted")}
         people = {r["uri"]: r["members"][:PREVIEW_MEMBERS] for r in rooms}
         # A DM is named after the other of its pair, who may have left it.
         others = {r["uri"]: next((i for i in r["dm_users"] if i != user_id), user_id)
@@ -410,7 +443,8 @@ class Rooms:
             uri, message = room["uri"], latest.get(room["uri"])
             counts = unread.get(uri, (0, 0))
             chats.append({
-                "uri": uri, "kind": room.get("kind", "room"), "owner": room["owner"],
+                "uri": uri, "cursor": f"{room['updated']!r}_{room['_id']}",
+                "kind": room.get("kind", "room"), "owner": room["owner"],
                 "name": room.get("name"), "topic": room.get("topic", ""),
                 "members": len(room["members"]),
                 "seq": room["seq"], "updated": iso(room["updated"]),
@@ -425,7 +459,7 @@ class Rooms:
             if uri in others and others[uri] in names:
                 other = names[others[uri]]
                 chats[-1]["other"] = {"id": other["id"], "username": other["username"]}
-        return chats
+        return chats, more
 
     @guarded
     async def unread_counts(self, user_id: str, reads: dict[str, int],
@@ -447,7 +481,7 @@ class Rooms:
             {"$group": {"_id": "$room", "unread": {"$sum": 1}, "mentions": {"$sum": {"$cond": [
                 {"$or": [{"$eq": ["$mentions_room", True]},
                          {"$in": [username, {"$ifNull": ["$mentions", []]}]}]}, 1, 0]}}}},
-        ])
+        ], batchSize=len(reads))
         return {doc["_id"]: (min(doc["unread"], UNREAD_CAP), min(doc["mentions"], UNREAD_CAP))
                 async for doc in cursor}
 
@@ -455,22 +489,24 @@ class Rooms:
     async def latest_messages(self, last_seqs: dict[str, int]) -> dict[str, dict]:
         """{uri: the room's latest message that is not deleted}, given each room's
         last seq: one command for the last LATEST_SCAN events of every room, then
-        one per room whose window holds no message (a run of other events)."""
-        if not last_seqs:
+        one for the LATEST_DEEP_SCAN before those of the rooms whose window held
+        no message (a run of other events); further back, no preview."""
+        latest = await self.latest_in(
+            {uri: (last - LATEST_SCAN, last) for uri, last in last_seqs.items()})
+        deeper = {uri: (last - LATEST_SCAN - LATEST_DEEP_SCAN, last - LATEST_SCAN)
+                  for uri, last in last_seqs.items() if uri not in latest and last > LATEST_SCAN}
+        return {**latest, **await self.latest_in(deeper)}
+
+    async def latest_in(self, windows: dict[str, tuple[int, int]]) -> dict[str, dict]:
+        """{uri: the latest visible message with a seq in (low, high]}, in one command."""
+        if not windows:
             return {}
-        branches = [{"room": uri, "seq": {"$gt": last - LATEST_SCAN}}
-                    for uri, last in last_seqs.items()]
+        branches = [{"room": uri, "seq": {"$gt": low, "$lte": high}}
+                    for uri, (low, high) in windows.items()]
         cursor = await self.messages.aggregate([
             {"$match": {"$or": branches, **VISIBLE_MESSAGE}},
             {"$sort": {"seq": DESCENDING}},
             {"$group": {"_id": "$room", "latest": {"$first": "$$ROOT"}}},
-        ])
-        latest = {doc["_id"]: doc["latest"] async for doc in cursor}
-        for uri, last in last_seqs.items():
-            if uri not in latest and last > LATEST_SCAN:
-                found = await self.messages.find_one({"room": uri, **VISIBLE_MESSAGE},
-                                                     sort=[("seq", DESCENDING)])
-                if found is not None:
-                    latest[uri] = found
-        return latest
+        ], batchSize=len(windows))
+        return {doc["_id"]: doc["latest"] async for doc in cursor}
 

@@ -68,6 +68,8 @@ export const api = {
   signUp: (username, password) => request("POST", "/auth/users/create/", { username, password }),
   signOut: () => request("POST", "/auth/logout/"),
   chats: () => request("GET", "/api/chats/"),
+  // {chats, has_more}: the first page, or the one after a chat's cursor.
+  chatPage: (before) => request("GET", `/api/chats/?paged=1${before ? `&before=${encodeURIComponent(before)}` : ""}`),
   newChat: () => request("POST", "/api/chats/"),
   chat: (uri) => request("GET", `/api/chats/${uri}/`),
   join: (uri) => request("PATCH", `/api/chats/${uri}/`, {}),

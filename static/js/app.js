@@ -7,6 +7,7 @@ import { AdminView } from "./admin.js";
 import { api, ApiError } from "./api.js";
 import { ChatView, chatTitle } from "./chat.js";
 import { avatar, h, icon } from "./dom.js";
+import { loadMoreOnScroll } from "./morechats.js";
 import { installNotifications, setTitle } from "./notify.js";
 import { chatFace, chatName, mentionBadge, newMessageButton } from "./people.js";
 import { learn, personAvatar, personName } from "./profiles.js";
@@ -296,9 +297,9 @@ class App {
 
   // The rows of my chats, all from one request: names, latest message, unread count.
   async listChats(list, status) {
-    let rooms;
+    let page;
     try {
-      rooms = await api.chats();
+      page = await api.chatPage();
     } catch (caught) {
       if (caught.status === 401) {
         this.signedOut();
@@ -308,6 +309,7 @@ class App {
       return;
     }
     if (!list.isConnected) return;
+    const rooms = page.chats;
     if (!rooms.length) {
       status.replaceChildren(h("div", { class: "empty-card" },
         h("h2", { text: "No chats yet" }),
@@ -316,6 +318,7 @@ class App {
     }
     status.remove();
     list.replaceChildren(...rooms.map((room) => this.chatItem(room)));
+    loadMoreOnScroll(list, page, (room) => this.chatItem(room));
   }
 
   chatItem(room) {

@@ -7,6 +7,7 @@ import { Uploader } from "./files.js";
 import { closePopover, showMenu } from "./menu.js";
 import { learn, onProfile, personAvatar, personName } from "./profiles.js";
 import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
+import { paced } from "./paced.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
 import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
@@ -19,6 +20,8 @@ const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 400;
 // Room events that change a shown message.
 const MESSAGE_EVENTS = new Set(["edit", "delete", "reaction", "preview"]);
+// The member list is read again at most this often, however many member events come.
+const MEMBERS_EVERY_MS = 1_000;
 // Why the server closed our socket (1008) when we stopped being a member.
 const EXPELLED = {
   "removed from the chat": "You were removed from this chat.",
@@ -90,6 +93,7 @@ export class ChatView {
     this.unseen = 0;
     this.membersAsked = 0; // member list reads started, and the latest one shown
     this.membersShown = 0;
+    this.refreshMembers = paced(() => this.readMembers(), MEMBERS_EVERY_MS);
     this.seenBy = null; // the "Seen by …" line, under my latest message
     this.stopped = false;
     this.countdown = null;
@@ -151,6 +155,7 @@ export class ChatView {
 
   unmount() {
     this.stopped = true;
+    this.refreshMembers.cancel();
     closePopover(false);
     clearInterval(this.countdown);
     window.removeEventListener("pagehide", this.onLeave);
@@ -694,9 +699,10 @@ export class ChatView {
     }
   }
 
-  // Reads overlap (each member event starts one) and may be answered out of
-  // order: an answer to an older read than the one shown is dropped.
-  async refreshMembers() {
+  // Reads overlap (a member event starts one, at most once a second: see
+  // refreshMembers) and may be answered out of order: an answer to an older
+  // read than the one shown is dropped.
+  async readMembers() {
     this.membersAsked += 1;
     const asked = this.membersAsked;
     try {
