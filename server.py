@@ -26,10 +26,11 @@ from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import Limit
 from chat.metrics import Metrics
 from chat.passwords import Passwords
+from chat.search import MongoTextSearch
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.tokens import Tokens
-from handlers import auth, chats, messages, openapi, ops, pages, socket
+from handlers import auth, chats, messages, openapi, ops, pages, search, socket
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -77,6 +78,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (rf"/api/chats/{URI}/bans/", chats.BansHandler),
         (rf"/api/chats/{URI}/bans/([^/]+)/", chats.BanHandler),
         (rf"/ws/chats/{URI}/", socket.ChatSocket),
+        (r"/api/search/", search.SearchHandler),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
         (r"/metrics", ops.MetricsHandler),
@@ -155,7 +157,8 @@ class ChatServer:
         self.config = config
         self.store = Store(config.mongo_url, config.mongo_db, config.mongo_timeout_ms,
                            config.mongo_write_concern, config.mongo_read_concern,
-                           event_listeners=mongo_listeners)
+                           event_listeners=mongo_listeners,
+                           search_language=config.search_language)
         if config.broker_in_memory:
             self.broker = MemoryBroker()
         else:
@@ -174,7 +177,8 @@ class ChatServer:
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens)
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
                                  self.metrics, Limits(config, self.store),
-                                 RoomEvents(self.store, self.hub))
+                                 RoomEvents(self.store, self.hub),
+                                 MongoTextSearch(self.store, config.search_max_scan))
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 

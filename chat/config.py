@@ -9,6 +9,11 @@ from typing import Any
 
 import yaml
 
+# The languages of MongoDB's text indexes (and "none": no stemming, no stop words).
+SEARCH_LANGUAGES = ("none", "danish", "dutch", "english", "finnish", "french", "german",
+                    "hungarian", "italian", "norwegian", "portuguese", "romanian", "russian",
+                    "spanish", "swedish", "turkish")
+
 
 class ConfigError(ValueError):
     """A setting is missing or has a value the server cannot use."""
@@ -54,6 +59,8 @@ class Config:
     presence_ttl_seconds: float = 20.0
     typing_ttl_seconds: float = 6.0
     read_flush_seconds: float = 1.0
+    search_language: str = "english"
+    search_max_scan: int = 2000
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_token: str = ""
@@ -90,6 +97,10 @@ class Config:
                      "ws_ready_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.search_language not in SEARCH_LANGUAGES:
+            raise ConfigError(f"search.language must be one of {', '.join(SEARCH_LANGUAGES)}")
+        if self.search_max_scan < 1:
+            raise ConfigError("search.max_scan must be positive")
         if self.presence_grace_seconds < 0:
             raise ConfigError("presence.grace_seconds must be 0 or more")
         return self

@@ -246,7 +246,8 @@ def endpoint(summary: str, operation_id: str, **declared: Any):
 class Services:
     """What every handler needs, built once in server.py."""
 
-    def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events):
+    def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events,
+                 search=None):
         self.config = config
         self.store = store
         self.tokens = tokens
@@ -255,6 +256,7 @@ class Services:
         self.metrics = metrics
         self.limits = limits
         self.events = events
+        self.search = search  # a chat.search.SearchEngine
 
 
 class Authenticating:

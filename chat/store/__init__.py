@@ -2,7 +2,8 @@
 
 Each module owns its collections and their indexes: `accounts` (users, tokens,
 failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
-read positions, the chat list) and `eventlog` (the rooms' event log); `base`
+read positions, the chat list), `eventlog` (the rooms' event log) and `search`
+(the messages' text index and the search query); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -55,6 +56,7 @@ from chat.store.rooms import (
     Rooms,
     new_room_uri,
 )
+from chat.store.search import MessageSearch
 
 __all__ = [
     "EVENT_RENDERERS", "KNOWN_MEMBERS", "KNOWN_ROOMS", "LATEST_SCAN", "PREVIEW_CHARS", "REQUEST_DEADLINE",
@@ -65,13 +67,14 @@ __all__ = [
 ]
 
 
-class Store(Accounts, RateCounts, Rooms, EventLog):
+class Store(Accounts, RateCounts, Rooms, EventLog, MessageSearch):
     """One client and its collections; each part's methods are in its own module."""
 
     def __init__(self, url: str, database: str, timeout_ms: int = 2500,
                  write_concern: str = "majority", read_concern: str = "majority",
-                 event_listeners: list | None = None):
+                 event_listeners: list | None = None, search_language: str = "english"):
         self.timeout = timeout_ms / 1000
+        self.search_language = search_language
         # timeoutMS bounds each operation as a whole (server selection, pool
         # checkout, the round trip and its retry), so a server that hangs
         # rather than refuses still gives Unavailable in time.
@@ -116,6 +119,7 @@ class Store(Accounts, RateCounts, Rooms, EventLog):
         await self.ensure_rate_count_indexes()
         await self.ensure_room_indexes()
         await self.ensure_event_indexes()
+        await self.ensure_search_indexes()
 
     @guarded
     async def ping(self) -> None:
