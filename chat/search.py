@@ -89,21 +89,21 @@ def parse(text: str, language: str = "english") -> Query:
 
 
 def text_search(query: Query) -> str:
-    """The query as a MongoDB $search string.
+    """The query's words and phrases as a MongoDB $search string.
 
     MongoDB ORs a $search's words but ANDs its phrases, so every word is sent
     as a phrase too (all must match) and also bare, so that the index lookup
-    is stemmed ("deployments" -> "deploy"). nx-27017 ANDs words by itself, does
-    not stem, and ignores -exclusions: MongoTextSearch applies them again.
+    is stemmed ("deployments" -> "deploy"); nx-27017 ANDs words by itself and
+    does not stem. Exclusions are not sent: nx-27017 reads "-word" as a word
+    that must match; they are applied to the matches instead (`excluded`).
     """
     terms = [*query.words, *(f'"{term}"' for term in query.words + query.phrases)]
-    terms += [f"-{word}" for word in query.excluded_words]
-    terms += [f'-"{phrase}"' for phrase in query.excluded_phrases]
     return " ".join(terms)
 
 
 def excluded(query: Query, text: str) -> bool:
-    """Whether text holds an excluded word (a whole word, any case) or phrase."""
+    """Whether text holds an excluded word (a whole word, any case: not its
+    stems, as MongoDB's own -word would) or phrase."""
     folded = text.casefold()
     words = set(WORD.findall(folded))
     return (any(word.casefold() in words for word in query.excluded_words)
