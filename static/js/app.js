@@ -6,6 +6,7 @@ import { api, ApiError } from "./api.js";
 import { ChatView, chatTitle } from "./chat.js";
 import { avatar, h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
+import { searchBox } from "./search.js";
 import { onReadElsewhere } from "./signals.js";
 
 const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
@@ -113,6 +114,7 @@ class App {
     const main = h("main", { class: "main", id: "main" });
     const bar = h("header", { class: "topbar" },
       h("a", { href: "/", class: "brand", "data-link": "" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
+      searchBox(this),
       h("div", { class: "account" },
         avatar(this.me.username, "small"),
         h("span", { class: "account-name", text: this.me.username }),
