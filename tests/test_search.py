@@ -323,3 +323,16 @@ def test_openapi_documents_search(server):
     assert {"q", "uri", "from", "after", "before", "limit", "cursor", "sort"} <= names
     listing = document["paths"]["/api/chats/{uri}/messages/"]["get"]
     assert "around" in {p["name"] for p in listing["parameters"]}
+
+
+def test_a_restart_finds_the_index_in_place(start_server):
+    first = start_server()
+    alice = Api(first.url).signup()
+    uri = alice.new_chat()
+    key = word()
+    posted = alice.post(uri, f"{key} before the restart")
+    first.stop()
+    # Creating the text index again must not stop the server from starting.
+    again = start_server(mongo_url=first.mongo_url)
+    alice = Api(again.url, alice.username).login()
+    assert found(alice, key) == [(uri, posted["seq"])]
