@@ -60,7 +60,7 @@ class Config:
     typing_ttl_seconds: float = 6.0
     read_flush_seconds: float = 1.0
     search_language: str = "english"
-    search_max_scan: int = 2000
+    search_max_scan: int = 1000
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_token: str = ""

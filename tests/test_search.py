@@ -13,10 +13,14 @@ import html
 import os
 import uuid
 
+import httpx
 import pytest
 
 from tests.conftest import database_url
 from tests.helpers import Api, ServerProcess, two_members
+from tests.test_commands import in_process, sign_up
+
+__all__ = ["in_process"]  # test_commands' fixture: a server in this process, its commands counted
 
 MAX_SCAN = 30
 REAL_MONGODB = bool(os.environ.get("CHAT_TEST_MONGO_URL"))
@@ -336,3 +340,32 @@ def test_a_restart_finds_the_index_in_place(start_server):
     again = start_server(mongo_url=first.mongo_url)
     alice = Api(again.url, alice.username).login()
     assert found(alice, key) == [(uri, posted["seq"])]
+
+
+def test_a_search_is_two_reads_however_many_rooms(in_process):
+    """The caller's rooms (read as the search runs), then one $text query over
+    all of them: not a read per room, nor per result."""
+    async def scenario(server, base, commands):
+        async with httpx.AsyncClient(base_url=base) as http:
+            _, token = await sign_up(http, "ann")
+            auth = {"Authorization": f"JWT {token}"}
+            counts = []
+            for rooms in (1, 4):
+                while len((await http.get("/api/chats/", headers=auth)).json()) < rooms:
+                    uri = (await http.post("/api/chats/", headers=auth)).json()["uri"]
+                    for i in range(3):
+                        await http.post(f"/api/chats/{uri}/messages/", headers=auth,
+                                        json={"message": f"needle {i}"})
+                await http.get("/api/search/", headers=auth, params={"q": "needle"})
+                commands.take()
+                page = (await http.get("/api/search/", headers=auth,
+                                       params={"q": "needle"})).json()
+                assert len(page["results"]) == 3 * rooms
+                counts.append(commands.take())
+            await http.get("/api/search/", headers=auth, params={"q": "needle", "from": "ann"})
+            counts.append(commands.take())
+        return counts
+
+    one, four, by_person = in_process(scenario)
+    assert one == four == ["find", "find"]
+    assert by_person == ["find", "find", "find"]  # and the person's account
