@@ -21,6 +21,8 @@ tabs = test_browser.tabs
 
 # More than the page's first history page (50): the hit is not among the latest.
 BEFORE, AFTER = 10, 70
+# With the two above, more results than a page of them (20): the rest come on scrolling.
+MORE = 22
 
 
 def test_search_a_word_and_open_the_result_in_its_chat(server, tabs):
@@ -35,6 +37,8 @@ def test_search_a_word_and_open_the_result_in_its_chat(server, tabs):
         alice.post(uri, f"later message {i}")
     other = alice.new_chat()
     alice.post(other, f"{key} also comes up in another chat")
+    for i in range(MORE):
+        alice.post(other, f"{key} and again, number {i}")
 
     tab = tabs(server.url, viewport={"width": 1280, "height": 800}).sign_in(alice)
     page = tab.page
@@ -45,12 +49,28 @@ def test_search_a_word_and_open_the_result_in_its_chat(server, tabs):
     expect(box).to_be_focused()
     box.fill(key)
     results = page.locator(".search-result")
-    expect(results).to_have_count(2)
+    expect(results).to_have_count(20)
+    # More as the list is scrolled to its end.
+    page.locator(".search-panel").evaluate("panel => panel.scrollTo(0, panel.scrollHeight)")
+    expect(results).to_have_count(MORE + 2)
     # Grouped by chat, the word marked, the message's markup shown as text.
     expect(page.locator(".search-group")).to_have_count(2)
+    # The filters: one chat, one person.
+    page.get_by_label("In chat").select_option(uri)
+    expect(results).to_have_count(1)
+    page.get_by_label("In chat").select_option("")
+    expect(results).to_have_count(20)
+    page.get_by_label("From").fill(bob.username)
+    expect(results).to_have_count(1)
+    expect(results.locator(".search-result-user")).to_have_text(bob.username)
+    page.get_by_label("From").fill("")
+    expect(results).to_have_count(20)
+    page.locator(".search-panel").evaluate("panel => panel.scrollTo(0, panel.scrollHeight)")
+    expect(results).to_have_count(MORE + 2)
     first = results.filter(has_text="release notes")
     expect(first.locator("mark")).to_have_text(key)
     expect(first).to_contain_text("<b>ready</b>")
+    first.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "screenshot-search.png"))
 
     first.click()
@@ -74,7 +94,10 @@ def test_search_a_word_and_open_the_result_in_its_chat(server, tabs):
     phone.page.goto("/")
     phone_box = phone.page.get_by_role("searchbox", name="Search messages")
     phone_box.fill(key)
-    expect(phone.page.locator(".search-result")).to_have_count(2)
+    expect(phone.page.locator(".search-result")).to_have_count(20)
+    phone.page.locator(".search-panel").evaluate("panel => panel.scrollTo(0, panel.scrollHeight)")
+    expect(phone.page.locator(".search-result")).to_have_count(MORE + 2)
+    phone.page.locator(".search-result").last.scroll_into_view_if_needed()
     phone.page.screenshot(path=str(shots / "screenshot-search-phone.png"))
     phone.page.locator(".search-result").filter(has_text="release notes").click()
     expect(phone.page.locator(".messages > li.search-hit")).to_be_in_viewport()
