@@ -270,11 +270,11 @@ class SearchQuery(Wire):
     uri: Annotated[Uri | None, Field(description="Only this chat (one of mine)")] = None
     from_: Annotated[required(max_length=150) | None,
                      Field(alias="from", description="Only messages by this username")] = None
-    after: Annotated[Moment | None, Field(description="Only messages created after "
-                                                             "this ISO date or time (UTC when "
-                                                             "it names no zone)")] = None
-    before: Annotated[Moment | None, Field(description="Only messages created before "
-                                                              "this ISO date or time")] = None
+    after: Annotated[Moment | None, Field(description="Only messages created after this ISO "
+                                                     "date or time (UTC when it names no "
+                                                     "zone)")] = None
+    before: Annotated[Moment | None, Field(description="Only messages created before this "
+                                                      "ISO date or time")] = None
     limit: counter(1, MAX_SEARCH_PAGE) = 20
     cursor: Annotated[Text | None, Field(max_length=200, description="The previous page's "
                                                                      "`next`")] = None
