@@ -40,12 +40,27 @@ from chat.passwords import Passwords
 from chat.previews import Previews
 from chat.quotas import UserLimits
 from chat.render import Renderer
+from chat.search import MongoTextSearch
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.streams import Streams
 from chat.sweeper import Sweeper
 from chat.tokens import Tokens
-from handlers import account, admin, auth, chats, dms, files, messages, openapi, ops, pages, socket, stream
+from handlers import (
+    account,
+    admin,
+    auth,
+    chats,
+    dms,
+    files,
+    messages,
+    openapi,
+    ops,
+    pages,
+    search,
+    socket,
+    stream,
+)
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -122,6 +137,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (r"/api/dms/", dms.DmsHandler),
         (r"/api/blocks/", dms.BlocksHandler),
         (r"/api/blocks/([^/]+)/", dms.BlockHandler),
+        (r"/api/search/", search.SearchHandler),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
         (r"/metrics", ops.MetricsHandler),
@@ -200,7 +216,8 @@ class ChatServer:
         self.config = config
         self.store = Store(config.mongo_url, config.mongo_db, config.mongo_timeout_ms,
                            config.mongo_write_concern, config.mongo_read_concern,
-                           event_listeners=mongo_listeners)
+                           event_listeners=mongo_listeners,
+                           search_language=config.search_language)
         if config.broker_in_memory:
             self.broker = MemoryBroker()
         else:
@@ -244,7 +261,8 @@ class ChatServer:
                                  Streams(self.hub, self.store, events.current,
                                          config.max_subscriptions),
                                  direct, BlockList(self.store, self.people, events),
-                                 self.files, self.previews, self.accounts)
+                                 self.files, self.previews, self.accounts,
+                                 MongoTextSearch(self.store, config.search_max_scan))
         self.sweeper = Sweeper(self.store, self.services.events, config.changes_sweep_seconds,
                                config.changes_stale_seconds)
         self.http: tornado.httpserver.HTTPServer | None = None

@@ -9,6 +9,11 @@ from typing import Any
 
 import yaml
 
+# The languages of MongoDB's text indexes (and "none": no stemming, no stop words).
+SEARCH_LANGUAGES = ("none", "danish", "dutch", "english", "finnish", "french", "german",
+                    "hungarian", "italian", "norwegian", "portuguese", "romanian", "russian",
+                    "spanish", "swedish", "turkish")
+
 
 class ConfigError(ValueError):
     """A setting is missing or has a value the server cannot use."""
@@ -67,6 +72,8 @@ class Config:
     link_previews: bool = True
     link_preview_allow: tuple[str, ...] = ()
     link_preview_timeout_seconds: float = 3.0
+    search_language: str = "english"
+    search_max_scan: int = 1000
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_token: str = ""
@@ -132,6 +139,10 @@ class Config:
             raise ConfigError("smtp.security must be auto, starttls, tls or none")
         if self.username_reuse_days < 0:
             raise ConfigError("username_reuse_days must be 0 or more")
+        if self.search_language not in SEARCH_LANGUAGES:
+            raise ConfigError(f"search.language must be one of {', '.join(SEARCH_LANGUAGES)}")
+        if self.search_max_scan < 1:
+            raise ConfigError("search.max_scan must be positive")
         if self.presence_grace_seconds < 0:
             raise ConfigError("presence.grace_seconds must be 0 or more")
         return self

@@ -247,7 +247,7 @@ class Services:
     """What every handler needs, built once in server.py."""
 
     def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events, streams,
-                 dms=None, blocks=None, files=None, previews=None, accounts=None):
+                 dms=None, blocks=None, files=None, previews=None, accounts=None, search=None):
         self.config = config
         self.streams = streams
         self.store = store
@@ -262,6 +262,7 @@ class Services:
         self.files = files
         self.previews = previews
         self.accounts = accounts
+        self.search = search  # a chat.search.SearchEngine
 
 
 class Authenticating:

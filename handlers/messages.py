@@ -17,7 +17,8 @@ class MessagesHandler(ApiHandler):
         self.reply({"status": "SUCCESS", **message})
 
     @endpoint("History, oldest first: messages in their current state (edited text, "
-              "reactions, deleted tombstones); with events=1 every room event in seq order",
+              "reactions, deleted tombstones); with events=1 every room event in seq order; "
+              "around=seq: the history around it",
               "listMessages", query=models.MessagesQuery, response=models.MessagePage,
               errors=(403, 404, 503))
     async def get(self, uri: str, query: models.MessagesQuery) -> None:
@@ -26,7 +27,17 @@ class MessagesHandler(ApiHandler):
         events = query.events == 1
         store = self.services.store
         await store.check_member(uri, user["id"])
-        if after is not None:
+        has_more_after = None
+        if query.around is not None:
+            # Half before, the seq itself, the rest after: a search result in context.
+            older = await store.messages_before(uri, query.around + 1, (limit + 1) // 2 + 1,
+                                                events)
+            has_more = len(older) > (limit + 1) // 2
+            older = older[1:] if has_more else older
+            newer = await store.messages_after(uri, query.around, limit - len(older) + 1, events)
+            has_more_after = len(newer) > limit - len(older)
+            docs = older + newer[:limit - len(older)]
+        elif after is not None:
             docs = await store.messages_after(uri, after, limit + 1, events)
             has_more = len(docs) > limit
             docs = docs[:limit]
@@ -35,8 +46,10 @@ class MessagesHandler(ApiHandler):
             has_more = len(docs) > limit
             docs = docs[-limit:] if has_more else docs
         docs = await self.services.events.current(docs)
-        self.reply({"uri": uri, "messages": [public_event(d) for d in docs],
-                    "has_more": has_more})
+        page = {"uri": uri, "messages": [public_event(d) for d in docs], "has_more": has_more}
+        if has_more_after is not None:
+            page["has_more_after"] = has_more_after
+        self.reply(page)
 
 
 class MessageHandler(ApiHandler):

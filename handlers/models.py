@@ -17,6 +17,7 @@ before that); a server frame: listed in SERVER_FRAMES (documentation).
 
 from __future__ import annotations
 
+import datetime
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
@@ -93,6 +94,10 @@ def ascii_digits(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+def in_utc(moment: datetime.datetime) -> datetime.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
 def empty_is_absent(value: str | None) -> str | None:
     return value or None
 
@@ -115,6 +120,8 @@ def counter(minimum: int = 0, maximum: int = MAX_INT) -> Any:
 Required = required()
 Seq = counter()
 Uri = Annotated[str, Field(pattern=URI_PATTERN)]
+# An ISO date or date and time; UTC when it names no zone.
+Moment = Annotated[datetime.datetime, AfterValidator(in_utc)]
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 ClientId = Annotated[
     Annotated[str, Field(max_length=MAX_CLIENT_ID)] | None, AfterValidator(empty_is_absent),
@@ -321,6 +328,9 @@ class MessagesQuery(Wire):
     events: Annotated[counter(0, 1), Field(description="1: every room event (edit, delete, "
                                                        "reaction, member) in seq order, not "
                                                        "messages alone")] = 0
+    around: Annotated[counter(1), Field(description="The history around this seq (a search "
+                                                    "result): limit/2 before it, it, and the "
+                                                    "rest after it")] | None = None
 
     @field_validator("before")
     @classmethod
@@ -328,6 +338,36 @@ class MessagesQuery(Wire):
         if before is not None and info.data.get("after") is not None:
             raise PydanticCustomError("exclusive", "Give either 'after' or 'before', not both.")
         return before
+
+    @field_validator("around")
+    @classmethod
+    def alone(cls, around: int | None, info: ValidationInfo) -> int | None:
+        if around is not None and (info.data.get("after") is not None
+                                   or info.data.get("before") is not None):
+            raise PydanticCustomError("exclusive", "Give 'around' without 'after' or 'before'.")
+        return around
+
+
+MAX_SEARCH_PAGE = 100
+
+
+class SearchQuery(Wire):
+    q: Annotated[required(max_length=200), Field(description='Words (all must match), "a '
+                                                           'phrase", -excluded')]
+    uri: Annotated[Uri | None, Field(description="Only this chat (one of mine)")] = None
+    from_: Annotated[required(max_length=150) | None,
+                     Field(alias="from", description="Only messages by this username")] = None
+    after: Annotated[Moment | None, Field(description="Only messages created after this ISO "
+                                                     "date or time (UTC when it names no "
+                                                     "zone)")] = None
+    before: Annotated[Moment | None, Field(description="Only messages created before this "
+                                                      "ISO date or time")] = None
+    limit: counter(1, MAX_SEARCH_PAGE) = 20
+    cursor: Annotated[Text | None, Field(max_length=200, description="The previous page's "
+                                                                     "`next`")] = None
+    sort: Annotated[Literal["newest", "relevance"], Field(description="newest first (the "
+                                                                      "default), or best "
+                                                                      "match first")] = "newest"
 
 
 # "<updated>_<room id>"; empty is left out, as every empty query parameter is.
@@ -585,6 +625,26 @@ class MessagePage(Wire):
     messages: Annotated[list[RoomEvent], Field(description="Messages; with events=1 every "
                                                            "room event")]
     has_more: bool
+
+
+class SearchResult(Wire):
+    id: str
+    uri: Uri
+    name: Annotated[str | None, Field(description="The chat's name, if it has one")]
+    seq: int = Field(ge=1)
+    user: User
+    created: Timestamp
+    message: Annotated[str, Field(description="Its current text")]
+    highlight: Annotated[str, Field(description="The text as HTML: matched words in <mark>, "
+                                                "everything else escaped")]
+
+
+class SearchPage(Wire):
+    results: list[SearchResult]
+    next: Annotated[str | None, Field(description="The cursor of the next page; null at "
+                                                  "the end")]
+    partial: Annotated[bool, Field(description="The search stopped at search.max_scan "
+                                               "matches: more may exist; narrow it down")]
 
 
 class Health(Wire):
@@ -914,6 +974,11 @@ MESSAGES = {
     "model_attributes_type": "Expected an object.",
     "dict_type": "Expected an object.",
     "list_type": "Expected a list.",
+    "datetime_from_date_parsing": "Enter an ISO date or date and time, like 2026-12-01 or "
+                                  "2026-12-01T09:30:00Z.",
+    "datetime_parsing": "Enter an ISO date or date and time, like 2026-12-01 or "
+                        "2026-12-01T09:30:00Z.",
+    "datetime_type": "Enter an ISO date or date and time.",
 }
 
 

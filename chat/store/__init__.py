@@ -5,7 +5,8 @@ failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
 read positions, the chat list), `eventlog` (the rooms' event log),
 `blocks` (whom each user blocked), `files` (GridFS: uploads, thumbnails,
 preview images, the link preview cache), `invites`, `audit`, `profiles`
-(pictures, password resets) and `stats` (what the admins' stats count); `base`
+(pictures, password resets), `stats` (what the admins' stats count) and
+`search` (the messages' text index and the search query); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -65,6 +66,7 @@ from chat.store.rooms import (
     Rooms,
     new_room_uri,
 )
+from chat.store.search import MessageSearch
 from chat.store.stats import Stats
 
 __all__ = [
@@ -109,13 +111,15 @@ __all__ = [
 ]
 
 
-class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files, Invites, Audit, Profiles, Stats):
+class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files, Invites, Audit, Profiles, Stats,
+            MessageSearch):
     """One client and its collections; each part's methods are in its own module."""
 
     def __init__(self, url: str, database: str, timeout_ms: int = 2500,
                  write_concern: str = "majority", read_concern: str = "majority",
-                 event_listeners: list | None = None):
+                 event_listeners: list | None = None, search_language: str = "english"):
         self.timeout = timeout_ms / 1000
+        self.search_language = search_language
         # timeoutMS bounds each operation as a whole (server selection, pool
         # checkout, the round trip and its retry), so a server that hangs
         # rather than refuses still gives Unavailable in time.
@@ -172,6 +176,7 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files, Invites, Audit
         await self.ensure_invite_indexes()
         await self.ensure_audit_indexes()
         await self.ensure_profile_indexes()
+        await self.ensure_search_indexes()
 
     @guarded
     async def ping(self) -> None:

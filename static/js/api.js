@@ -86,6 +86,7 @@ export const api = {
   setRole: (uri, username, role) => request("PUT", `/api/chats/${uri}/members/${encodeURIComponent(username)}/`, { role }),
   ban: (uri, username) => request("POST", `/api/chats/${uri}/bans/`, { username }),
   unban: (uri, username) => request("DELETE", `/api/chats/${uri}/bans/${encodeURIComponent(username)}/`),
+  search: (params) => request("GET", `/api/search/?${new URLSearchParams(params)}`),
   lock: (uri, locked) => request("PATCH", `/api/chats/${uri}/`, { locked }),
   // Talking to people.
   setRoomInfo: (uri, info) => request("PATCH", `/api/chats/${uri}/`, info),

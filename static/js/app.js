@@ -12,6 +12,7 @@ import { installNotifications, setTitle } from "./notify.js";
 import { chatFace, chatName, mentionBadge, newMessageButton } from "./people.js";
 import { learn, personAvatar, personName } from "./profiles.js";
 import { resetForm, SettingsView } from "./settings.js";
+import { searchBox } from "./search.js";
 import { onReadElsewhere } from "./signals.js";
 
 const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
@@ -134,6 +135,7 @@ class App {
     personAvatar(this.me, "small"), personName(this.me, { class: "account-name" }));
     const bar = h("header", { class: "topbar" },
       h("a", { href: "/", class: "brand", "data-link": "" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
+      searchBox(this),
       h("div", { class: "account" },
         this.accountLink,
         h("button", { type: "button", class: "icon-button", "aria-label": "Sign out", title: "Sign out",

@@ -9,6 +9,7 @@ import { learn, onProfile, personAvatar, personName } from "./profiles.js";
 import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
 import { paced } from "./paced.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
+import { jumpTarget, loadAround, showHit } from "./search.js";
 import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
 import { blockAction, chatName, loadBlocks, mentionCompletion, roomHeading } from "./people.js";
@@ -456,17 +457,20 @@ export class ChatView {
 
   async loadLatest() {
     try {
-      const page = await api.history(this.uri, { before: this.baseSeq + 1, limit: PAGE });
+      // Opened from a search result: the history around it, up to the latest.
+      const at = jumpTarget();
+      const page = at ? await loadAround(this.uri, at, this.baseSeq, PAGE)
+        : await api.history(this.uri, { before: this.baseSeq + 1, limit: PAGE });
       if (this.stopped) return;
       for (const message of page.messages) this.timeline.add(message);
-      this.hasMore = page.has_more;
+      this.hasMore = at ? page.hasMore : page.has_more;
       this.historyLoaded = true;
       this.timeline.el.classList.remove("loading");
       this.updateHistoryTop();
       this.updateEmptyState();
       this.showUnreadDivider();
       this.showSeenBy();
-      this.scrollToBottom(false);
+      if (!at || !showHit(this.timeline, at)) this.scrollToBottom(false);
       this.seen();
       await this.fillViewport();
     } catch (error) {
