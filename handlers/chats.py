@@ -38,6 +38,10 @@ class ChatsHandler(ApiHandler):
     async def post(self) -> None:
         user = self.require_user()
         room = await self.services.store.create_room(user["id"])
+        # No member event starts a chat: the notice a join sends gives it to the
+        # starter's user streams, on every process.
+        self.services.hub.notify({"type": "joined", "uri": room["uri"], "user_id": user["id"],
+                                  "seq": 0})
         self.reply({"status": "SUCCESS", "uri": room["uri"],
                     "message": "New chat session created"})
 
