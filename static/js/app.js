@@ -1,29 +1,15 @@
 // The page: who is signed in, a tiny router (/ and /chats/<uri>/), the sign-in
-// form, the list of my chats, and toasts. The login is an HttpOnly cookie the
+// form, the tab's user stream with the list of my chats, and toasts. The login is an HttpOnly cookie the
 // script never sees; nothing is kept in localStorage.
 
 import { api, ApiError } from "./api.js";
-import { ChatView, chatTitle } from "./chat.js";
+import { ChatView } from "./chat.js";
+import { ChatList } from "./chatlist.js";
 import { avatar, h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
-import { onReadElsewhere } from "./signals.js";
+import { UserStream } from "./stream.js";
 
 const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
-// A list refresh asked for by another tab's read waits this long for more.
-const REFRESH_DEBOUNCE_MS = 300;
-
-const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
-const shortDate = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
-
-function ago(iso) {
-  const ms = Date.parse(iso);
-  const seconds = Math.round((ms - Date.now()) / 1000);
-  if (seconds > -60) return "now";
-  if (seconds > -3600) return relative.format(Math.round(seconds / 60), "minute");
-  if (seconds > -86_400) return relative.format(Math.round(seconds / 3600), "hour");
-  if (seconds > -7 * 86_400) return relative.format(Math.round(seconds / 86_400), "day");
-  return shortDate.format(ms);
-}
 
 class App {
   constructor(root) {
@@ -73,8 +59,40 @@ class App {
   leaveView() {
     if (this.view && this.view.unmount) this.view.unmount();
     this.view = null;
-    if (this.stopHome) this.stopHome();
-    this.stopHome = null;
+  }
+
+  // One user stream per tab while signed in: the chat list and the open chat ride on it.
+  connect() {
+    if (this.stream) return;
+    this.chatList = new ChatList(this.me, { openUri: () => (this.view ? this.view.uri : null) });
+    this.stream = new UserStream({
+      onChats: (chats) => this.chatList.onChats(chats),
+      onChat: (chat) => this.chatList.onChat(chat),
+      onGone: (uri) => this.chatList.onGone(uri),
+      onEvent: (frame) => this.chatList.onEvent(frame),
+      onState: (state) => {
+        if (this.frame) this.frame.dataset.stream = state;
+      },
+      onRefused: (reason) => this.checkSession(reason),
+    });
+    this.stream.start();
+  }
+
+  disconnect() {
+    if (this.stream) this.stream.stop();
+    if (this.chatList) this.chatList.stop();
+    this.stream = this.chatList = this.frame = null;
+  }
+
+  // The stream was refused or closed for policy: is the session still good?
+  async checkSession(reason) {
+    try {
+      await api.me();
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401 && this.me) {
+        this.signedOut(reason === "logged out" ? "You were signed out." : "Your session ended. Sign in again.");
+      }
+    }
   }
 
   route() {
@@ -85,6 +103,7 @@ class App {
       this.showAuth(chat ? "Sign in to join this chat." : "");
       return;
     }
+    this.connect();
     if (chat) {
       this.view = new ChatView(this, chat[1]);
       this.view.mount(this.shell());
@@ -92,11 +111,13 @@ class App {
       if (location.pathname !== "/") history.replaceState(null, "", "/");
       this.showHome();
     }
+    this.chatList.markOpen();
   }
 
   // The session ended (signed out here or elsewhere, or the token expired).
   signedOut(message = "") {
     this.leaveView();
+    this.disconnect();
     this.me = null;
     this.root.classList.remove("in-chat");
     this.showAuth(message);
@@ -108,8 +129,14 @@ class App {
     setTimeout(() => item.remove(), 3500);
   }
 
-  // The top bar and the main area a view draws into.
+  // The top bar, the chat list beside the main area, and the main area (emptied)
+  // a view draws into. The frame stays while signed in: only the main area changes.
   shell() {
+    if (this.frame && this.frame.isConnected) {
+      const main = this.frame.querySelector("#main");
+      main.replaceChildren();
+      return main;
+    }
     const main = h("main", { class: "main", id: "main" });
     const bar = h("header", { class: "topbar" },
       h("a", { href: "/", class: "brand", "data-link": "" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
@@ -118,7 +145,8 @@ class App {
         h("span", { class: "account-name", text: this.me.username }),
         h("button", { type: "button", class: "icon-button", "aria-label": "Sign out", title: "Sign out",
           onclick: () => this.signOut() }, icon("logout"))));
-    this.root.replaceChildren(bar, main);
+    this.frame = h("div", { class: "layout" }, this.sidebar(), main);
+    this.root.replaceChildren(bar, this.frame);
     return main;
   }
 
@@ -206,12 +234,20 @@ class App {
 
   // My chats ----------------------------------------------------------
 
-  async showHome() {
+  // On a wide screen the list stays beside the open chat (CSS); on a phone
+  // the home screen is the list and a chat takes the whole screen.
+  showHome() {
     setTitle("My chats · Chat");
     const main = this.shell();
-    const list = h("ul", { class: "chat-list", "aria-label": "My chats" });
-    const status = h("div", { class: "list-status" }, h("div", { class: "spinner", role: "status", "aria-label": "Loading chats" }));
-    const newButton = h("button", { type: "button", class: "button primary" }, icon("plus"), h("span", { text: "New chat" }));
+    main.append(h("section", { class: "home-empty" },
+      h("div", { class: "empty-card" },
+        h("h2", { text: "Pick a chat" }),
+        h("p", { text: "Or start a new one and share its link." }))));
+  }
+
+  sidebar() {
+    const newButton = h("button", { type: "button", class: "button primary small" }, icon("plus"),
+      h("span", { text: "New chat" }));
     const error = h("p", { class: "form-error", role: "alert" });
     newButton.addEventListener("click", async () => {
       newButton.disabled = true;
@@ -222,75 +258,13 @@ class App {
       } catch (caught) {
         if (caught.status === 401) this.signedOut();
         error.textContent = caught.message;
+      } finally {
         newButton.disabled = false;
       }
     });
-    main.append(h("section", { class: "home" },
+    return h("nav", { class: "sidebar", "aria-label": "Chats" },
       h("div", { class: "home-head" }, h("h1", { text: "My chats" }), newButton),
-      error, status, list));
-
-    // Read on another tab (at once) or another device (when this tab comes
-    // back): the server's unread counts have changed.
-    let timer = null;
-    const refresh = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => this.listChats(list, status), REFRESH_DEBOUNCE_MS);
-    };
-    const onVisible = () => {
-      if (document.visibilityState === "visible") refresh();
-    };
-    const stopListening = onReadElsewhere(refresh);
-    document.addEventListener("visibilitychange", onVisible);
-    this.stopHome = () => {
-      clearTimeout(timer);
-      stopListening();
-      document.removeEventListener("visibilitychange", onVisible);
-    };
-    await this.listChats(list, status);
-  }
-
-  // The rows of my chats, all from one request: names, latest message, unread count.
-  async listChats(list, status) {
-    let rooms;
-    try {
-      rooms = await api.chats();
-    } catch (caught) {
-      if (caught.status === 401) {
-        this.signedOut();
-        return;
-      }
-      status.replaceChildren(h("p", { class: "inline-error", role: "alert", text: caught.message }));
-      return;
-    }
-    if (!list.isConnected) return;
-    if (!rooms.length) {
-      status.replaceChildren(h("div", { class: "empty-card" },
-        h("h2", { text: "No chats yet" }),
-        h("p", { text: "Start a chat, then share its link with the people you want to talk to." })));
-      return;
-    }
-    status.remove();
-    list.replaceChildren(...rooms.map((room) => this.chatItem(room)));
-  }
-
-  chatItem(room) {
-    const other = room.people.find((m) => m.id !== this.me.id) || this.me;
-    const message = room.last_message;
-    const who = message && (message.user.id === this.me.id ? "You" : message.user.username);
-    const { unread } = room;
-    return h("li", {}, h("a", {
-      href: `/chats/${room.uri}/`, class: `chat-item${unread ? " unread" : ""}`, "data-link": "",
-    },
-      h("span", { class: "chat-item-avatar" }, avatar(other.username)),
-      h("span", { class: "chat-item-body" },
-        h("span", { class: "chat-item-top" },
-          h("span", { class: "chat-item-title", text: chatTitle(room.people, this.me, room.members) }),
-          h("time", { datetime: room.updated, text: ago(room.updated) })),
-        h("span", { class: "chat-item-bottom" },
-          h("span", { class: "chat-item-preview",
-            text: message ? `${who}: ${message.text.replace(/\s+/g, " ")}` : "No messages yet" }),
-          unread ? h("span", { class: "badge", "aria-label": `${unread} unread`,
-            text: unread > 99 ? "99+" : String(unread) }) : null))));
+      error, this.chatList.status, this.chatList.list);
   }
 }
 

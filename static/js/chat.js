@@ -1,12 +1,12 @@
 // The chat view: history (older pages as the reader scrolls up), the live
-// stream, sending with pending/failed states, members and the share link.
+// events (its subscription on the user stream), sending with pending/failed
+// states, members and the share link.
 
 import { api, ApiError } from "./api.js";
 import { avatar, clear, h, icon } from "./dom.js";
 import { closePopover, showMenu } from "./menu.js";
-import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
+import { isAway, setTitle } from "./notify.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
-import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
 
 const PAGE = 50;
@@ -16,7 +16,7 @@ const NEAR_BOTTOM_PX = 80;
 const NEAR_TOP_PX = 400;
 // Room events that change a shown message.
 const MESSAGE_EVENTS = new Set(["edit", "delete", "reaction"]);
-// Why the server closed our socket (1008) when we stopped being a member.
+// Why the chat was taken from us (its `chat_gone`, as the stream says it).
 const EXPELLED = {
   "removed from the chat": "You were removed from this chat.",
   "banned from the chat": "You were banned from this chat.",
@@ -80,7 +80,7 @@ export class ChatView {
       react: (message, emoji, on) => this.react(message, emoji, on),
     });
     this.baseSeq = 0; // the room's seq when the view opened: history covers up to it
-    this.streamSeq = 0; // the last seq the socket delivered: where a reconnect resumes
+    this.streamSeq = 0; // the last seq the stream delivered: where a re-subscribe resumes
     this.hasMore = false;
     this.loadingOlder = false;
     this.historyLoaded = false;
@@ -124,13 +124,13 @@ export class ChatView {
     // Where the reader had read to when the chat opened: the "new messages" divider.
     this.readAtOpen = this.signals.myRead;
     this.build();
-    this.socket = new RoomSocket(this.uri, {
+    // The open chat is a subscription on the tab's one user stream.
+    this.socket = this.app.stream.subscribe(this.uri, {
       since: () => this.streamSeq,
       onFrame: (frame) => this.onFrame(frame),
       onState: (state, detail) => this.onSocketState(state, detail),
       onRefused: (reason) => this.onRefused(reason),
     });
-    this.socket.start();
     await this.loadLatest();
   }
 
@@ -541,7 +541,6 @@ export class ChatView {
 
   onMessage(message) {
     const wasAtBottom = this.atBottom();
-    const mine = message.user.id === this.me.id;
     const sentHere = Boolean(message.client_id && this.timeline.pending.has(message.client_id));
     if (!this.timeline.add(message)) return;
     if (!this.room.members.some((m) => m.id === message.user.id)) this.refreshMembers();
@@ -553,7 +552,6 @@ export class ChatView {
       this.unseen += 1;
       this.showPill();
     }
-    if (!mine) incoming();
     this.signals.posted(message);
     this.seen();
   }
@@ -568,8 +566,6 @@ export class ChatView {
       this.typingLine.textContent = typingText(this.signals.typing);
     } else if (what === "read") {
       this.showSeenBy();
-      // Read on another tab or device: this one's unread count is stale.
-      if (this.signals.myRead >= this.timeline.newest) readElsewhere();
     }
   }
 
@@ -642,7 +638,7 @@ export class ChatView {
     this.updateSubtitle();
   }
 
-  // The socket was refused or closed for policy: ask the API what changed.
+  // The subscription was refused, or the chat taken from us: ask the API what changed.
   async onRefused(reason) {
     let error = null;
     try {
