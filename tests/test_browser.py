@@ -446,7 +446,8 @@ def test_unread_count_in_title_while_away(server, tabs):
 
 
 def test_screenshots_of_the_chat(start_server, tabs):
-    """screenshot.png (desktop), screenshot-phone.png (390 px wide) and the rest.
+    """screenshot.png (desktop, my chats beside the chat), screenshot-phone.png (390 px
+    wide), screenshot-phone-home.png (my chats on the phone) and the rest.
 
     They go to tests/artifacts/, or to docs/ (the README's) with UPDATE_SCREENSHOTS=1,
     so an ordinary test run leaves the checkout clean.
@@ -494,6 +495,10 @@ def test_screenshots_of_the_chat(start_server, tabs):
     expect(phone.page.locator(".chat-side")).to_be_visible()
     phone.page.wait_for_timeout(300)  # the drawer's slide
     phone.page.screenshot(path=str(shots / "screenshot-phone-members.png"))
+    phone.page.get_by_role("button", name="Close").tap()
+    phone.page.get_by_role("link", name="Back to my chats").tap()
+    expect(phone.page.locator(".sidebar .chat-item")).to_have_count(2)
+    phone.page.screenshot(path=str(shots / "screenshot-phone-home.png"))
 
     dark = tabs(process.url, viewport={"width": 1280, "height": 800}, color_scheme="dark")
     dark.sign_in(leo).open_chat(uri)
