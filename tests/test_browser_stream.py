@@ -161,3 +161,40 @@ def test_on_a_phone_the_list_and_the_chat_take_turns(server, tabs):
     phone.page.get_by_role("link", name="Back to my chats").tap()
     expect(row(phone, uri)).to_be_visible()
     expect(row(phone, uri).locator(".badge")).to_have_count(0)
+
+
+def test_a_subscription_whose_ready_never_comes_reconnects_the_stream(server, tabs):
+    """The stream works but the open chat's `ready` never comes (lost on the way):
+    after 20 s the page drops the socket, takes a fresh snapshot and subscribes again."""
+    alice, bob = Api(server.url).signup(), Api(server.url).signup()
+    uri = alice.new_chat()
+    bob.join(uri)
+    bob.post(uri, "sent before")
+    page = tabs(server.url).sign_in(alice)
+    connections = []
+
+    def relay(ws):
+        connections.append(ws)
+        first = len(connections) == 1
+        server_side = ws.connect_to_server()
+        server_side.on_message(
+            lambda text: None if first and '"type":"ready"' in text.replace(" ", "") else ws.send(text))
+        ws.on_message(server_side.send)
+
+    page.page.clock.install()
+    page.page.route_web_socket(test_browser.USER_STREAM, relay)
+    page.page.goto(f"/chats/{uri}/")
+    view = page.page.locator(".chat-view")
+    expect(page.page.locator(".sidebar .chat-item")).to_have_count(1)  # the snapshot came
+    expect(view).to_have_attribute("data-connection", "connecting")
+    bob.post(uri, "sent while waiting")
+    for _ in range(10):  # 40 s in steps, each shorter than the page's "machine slept" check
+        if len(connections) > 1:
+            break
+        page.page.clock.fast_forward(4_000)
+        page.page.wait_for_timeout(50)
+    assert len(connections) == 2
+    expect(view).to_have_attribute("data-connection", "live")
+    for text in ("sent before", "sent while waiting"):
+        expect(page.confirmed(text)).to_have_count(1)
+    assert page.seqs() == alice.all_seqs(uri)
