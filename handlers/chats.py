@@ -44,6 +44,10 @@ class ChatsHandler(ApiHandler):
         user = self.require_user()
         await self.services.limits.users.room_created(user)
         room = await self.services.store.create_room(user["id"], body.name, body.topic)
+        # No member event starts a chat: the notice a join sends gives it to the
+        # starter's user streams, on every process.
+        self.services.hub.notify({"type": "joined", "uri": room["uri"], "user_id": user["id"],
+                                  "seq": 0})
         self.reply({"status": "SUCCESS", "uri": room["uri"],
                     "message": "New chat session created"})
 

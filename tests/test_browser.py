@@ -28,6 +28,7 @@ DOCS = ROOT / "docs"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SECOND = 1000  # ms, the issue's "within a second"
 RECONNECT = 30_000  # ms: backoff is capped at 30 s, the restart takes a few
+USER_STREAM = re.compile(r"/ws/$")  # the page's one socket
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +213,9 @@ def test_two_users_share_a_link_and_talk(server, tabs):
         assert tab.seqs() == [2, 3]  # Bob's join is seq 1
         expect(tab.page.locator(".outbox > li")).to_have_count(0)
 
-    # Both see the chat in their list, newest activity first, with the last message.
-    alice.page.get_by_role("link", name="Back to my chats").click()
+    # Both see the chat in their list (beside the chat on a wide screen), newest
+    # activity first, with the last message.
+    alice.page.get_by_role("link", name="Chat", exact=True).click()
     row = alice.page.locator(".chat-item").first
     expect(row.locator(".chat-item-title")).to_have_text(bob_name)
     expect(row.locator(".chat-item-preview")).to_have_text("You: first line second line")
@@ -349,13 +351,14 @@ def test_failed_send_stays_visible_and_retries(server, tabs):
             if frame.get("type") == "message" and not refused:
                 refused.append(frame)
                 ws.send(json.dumps({"type": "error", "code": "unavailable", "client_id": frame["client_id"],
+                                    "uri": frame["uri"],
                                     "detail": "The database is unavailable; try again shortly."}))
             else:
                 server_side.send(text)
 
         ws.on_message(from_page)
 
-    page.page.route_web_socket(re.compile(r"/ws/chats/"), refuse_first_message)
+    page.page.route_web_socket(USER_STREAM, refuse_first_message)
     page.open_chat(uri)
     page.send("please arrive")
     failed = page.page.locator(".outbox > li.failed")
@@ -385,7 +388,7 @@ def test_a_silent_socket_is_replaced_and_resumed(server, tabs):
         ws.on_message(lambda text: None if silent and dead else server_side.send(text))
 
     dead = False
-    page.page.route_web_socket(re.compile(r"/ws/chats/"), relay)
+    page.page.route_web_socket(USER_STREAM, relay)
     page.open_chat(uri)
     dead = True
     bob.post(uri, "said into the silence")
@@ -403,8 +406,8 @@ def test_a_silent_socket_is_replaced_and_resumed(server, tabs):
 
 
 def test_a_socket_that_never_gets_ready_is_given_up_and_retried(server, tabs):
-    """The server accepted the socket but its ready never comes (a proxy that
-    hangs, a server that never closes it): the page gives up and reconnects."""
+    """The server accepted the stream but its snapshot and ready never come (a proxy
+    that hangs, a server that never closes it): the page gives up and reconnects."""
     alice, bob, uri = two_members(server.url)
     bob.post(uri, "sent before")
     page = tabs(server.url).sign_in(alice)
@@ -416,7 +419,7 @@ def test_a_socket_that_never_gets_ready_is_given_up_and_retried(server, tabs):
             ws.connect_to_server()  # later ones reach the real server
 
     page.page.clock.install()
-    page.page.route_web_socket(re.compile(r"/ws/chats/"), first_never_ready)
+    page.page.route_web_socket(USER_STREAM, first_never_ready)
     page.page.goto(f"/chats/{uri}/")
     view = page.page.locator(".chat-view")
     expect(view).to_have_attribute("data-connection", "connecting")
@@ -443,7 +446,8 @@ def test_unread_count_in_title_while_away(server, tabs):
 
 
 def test_screenshots_of_the_chat(start_server, tabs):
-    """screenshot.png (desktop), screenshot-phone.png (390 px wide) and the rest.
+    """screenshot.png (desktop, my chats beside the chat), screenshot-phone.png (390 px
+    wide), screenshot-phone-home.png (my chats on the phone) and the rest.
 
     They go to tests/artifacts/, or to docs/ (the README's) with UPDATE_SCREENSHOTS=1,
     so an ordinary test run leaves the checkout clean.
@@ -475,7 +479,7 @@ def test_screenshots_of_the_chat(start_server, tabs):
 
     home = tabs(process.url, viewport={"width": 1280, "height": 800}).sign_in(sam).open_chat(uri)
     desktop = tabs(process.url, viewport={"width": 1280, "height": 800}).sign_in(maya).open_chat(uri)
-    home.page.get_by_role("link", name="Back to my chats").click()
+    home.page.get_by_role("link", name="Chat", exact=True).click()
     desktop.send("Yes! I'll send the link round.")
     expect(desktop.page.locator(".messages > li[data-seq]")).to_have_count(len(script) + 1)
     desktop.page.locator(".composer textarea").fill("See you all then")
@@ -491,6 +495,10 @@ def test_screenshots_of_the_chat(start_server, tabs):
     expect(phone.page.locator(".chat-side")).to_be_visible()
     phone.page.wait_for_timeout(300)  # the drawer's slide
     phone.page.screenshot(path=str(shots / "screenshot-phone-members.png"))
+    phone.page.get_by_role("button", name="Close").tap()
+    phone.page.get_by_role("link", name="Back to my chats").tap()
+    expect(phone.page.locator(".sidebar .chat-item")).to_have_count(2)
+    phone.page.screenshot(path=str(shots / "screenshot-phone-home.png"))
 
     dark = tabs(process.url, viewport={"width": 1280, "height": 800}, color_scheme="dark")
     dark.sign_in(leo).open_chat(uri)
@@ -531,7 +539,7 @@ def test_two_users_see_each_other_online_typing_and_seen_by(start_server, tabs):
     ben.page.get_by_label("Message", exact=True).fill("")
     ben.page.get_by_label("Message", exact=True).press("Backspace")  # an input event: stop
     expect(ann.page.locator(".typing-line")).to_have_text("")
-    ben.page.get_by_role("link", name="Back to my chats").click()  # his last socket closes
+    ben.page.get_by_role("link", name="Chat", exact=True).click()  # his subscription ends
     expect(ann.page.locator(".chat-subtitle")).to_have_text("2 members · 1 online")
     expect(ann.page.locator(f".member.online[data-user='{bob.user['id']}']")).to_have_count(0)
 

@@ -137,6 +137,24 @@ def test_what_is_posted_while_the_snapshot_is_built_is_neither_lost_nor_repeated
     run(scenario())
 
 
+def test_a_chat_started_on_another_process_reaches_the_starters_stream(pair):
+    """Starting a chat writes no member event: a `joined` notice gives it to the
+    starter's streams (another tab, another device), which can then subscribe."""
+    a, b = pair
+    alice = Api(a.url).signup()
+
+    async def scenario():
+        async with Stream(alice, b.url) as stream:  # alice's stream is on b
+            uri = alice.new_chat()  # started through a
+            chat = (await stream.wait(lambda: stream.of("chat", uri), "the chat frame"))[0]["chat"]
+            assert chat["uri"] == uri and chat["last_seq"] == 0
+            await stream.send({"type": "subscribe", "uri": uri, "since": 0})
+            ready = await stream.wait(lambda: stream.of("ready", uri), "ready")
+            assert ready == [{"type": "ready", "uri": uri, "seq": 0}]
+            assert not stream.of("error")
+    run(scenario())
+
+
 def test_a_member_added_elsewhere_gets_the_chat_then_its_events_and_a_removal_ends_them(pair):
     a, b = pair
     alice, bob = Api(a.url).signup(), Api(b.url).signup()

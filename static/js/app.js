@@ -1,38 +1,15 @@
 // The page: who is signed in, a tiny router (/ and /chats/<uri>/), the sign-in
-// form, the list of my chats, and toasts. The login is an HttpOnly cookie the
+// form, the tab's user stream with the list of my chats, and toasts. The login is an HttpOnly cookie the
 // script never sees; nothing is kept in localStorage.
 
-import { accounts } from "./account-api.js";
-import { AdminView } from "./admin.js";
 import { api, ApiError } from "./api.js";
-import { ChatView, chatTitle } from "./chat.js";
+import { ChatView } from "./chat.js";
+import { ChatList } from "./chatlist.js";
 import { avatar, h, icon } from "./dom.js";
-import { loadMoreOnScroll } from "./morechats.js";
 import { installNotifications, setTitle } from "./notify.js";
-import { chatFace, chatName, mentionBadge, newMessageButton } from "./people.js";
-import { learn, personAvatar, personName } from "./profiles.js";
-import { resetForm, SettingsView } from "./settings.js";
-import { searchBox } from "./search.js";
-import { onReadElsewhere } from "./signals.js";
+import { UserStream } from "./stream.js";
 
 const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
-// Account pages (settings.js, admin.js).
-const PAGES = { "/settings/": SettingsView, "/admin/": AdminView };
-// A list refresh asked for by another tab's read waits this long for more.
-const REFRESH_DEBOUNCE_MS = 300;
-
-const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
-const shortDate = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
-
-function ago(iso) {
-  const ms = Date.parse(iso);
-  const seconds = Math.round((ms - Date.now()) / 1000);
-  if (seconds > -60) return "now";
-  if (seconds > -3600) return relative.format(Math.round(seconds / 60), "minute");
-  if (seconds > -86_400) return relative.format(Math.round(seconds / 3600), "hour");
-  if (seconds > -7 * 86_400) return relative.format(Math.round(seconds / 86_400), "day");
-  return shortDate.format(ms);
-}
 
 class App {
   constructor(root) {
@@ -82,39 +59,65 @@ class App {
   leaveView() {
     if (this.view && this.view.unmount) this.view.unmount();
     this.view = null;
-    if (this.stopHome) this.stopHome();
-    this.stopHome = null;
+  }
+
+  // One user stream per tab while signed in: the chat list and the open chat ride on it.
+  connect() {
+    if (this.stream) return;
+    this.chatList = new ChatList(this.me, { openUri: () => (this.view ? this.view.uri : null) });
+    this.stream = new UserStream({
+      onChats: (chats) => this.chatList.onChats(chats),
+      onChat: (chat) => this.chatList.onChat(chat),
+      onGone: (uri) => this.chatList.onGone(uri),
+      onEvent: (frame) => this.chatList.onEvent(frame),
+      onState: (state) => {
+        if (this.frame) this.frame.dataset.stream = state;
+      },
+      onRefused: (reason) => this.checkSession(reason),
+    });
+    this.stream.start();
+  }
+
+  disconnect() {
+    if (this.stream) this.stream.stop();
+    if (this.chatList) this.chatList.stop();
+    this.stream = this.chatList = this.frame = null;
+  }
+
+  // The stream was refused or closed for policy: is the session still good?
+  async checkSession(reason) {
+    try {
+      await api.me();
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401 && this.me) {
+        this.signedOut(reason === "logged out" ? "You were signed out." : "Your session ended. Sign in again.");
+      }
+    }
   }
 
   route() {
     this.leaveView();
-    const reset = /^#reset=([\w-]+)$/.exec(location.hash);
-    if (reset) {
-      resetForm(this, reset[1]);
-      return;
-    }
     const chat = CHAT_PATH.exec(location.pathname);
     this.root.classList.toggle("in-chat", Boolean(chat && this.me));
     if (!this.me) {
       this.showAuth(chat ? "Sign in to join this chat." : "");
       return;
     }
-    const Page = PAGES[location.pathname];
+    this.connect();
     if (chat) {
       this.view = new ChatView(this, chat[1]);
-      this.view.mount(this.shell());
-    } else if (Page && (Page !== AdminView || this.me.admin)) {
-      this.view = new Page(this);
       this.view.mount(this.shell());
     } else {
       if (location.pathname !== "/") history.replaceState(null, "", "/");
       this.showHome();
     }
+    this.chatList.markOpen();
   }
 
   // The session ended (signed out here or elsewhere, or the token expired).
   signedOut(message = "") {
     this.leaveView();
+    this.disconnect();
     this.me = null;
     this.root.classList.remove("in-chat");
     this.showAuth(message);
@@ -126,29 +129,25 @@ class App {
     setTimeout(() => item.remove(), 3500);
   }
 
-  // The top bar and the main area a view draws into.
+  // The top bar, the chat list beside the main area, and the main area (emptied)
+  // a view draws into. The frame stays while signed in: only the main area changes.
   shell() {
+    if (this.frame && this.frame.isConnected) {
+      const main = this.frame.querySelector("#main");
+      main.replaceChildren();
+      return main;
+    }
     const main = h("main", { class: "main", id: "main" });
-    learn(this.me);
-    this.accountLink = h("a", { href: "/settings/", class: "account-link", "data-link": "",
-      "aria-label": "Settings", title: "Settings" },
-    personAvatar(this.me, "small"), personName(this.me, { class: "account-name" }));
     const bar = h("header", { class: "topbar" },
       h("a", { href: "/", class: "brand", "data-link": "" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
-      searchBox(this),
       h("div", { class: "account" },
-        this.accountLink,
+        avatar(this.me.username, "small"),
+        h("span", { class: "account-name", text: this.me.username }),
         h("button", { type: "button", class: "icon-button", "aria-label": "Sign out", title: "Sign out",
           onclick: () => this.signOut() }, icon("logout"))));
-    this.root.replaceChildren(bar, main);
+    this.frame = h("div", { class: "layout" }, this.sidebar(), main);
+    this.root.replaceChildren(bar, this.frame);
     return main;
-  }
-
-  // The top bar's name and picture after the profile changed.
-  refreshAccount() {
-    if (!this.accountLink) return;
-    this.accountLink.replaceChildren(personAvatar(this.me, "small"),
-      personName(this.me, { class: "account-name" }));
   }
 
   async signOut() {
@@ -169,8 +168,6 @@ class App {
   showAuth(notice) {
     setTitle("Sign in · Chat");
     let mode = "signin";
-    // An invite link (/?invite=<code>) opens the sign-up form with its code.
-    const invite = new URLSearchParams(location.search).get("invite");
     const error = h("p", { class: "form-error", role: "alert", id: "auth-error" });
     const username = h("input", { id: "auth-username", name: "username", type: "text", required: true,
       autocomplete: "username", autocapitalize: "none", spellcheck: "false", maxlength: "150",
@@ -197,20 +194,6 @@ class App {
       setTitle(`${signUp ? "Create account" : "Sign in"} · Chat`);
     };
     switchButton.addEventListener("click", () => setMode(mode === "signin" ? "signup" : "signin"));
-    // A forgotten password: a reset link by mail to the account's address.
-    const forgot = h("button", { type: "button", class: "link-button", text: "Forgot your password?",
-      onclick: async () => {
-        if (!username.value.trim()) {
-          error.textContent = "Enter your username first.";
-          username.focus();
-          return;
-        }
-        try {
-          error.textContent = (await accounts.requestReset(username.value.trim())).detail;
-        } catch (caught) {
-          error.textContent = caught.message;
-        }
-      } });
 
     const form = h("form", { class: "auth-form", novalidate: true },
       heading,
@@ -218,8 +201,7 @@ class App {
       h("label", { for: "auth-username", text: "Username" }), username, usernameHint,
       h("label", { for: "auth-password", text: "Password" }), password,
       error, submit,
-      h("p", { class: "switch" }, switchText, switchButton),
-      h("p", { class: "switch" }, forgot));
+      h("p", { class: "switch" }, switchText, switchButton));
 
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -232,7 +214,7 @@ class App {
       submit.disabled = true;
       submit.classList.add("busy");
       try {
-        if (mode === "signup") await accounts.signUpWith(username.value.trim(), password.value, invite);
+        if (mode === "signup") await api.signUp(username.value.trim(), password.value);
         await api.signIn(username.value.trim(), password.value);
         this.me = await api.me();
         this.route();
@@ -247,18 +229,25 @@ class App {
       h("div", { class: "auth-card" },
         h("div", { class: "brand big" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
         form)));
-    if (invite) setMode("signup");
     username.focus();
   }
 
   // My chats ----------------------------------------------------------
 
-  async showHome() {
+  // On a wide screen the list stays beside the open chat (CSS); on a phone
+  // the home screen is the list and a chat takes the whole screen.
+  showHome() {
     setTitle("My chats · Chat");
     const main = this.shell();
-    const list = h("ul", { class: "chat-list", "aria-label": "My chats" });
-    const status = h("div", { class: "list-status" }, h("div", { class: "spinner", role: "status", "aria-label": "Loading chats" }));
-    const newButton = h("button", { type: "button", class: "button primary" }, icon("plus"), h("span", { text: "New chat" }));
+    main.append(h("section", { class: "home-empty" },
+      h("div", { class: "empty-card" },
+        h("h2", { text: "Pick a chat" }),
+        h("p", { text: "Or start a new one and share its link." }))));
+  }
+
+  sidebar() {
+    const newButton = h("button", { type: "button", class: "button primary small" }, icon("plus"),
+      h("span", { text: "New chat" }));
     const error = h("p", { class: "form-error", role: "alert" });
     newButton.addEventListener("click", async () => {
       newButton.disabled = true;
@@ -269,80 +258,13 @@ class App {
       } catch (caught) {
         if (caught.status === 401) this.signedOut();
         error.textContent = caught.message;
+      } finally {
         newButton.disabled = false;
       }
     });
-    main.append(h("section", { class: "home" },
-      h("div", { class: "home-head" }, h("h1", { text: "My chats" }),
-        h("div", { class: "home-actions" }, newMessageButton(this), newButton)),
-      error, status, list));
-
-    // Read on another tab (at once) or another device (when this tab comes
-    // back): the server's unread counts have changed.
-    let timer = null;
-    const refresh = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => this.listChats(list, status), REFRESH_DEBOUNCE_MS);
-    };
-    const onVisible = () => {
-      if (document.visibilityState === "visible") refresh();
-    };
-    const stopListening = onReadElsewhere(refresh);
-    document.addEventListener("visibilitychange", onVisible);
-    this.stopHome = () => {
-      clearTimeout(timer);
-      stopListening();
-      document.removeEventListener("visibilitychange", onVisible);
-    };
-    await this.listChats(list, status);
-  }
-
-  // The rows of my chats, all from one request: names, latest message, unread count.
-  async listChats(list, status) {
-    let page;
-    try {
-      page = await api.chatPage();
-    } catch (caught) {
-      if (caught.status === 401) {
-        this.signedOut();
-        return;
-      }
-      status.replaceChildren(h("p", { class: "inline-error", role: "alert", text: caught.message }));
-      return;
-    }
-    if (!list.isConnected) return;
-    const rooms = page.chats;
-    if (!rooms.length) {
-      status.replaceChildren(h("div", { class: "empty-card" },
-        h("h2", { text: "No chats yet" }),
-        h("p", { text: "Start a chat, then share its link with the people you want to talk to." })));
-      return;
-    }
-    status.remove();
-    list.replaceChildren(...rooms.map((room) => this.chatItem(room)));
-    loadMoreOnScroll(list, page, (room) => this.chatItem(room));
-  }
-
-  chatItem(room) {
-    const other = room.people.find((m) => m.id !== this.me.id) || this.me;
-    const message = room.last_message;
-    const who = message && (message.user.id === this.me.id ? "You" : message.user.username);
-    const { unread } = room;
-    return h("li", {}, h("a", {
-      href: `/chats/${room.uri}/`, class: `chat-item${unread ? " unread" : ""}`, "data-link": "",
-    },
-      h("span", { class: "chat-item-avatar" }, avatar(chatFace(room, this.me) || other.username)),
-      h("span", { class: "chat-item-body" },
-        h("span", { class: "chat-item-top" },
-          h("span", { class: "chat-item-title",
-            text: chatName(room, this.me) || chatTitle(room.people, this.me, room.members) }),
-          h("time", { datetime: room.updated, text: ago(room.updated) })),
-        h("span", { class: "chat-item-bottom" },
-          h("span", { class: "chat-item-preview",
-            text: message ? `${who}: ${message.text.replace(/\s+/g, " ")}` : "No messages yet" }),
-          mentionBadge(room),
-          unread ? h("span", { class: "badge", "aria-label": `${unread} unread`,
-            text: unread > 99 ? "99+" : String(unread) }) : null))));
+    return h("nav", { class: "sidebar", "aria-label": "Chats" },
+      h("div", { class: "home-head" }, h("h1", { text: "My chats" }), newButton),
+      error, this.chatList.status, this.chatList.list);
   }
 }
 

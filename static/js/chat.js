@@ -1,16 +1,16 @@
 // The chat view: history (older pages as the reader scrolls up), the live
-// stream, sending with pending/failed states, members and the share link.
+// events (its subscription on the user stream), sending with pending/failed
+// states, members and the share link.
 
 import { api, ApiError } from "./api.js";
 import { avatar, clear, h, icon } from "./dom.js";
 import { Uploader } from "./files.js";
 import { closePopover, showMenu } from "./menu.js";
 import { learn, onProfile, personAvatar, personName } from "./profiles.js";
-import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
+import { isAway, setTitle } from "./notify.js";
 import { paced } from "./paced.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
 import { jumpTarget, loadAround, showHit } from "./search.js";
-import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
 import { blockAction, chatName, loadBlocks, mentionCompletion, roomHeading } from "./people.js";
 
@@ -23,7 +23,7 @@ const NEAR_TOP_PX = 400;
 const MESSAGE_EVENTS = new Set(["edit", "delete", "reaction", "preview"]);
 // The member list is read again at most this often, however many member events come.
 const MEMBERS_EVERY_MS = 1_000;
-// Why the server closed our socket (1008) when we stopped being a member.
+// Why the chat was taken from us (its `chat_gone`, as the stream says it).
 const EXPELLED = {
   "removed from the chat": "You were removed from this chat.",
   "banned from the chat": "You were banned from this chat.",
@@ -87,7 +87,7 @@ export class ChatView {
       react: (message, emoji, on) => this.react(message, emoji, on),
     });
     this.baseSeq = 0; // the room's seq when the view opened: history covers up to it
-    this.streamSeq = 0; // the last seq the socket delivered: where a reconnect resumes
+    this.streamSeq = 0; // the last seq the stream delivered: where a re-subscribe resumes
     this.hasMore = false;
     this.loadingOlder = false;
     this.historyLoaded = false;
@@ -132,13 +132,13 @@ export class ChatView {
     // Where the reader had read to when the chat opened: the "new messages" divider.
     this.readAtOpen = this.signals.myRead;
     this.build();
-    this.socket = new RoomSocket(this.uri, {
+    // The open chat is a subscription on the tab's one user stream.
+    this.socket = this.app.stream.subscribe(this.uri, {
       since: () => this.streamSeq,
       onFrame: (frame) => this.onFrame(frame),
       onState: (state, detail) => this.onSocketState(state, detail),
       onRefused: (reason) => this.onRefused(reason),
     });
-    this.socket.start();
     await this.loadLatest();
   }
 
@@ -578,7 +578,6 @@ export class ChatView {
 
   onMessage(message) {
     const wasAtBottom = this.atBottom();
-    const mine = message.user.id === this.me.id;
     const sentHere = Boolean(message.client_id && this.timeline.pending.has(message.client_id));
     if (!this.timeline.add(message)) return;
     if (!this.room.members.some((m) => m.id === message.user.id)) this.refreshMembers();
@@ -590,7 +589,6 @@ export class ChatView {
       this.unseen += 1;
       this.showPill();
     }
-    if (!mine) incoming();
     this.signals.posted(message);
     this.seen();
   }
@@ -605,8 +603,6 @@ export class ChatView {
       this.typingLine.textContent = typingText(this.signals.typing);
     } else if (what === "read") {
       this.showSeenBy();
-      // Read on another tab or device: this one's unread count is stale.
-      if (this.signals.myRead >= this.timeline.newest) readElsewhere();
     }
   }
 
@@ -679,7 +675,7 @@ export class ChatView {
     this.updateSubtitle();
   }
 
-  // The socket was refused or closed for policy: ask the API what changed.
+  // The subscription was refused, or the chat taken from us: ask the API what changed.
   async onRefused(reason) {
     let error = null;
     try {

@@ -1,5 +1,6 @@
-// Unread count in the tab title and a short chime, while the reader is away.
-// The chime is synthesised with the Web Audio API, so there is no sound file.
+// Unread count in the tab title (the chat list's, of every chat) and a short
+// chime for a message from someone else. The chime is synthesised with the
+// Web Audio API, so there is no sound file.
 
 let baseTitle = document.title;
 let unread = 0;
@@ -21,16 +22,10 @@ function render() {
   document.title = unread > 0 ? `(${unread}) ${baseTitle}` : baseTitle;
 }
 
-function back() {
-  if (isAway() || unread === 0) return;
-  unread = 0;
-  render();
-}
-
-// What this count stands for was read on another tab or device.
-export function readElsewhere() {
-  if (unread === 0) return;
-  unread = 0;
+// Unread messages of every chat but the one the reader is looking at.
+export function setUnread(count) {
+  if (count === unread) return;
+  unread = count;
   render();
 }
 
@@ -61,17 +56,12 @@ function chime() {
   });
 }
 
-// A message from someone else arrived: count it and chime if nobody is looking.
+// A message from someone else arrived where the reader is not looking.
 export function incoming() {
-  if (!isAway()) return;
-  unread += 1;
-  render();
   chime();
 }
 
 export function installNotifications() {
-  document.addEventListener("visibilitychange", back);
-  window.addEventListener("focus", back);
   for (const type of ["pointerdown", "keydown"]) {
     window.addEventListener(type, unlock, { capture: true, passive: true });
   }

@@ -1,21 +1,10 @@
 // A room's live signals on the page: who is online, who is typing, who has read
-// what. The server sends them to full-stream sockets only (this page's): the
+// what. The server sends them to the open chat's subscription only: the
 // whole presence after `ready`, then diffs; the whole typing set on each change;
 // each member's read position as it rises. None of them is kept in the browser.
 
 const TYPING_EVERY_MS = 2_000; // the server expects a typing frame at most this often
 const READ_DEBOUNCE_MS = 400;
-
-// Tabs of this browser tell each other what was read, so a chat list open in
-// another tab refreshes its unread badges at once (other devices: on focus).
-const channel = "BroadcastChannel" in window ? new BroadcastChannel("chat.reads") : null;
-
-export function onReadElsewhere(callback) {
-  if (!channel) return () => {};
-  const listener = (event) => callback(event.data);
-  channel.addEventListener("message", listener);
-  return () => channel.removeEventListener("message", listener);
-}
 
 // "Alice is typing…", "Alice and Bob are typing…", "Several people are typing…".
 export function typingText(names) {
@@ -32,7 +21,7 @@ export function seenByText(names) {
 }
 
 export class RoomSignals {
-  // send(frame) -> bool sends on the room's socket; onChange(what) redraws
+  // send(frame) -> bool sends on the chat's subscription; onChange(what) redraws
   // ("presence", "typing" or "read").
   constructor(uri, me, reads, { send, markRead, onChange }) {
     this.uri = uri;
@@ -75,7 +64,6 @@ export class RoomSignals {
   onRead(frame) {
     if (frame.seq <= (this.reads.get(frame.user) || 0)) return;
     this.reads.set(frame.user, frame.seq);
-    if (frame.user_id === this.me.id && channel) channel.postMessage({ uri: this.uri, seq: frame.seq });
     this.onChange("read");
   }
 
@@ -87,7 +75,7 @@ export class RoomSignals {
     this.onChange("read");
   }
 
-  // The socket dropped: presence and typing will come again after `ready`.
+  // The stream dropped: presence and typing will come again after `ready`.
   reset() {
     this.online.clear();
     this.typing = [];
