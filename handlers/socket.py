@@ -193,7 +193,7 @@ class ClientSocket(Authenticating, tornado.websocket.WebSocketHandler):
 
     def not_a_member(self, uri: str | None) -> None:
         self.close_with(CLOSE_POLICY, "no longer a member")
-    async def post(self, uri: str, frame: models.SendMessage) -> None:
+    async def post_frame(self, uri: str, frame: models.SendMessage) -> None:
         """A message frame, with its attachments, posted to uri."""
         try:
             await self.services.files.post(self.user, uri, frame.message, frame.client_id,
@@ -334,7 +334,7 @@ class ChatSocket(ClientSocket):
         self.services.hub.leave(self, self.uri)
 
     async def handle_message(self, frame: models.SendMessage) -> None:
-        await self.post(self.uri, frame)
+        await self.post_frame(self.uri, frame)
 
     async def handle_typing(self, frame: models.Typing) -> None:
         await self.services.limits.users.signal(self.user)

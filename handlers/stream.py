@@ -49,7 +49,7 @@ class UserStreamSocket(ClientSocket):
 
     async def handle_message(self, frame: models.StreamSendMessage) -> None:
         self.services.streams.member(self.stream, frame.uri)
-        await self.post(frame.uri, frame)
+        await self.post_frame(frame.uri, frame)
 
     async def handle_typing(self, frame: models.StreamTyping) -> None:
         self.services.streams.member(self.stream, frame.uri)

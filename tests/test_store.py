@@ -325,7 +325,8 @@ def test_writes_that_matter_are_sent_with_the_configured_write_concern(fresh_db,
 
     history = run_store(fresh_db, scenario, write_concern=write_concern, event_listeners=[commands])
     assert [m["message"] for m in history] == ["hello"]
-    assert commands.refused == []
+    # (SecantusDB keeps no text index: search is off there, nothing else refused)
+    assert [r for r in commands.refused if "text indexes are not supported" not in r] == []
     inserts = commands.sent["insert"]
     assert {c["insert"] for c in inserts} >= {"rooms", "messages", "users", "tokens"}
     assert all(c["writeConcern"] == expected for c in inserts)

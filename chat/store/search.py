@@ -7,19 +7,23 @@ import logging
 
 from pymongo.errors import OperationFailure
 
-from chat.store.base import guarded
+from chat.store.base import Unavailable, guarded
 
 log = logging.getLogger("chat.store")
 
 TEXT_INDEX = "message_text"
 # MongoDB's codes for an index that exists with other options (another language).
 INDEX_CONFLICTS = (85, 86)
+# A server that has no text indexes at all (SecantusDB, some MongoDB-compatible ones).
+CANNOT_CREATE_INDEX = 67
 
 
 class MessageSearch:
     """The text index on messages (owned here; the collection is the event log's)."""
 
     search_language: str = "english"
+    # False when the server cannot keep a text index: searches answer 503, the rest works.
+    text_search = True
 
     async def ensure_search_indexes(self) -> None:
         # One text index per collection (MongoDB allows no more). Edit events
@@ -33,6 +37,10 @@ class MessageSearch:
             if error.code is None and "constraint failed" in str(error):
                 # nx-27017 lists no text index in listIndexes and refuses to
                 # create one that exists (MongoDB takes it as a no-op): it is there.
+                return
+            if error.code == CANNOT_CREATE_INDEX:
+                self.text_search = False
+                log.warning("this MongoDB server keeps no text index (%s): search is off", error)
                 return
             if error.code not in INDEX_CONFLICTS:
                 raise
@@ -60,6 +68,8 @@ class MessageSearch:
         nothing when $text is combined with $lt/$gte on _id or created, or
         with $nor (MongoDB would take them here).
         """
+        if not self.text_search:
+            raise Unavailable("search needs a text index, which this MongoDB server does not keep")
         query: dict = {"$text": {"$search": search, "$language": self.search_language},
                        "room": {"$in": rooms}, "type": None, "deleted": {"$ne": True}}
         if user_id is not None:
