@@ -293,11 +293,28 @@ class AccountService:
         await self.store.erase_user_traces(user["id"])
         me = {"id": user["id"], "username": doc["username"]}
         for room in rooms:
+            if room.get("owner") == user["id"]:
+                await self.hand_over_owned(room, me, events)
             if await self.store.remove_member(room["uri"], user["id"]) is not None:
                 self.hub.expel(room["uri"], user["id"], "account deleted")
                 await events.announce(room["uri"], "leave", me, me)
         await self.store.disown_events(user["id"], DELETED_NAME,
                                        erase=self.config.account_deletion == "erase")
+
+    async def hand_over_owned(self, room: dict, me: dict, events) -> None:
+        """A room the leaving account owns goes to a moderator, else its longest
+        member (a role event says so); one with nobody else is left ownerless."""
+        others = [m for m in room["members"] if m != me["id"]]
+        if not others:
+            await self.store.abandon_room(room["uri"], me["id"])
+            return
+        roles = room.get("roles") or {}
+        heir = next((m for m in others if roles.get(m) == "moderator"), others[0])
+        if await self.store.hand_over(room["uri"], me["id"], heir):
+            names = await self.store.users_by_id([heir])
+            if heir in names:
+                await events.announce(room["uri"], "role", {"id": heir, "username": names[heir]["username"]},
+                                      me, "owner")
 
     # The operator ------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.parse
 
 import pika
@@ -215,12 +216,15 @@ async def banned_on_a_closed_on_b(a, b, alice: Api, bob: Api, uri: str) -> None:
     async with Stream(bob) as stream, websockets.connect(socket_url) as room_socket:
         while json.loads(await room_socket.recv())["type"] != "ready":
             pass
+        started = time.monotonic()
         reply = alice.request("POST", f"/api/chats/{uri}/bans/", json={"username": bob.username})
         assert reply.status_code == 204, reply.text
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 await asyncio.wait_for(room_socket.recv(), 2)
         assert closed.value.rcvd.code == 1008
+        # For the record (pytest -s), not asserted: from the ban's request to the close.
+        print(f"ban -> socket closed on the other process: {time.monotonic() - started:.3f} s")
         gone = await stream.wait(lambda: stream.of("chat_gone"), "chat_gone", 2)
         assert gone[0]["reason"] == "banned"
     # And b believes no cached membership: bob is refused there at once.

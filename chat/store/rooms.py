@@ -331,6 +331,12 @@ class Rooms:
         return result.matched_count > 0
 
     @guarded
+    async def abandon_room(self, uri: str, owner_id: str) -> None:
+        """A deleted account's room with nobody else in it: no owner (its owner
+        then leaves it as anyone does)."""
+        await self.rooms.update_one({"uri": uri, "owner": owner_id}, {"$set": {"owner": None}})
+
+    @guarded
     async def set_locked(self, uri: str, by_id: str, locked: bool) -> bool:
         # Unlocked is no field at all: nx-27017 stores a boolean given to $set
         # as 0 or 1, which a condition on false would not match.
