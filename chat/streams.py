@@ -132,11 +132,11 @@ class Streams:
                     self.enter(stream, uri, 0)
             await asyncio.gather(*(asyncio.shield(room.started) for _, room, _ in stream.pending))
             known = self.hub.signals.reads_of(user_id)
-            chats, _ = await self.store.chat_list(user_id, known, current=self.current,
-                                                  username=stream.user["username"])
+            chats, more = await self.store.chat_list(user_id, known, current=self.current,
+                                                     username=stream.user["username"])
         if stream.closed:
             return
-        stream.send({"type": "chats", "chats": chats})
+        stream.send({"type": "chats", "chats": chats, "has_more": more})
         stream.live = True
         shown = {chat["uri"]: chat["last_seq"] for chat in chats}
         pending, stream.pending = stream.pending, []

@@ -776,6 +776,8 @@ class ChatsFrame(Wire):
     then every event of each after its last_seq."""
     type: Literal["chats"]
     chats: list[ChatSummary]
+    # More chats follow: the page asks GET /api/chats/?before=<the last chat's cursor>.
+    has_more: bool = False
 
 
 class ChatFrame(Wire):

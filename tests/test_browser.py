@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.helpers import FIRST_MESSAGE, ROOT, Api, two_members
+from tests.test_files import png, uploaded
 
 pytestmark = pytest.mark.browser
 
@@ -447,7 +448,9 @@ def test_unread_count_in_title_while_away(server, tabs):
 
 def test_screenshots_of_the_chat(start_server, tabs):
     """screenshot.png (desktop, my chats beside the chat), screenshot-phone.png (390 px
-    wide), screenshot-phone-home.png (my chats on the phone) and the rest.
+    wide), screenshot-phone-home.png (my chats on the phone) and the rest. The lists hold a
+    DM and a named chat with an unread mention (its @ badge); the chat, a formatted
+    message and an image.
 
     They go to tests/artifacts/, or to docs/ (the README's) with UPDATE_SCREENSHOTS=1,
     so an ordinary test run leaves the checkout clean.
@@ -460,10 +463,12 @@ def test_screenshots_of_the_chat(start_server, tabs):
     uri = maya.new_chat()
     leo.join(uri)
     sam.join(uri)
+    assert maya.request("PATCH", f"/api/chats/{uri}/",
+                        json={"name": "Launch", "topic": "Friday's release"}).status_code == 200
     script = [
         (leo, "Morning! Did the deploy go out last night?"),
-        (maya, "It did! The new chat server is live behind nginx."),
-        (maya, "Three processes, one RabbitMQ, history in MongoDB."),
+        (maya, "It did! The new chat server is **live** behind nginx."),
+        (maya, "Three processes, one RabbitMQ, history in `MongoDB`."),
         (sam, "Nice. I restarted one process during lunch and nobody lost a message."),
         (leo, "That's the seq resume doing its job. Notes are in https://example.com/runbook"),
         (sam, "Shift+Enter for new lines works too:\n- sign up\n- share the link\n- talk"),
@@ -471,10 +476,18 @@ def test_screenshots_of_the_chat(start_server, tabs):
     ]
     for api, text in script:
         api.post(uri, text)
+    graph = uploaded(sam, uri, png(1200, 600, "seagreen"), "load.png")
+    assert sam.request("POST", f"/api/chats/{uri}/messages/", json={
+        "message": "Load during the switch-over:", "attachments": [graph["id"]]}).status_code == 200
+    script.append((sam, "Load during the switch-over:"))
     lunch = leo.new_chat()
     sam.join(lunch)
+    maya.join(lunch)
+    assert leo.request("PATCH", f"/api/chats/{lunch}/", json={"name": "Lunch"}).status_code == 200
     leo.post(lunch, "Lunch at the usual place?")
-    sam.post(lunch, "Sure, 12:30")
+    sam.post(lunch, "Sure, 12:30. @maya @leo coming?")
+    dm = maya.request("POST", "/api/dms/", json={"username": "leo"}).json()["uri"]
+    maya.post(dm, "Can you look at my pull request after lunch?")
     sam.new_chat()  # a chat nobody joined yet
 
     home = tabs(process.url, viewport={"width": 1280, "height": 800}).sign_in(sam).open_chat(uri)
@@ -482,6 +495,9 @@ def test_screenshots_of_the_chat(start_server, tabs):
     home.page.get_by_role("link", name="Chat", exact=True).click()
     desktop.send("Yes! I'll send the link round.")
     expect(desktop.page.locator(".messages > li[data-seq]")).to_have_count(len(script) + 1)
+    expect(desktop.page.locator(".chat-item", has_text="Lunch").locator(".mention-badge")).to_have_text("@")
+    expect(desktop.page.locator(".chat-item-title").filter(has_text=re.compile(r"^leo$"))).to_be_visible()
+    expect(desktop.page.locator(".attachment-image img")).to_have_js_property("complete", True)
     desktop.page.locator(".composer textarea").fill("See you all then")
     desktop.page.locator(".composer textarea").blur()
     shots.mkdir(parents=True, exist_ok=True)
@@ -497,7 +513,8 @@ def test_screenshots_of_the_chat(start_server, tabs):
     phone.page.screenshot(path=str(shots / "screenshot-phone-members.png"))
     phone.page.get_by_role("button", name="Close").tap()
     phone.page.get_by_role("link", name="Back to my chats").tap()
-    expect(phone.page.locator(".sidebar .chat-item")).to_have_count(2)
+    expect(phone.page.locator(".sidebar .chat-item")).to_have_count(3)
+    expect(phone.page.locator(".chat-item", has_text="Lunch").locator(".mention-badge")).to_have_text("@")
     phone.page.screenshot(path=str(shots / "screenshot-phone-home.png"))
 
     dark = tabs(process.url, viewport={"width": 1280, "height": 800}, color_scheme="dark")

@@ -341,3 +341,21 @@ def test_the_user_stream_is_refused_like_room_sockets(pair):
         assert await status(f"{base}/ws/?token={alice.token}", origin="http://evil.example") == 403
         assert await status(f"{base}/ws/?token={urllib.parse.quote(alice.token)}") == 101
     run(scenario())
+
+
+def test_a_password_change_closes_the_users_other_streams_on_both_processes(pair):
+    """The stream is counted as its user's socket after the handshake (Tornado's
+    on_finish had released it), so a revocation reaches it like a room socket."""
+    a, b = pair
+    alice = Api(a.url).signup()
+    device = Api(a.url, alice.username, alice.password).login()
+
+    async def scenario():
+        async with Stream(device) as here, Stream(device, b.url) as there:
+            reply = alice.request("POST", "/auth/password/",
+                                  json={"old_password": alice.password, "new_password": "a-good-one-1"})
+            assert reply.status_code == 204, reply.text
+            await here.wait(lambda: here.closed, "the stream on this process closed")
+            await there.wait(lambda: there.closed, "the stream on the other process closed")
+            assert here.closed == there.closed == 1008
+    run(scenario())

@@ -2,14 +2,22 @@
 // form, the tab's user stream with the list of my chats, and toasts. The login is an HttpOnly cookie the
 // script never sees; nothing is kept in localStorage.
 
+import { accounts } from "./account-api.js";
+import { AdminView } from "./admin.js";
 import { api, ApiError } from "./api.js";
 import { ChatView } from "./chat.js";
 import { ChatList } from "./chatlist.js";
-import { avatar, h, icon } from "./dom.js";
+import { h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
+import { newMessageButton } from "./people.js";
+import { learn, personAvatar, personName } from "./profiles.js";
+import { resetForm, SettingsView } from "./settings.js";
+import { searchBox } from "./search.js";
 import { UserStream } from "./stream.js";
 
 const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
+// Account pages (settings.js, admin.js).
+const PAGES = { "/settings/": SettingsView, "/admin/": AdminView };
 
 class App {
   constructor(root) {
@@ -64,9 +72,9 @@ class App {
   // One user stream per tab while signed in: the chat list and the open chat ride on it.
   connect() {
     if (this.stream) return;
-    this.chatList = new ChatList(this.me, { openUri: () => (this.view ? this.view.uri : null) });
+    this.chatList = new ChatList(this.me, { openUri: () => (this.view && this.view.uri) || null });
     this.stream = new UserStream({
-      onChats: (chats) => this.chatList.onChats(chats),
+      onChats: (chats, hasMore) => this.chatList.onChats(chats, hasMore),
       onChat: (chat) => this.chatList.onChat(chat),
       onGone: (uri) => this.chatList.onGone(uri),
       onEvent: (frame) => this.chatList.onEvent(frame),
@@ -97,15 +105,28 @@ class App {
 
   route() {
     this.leaveView();
+    const reset = /^#reset=([\w-]+)$/.exec(location.hash);
+    if (reset) {
+      resetForm(this, reset[1]);
+      return;
+    }
     const chat = CHAT_PATH.exec(location.pathname);
     this.root.classList.toggle("in-chat", Boolean(chat && this.me));
     if (!this.me) {
+      this.root.classList.remove("in-page");
       this.showAuth(chat ? "Sign in to join this chat." : "");
       return;
     }
+    // Settings and admin take the main area; on a phone, the whole screen under the top bar.
+    const Page = PAGES[location.pathname];
+    const onPage = Boolean(!chat && Page && (Page !== AdminView || this.me.admin));
+    this.root.classList.toggle("in-page", onPage);
     this.connect();
     if (chat) {
       this.view = new ChatView(this, chat[1]);
+      this.view.mount(this.shell());
+    } else if (onPage) {
+      this.view = new Page(this);
       this.view.mount(this.shell());
     } else {
       if (location.pathname !== "/") history.replaceState(null, "", "/");
@@ -119,7 +140,7 @@ class App {
     this.leaveView();
     this.disconnect();
     this.me = null;
-    this.root.classList.remove("in-chat");
+    this.root.classList.remove("in-chat", "in-page");
     this.showAuth(message);
   }
 
@@ -138,16 +159,27 @@ class App {
       return main;
     }
     const main = h("main", { class: "main", id: "main" });
+    learn(this.me);
+    this.accountLink = h("a", { href: "/settings/", class: "account-link", "data-link": "",
+      "aria-label": "Settings", title: "Settings" },
+    personAvatar(this.me, "small"), personName(this.me, { class: "account-name" }));
     const bar = h("header", { class: "topbar" },
       h("a", { href: "/", class: "brand", "data-link": "" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
+      searchBox(this),
       h("div", { class: "account" },
-        avatar(this.me.username, "small"),
-        h("span", { class: "account-name", text: this.me.username }),
+        this.accountLink,
         h("button", { type: "button", class: "icon-button", "aria-label": "Sign out", title: "Sign out",
           onclick: () => this.signOut() }, icon("logout"))));
     this.frame = h("div", { class: "layout" }, this.sidebar(), main);
     this.root.replaceChildren(bar, this.frame);
     return main;
+  }
+
+  // The top bar's name and picture after the profile changed.
+  refreshAccount() {
+    if (!this.accountLink) return;
+    this.accountLink.replaceChildren(personAvatar(this.me, "small"),
+      personName(this.me, { class: "account-name" }));
   }
 
   async signOut() {
@@ -168,6 +200,8 @@ class App {
   showAuth(notice) {
     setTitle("Sign in · Chat");
     let mode = "signin";
+    // An invite link (/?invite=<code>) opens the sign-up form with its code.
+    const invite = new URLSearchParams(location.search).get("invite");
     const error = h("p", { class: "form-error", role: "alert", id: "auth-error" });
     const username = h("input", { id: "auth-username", name: "username", type: "text", required: true,
       autocomplete: "username", autocapitalize: "none", spellcheck: "false", maxlength: "150",
@@ -195,13 +229,29 @@ class App {
     };
     switchButton.addEventListener("click", () => setMode(mode === "signin" ? "signup" : "signin"));
 
+    // A forgotten password: a reset link by mail to the account's address.
+    const forgot = h("button", { type: "button", class: "link-button", text: "Forgot your password?",
+      onclick: async () => {
+        if (!username.value.trim()) {
+          error.textContent = "Enter your username first.";
+          username.focus();
+          return;
+        }
+        try {
+          error.textContent = (await accounts.requestReset(username.value.trim())).detail;
+        } catch (caught) {
+          error.textContent = caught.message;
+        }
+      } });
+
     const form = h("form", { class: "auth-form", novalidate: true },
       heading,
       notice ? h("p", { class: "notice", text: notice }) : null,
       h("label", { for: "auth-username", text: "Username" }), username, usernameHint,
       h("label", { for: "auth-password", text: "Password" }), password,
       error, submit,
-      h("p", { class: "switch" }, switchText, switchButton));
+      h("p", { class: "switch" }, switchText, switchButton),
+      h("p", { class: "switch" }, forgot));
 
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -214,7 +264,7 @@ class App {
       submit.disabled = true;
       submit.classList.add("busy");
       try {
-        if (mode === "signup") await api.signUp(username.value.trim(), password.value);
+        if (mode === "signup") await accounts.signUpWith(username.value.trim(), password.value, invite);
         await api.signIn(username.value.trim(), password.value);
         this.me = await api.me();
         this.route();
@@ -229,6 +279,7 @@ class App {
       h("div", { class: "auth-card" },
         h("div", { class: "brand big" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
         form)));
+    if (invite) setMode("signup");
     username.focus();
   }
 
@@ -263,7 +314,8 @@ class App {
       }
     });
     return h("nav", { class: "sidebar", "aria-label": "Chats" },
-      h("div", { class: "home-head" }, h("h1", { text: "My chats" }), newButton),
+      h("div", { class: "home-head" }, h("h1", { text: "My chats" }),
+        h("div", { class: "home-actions" }, newMessageButton(this), newButton)),
       error, this.chatList.status, this.chatList.list);
   }
 }

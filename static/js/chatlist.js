@@ -2,11 +2,13 @@
 // events (order by activity, previews, unread badges), `chat` (a chat that is
 // new to me) and `chat_gone`. It draws the list (a sidebar beside the open
 // chat on wide screens, the home screen on phones), the tab title's unread
-// count and the chime.
+// count and the chime. Later pages load on scroll (morechats.js).
 
 import { chatTitle } from "./chat.js";
 import { avatar, h } from "./dom.js";
+import { MoreChats } from "./morechats.js";
 import { incoming, isAway, setUnread } from "./notify.js";
+import { chatFace, chatName, mentionBadge, mentionsMe } from "./people.js";
 
 const relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
 const shortDate = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
@@ -32,11 +34,13 @@ export class ChatList {
     this.chats = new Map(); // uri -> the chat list's entry, kept up to date
     // Per chat, what its unread count is made of: the snapshot's count (all
     // at or below the snapshot's last_seq) and the seqs of messages by others
-    // that came live since, so a read position lowers it exactly.
-    this.counts = new Map(); // uri -> { base, upTo, live: [seq] }
+    // that came live since, so a read position lowers it exactly; the same
+    // for the mentions of me among them.
+    this.counts = new Map(); // uri -> { base, mentionBase, upTo, live: [seq], mentions: [seq] }
     this.loaded = false;
     this.drawPending = false;
     this.list = h("ul", { class: "chat-list", "aria-label": "My chats" });
+    this.more = new MoreChats((chats) => this.onPage(chats));
     this.status = h("div", { class: "list-status" },
       h("div", { class: "spinner", role: "status", "aria-label": "Loading chats" }));
     this.onLook = () => this.updateTitle();
@@ -46,6 +50,7 @@ export class ChatList {
   }
 
   stop() {
+    this.more.stop();
     document.removeEventListener("visibilitychange", this.onLook);
     window.removeEventListener("focus", this.onLook);
     window.removeEventListener("blur", this.onLook);
@@ -55,9 +60,10 @@ export class ChatList {
   // The stream -----------------------------------------------------------
 
   // A fresh snapshot (every connect): it replaces what the list knew.
-  onChats(chats) {
+  onChats(chats, hasMore = false) {
     this.chats = new Map();
     this.counts.clear();
+    this.more.reset(chats, hasMore);
     for (const chat of chats) this.add(chat);
     this.loaded = true;
     this.draw();
@@ -68,9 +74,16 @@ export class ChatList {
     this.draw();
   }
 
+  // A later page: older chats (the stream already carries their events).
+  onPage(chats) {
+    for (const chat of chats) if (!this.chats.has(chat.uri)) this.add(chat);
+    this.draw();
+  }
+
   add(chat) {
     this.chats.set(chat.uri, { ...chat });
-    this.counts.set(chat.uri, { base: chat.unread, upTo: chat.last_seq, live: [] });
+    this.counts.set(chat.uri, { base: chat.unread, mentionBase: chat.mentions || 0, upTo: chat.last_seq,
+      live: [], mentions: [] });
   }
 
   onGone(uri) {
@@ -94,6 +107,7 @@ export class ChatList {
       chat.last_message = { ...chat.last_message, text: frame.message.slice(0, PREVIEW_CHARS) };
     } else if (frame.type === "delete") this.onDelete(chat, frame);
     else if (frame.type === "member") this.onMember(chat, frame);
+    else if (frame.type === "room") Object.assign(chat, { name: frame.name, topic: frame.topic });
     else return;
     this.draw();
   }
@@ -109,7 +123,9 @@ export class ChatList {
     // The open chat, while looked at, is read by its view.
     const looking = chat.uri === this.openUri() && !isAway();
     if (looking) return;
-    this.counts.get(chat.uri).live.push(message.seq);
+    const counts = this.counts.get(chat.uri);
+    counts.live.push(message.seq);
+    if (mentionsMe(message, this.me)) counts.mentions.push(message.seq);
     this.count(chat);
     incoming();
   }
@@ -117,6 +133,7 @@ export class ChatList {
   onDelete(chat, event) {
     const counts = this.counts.get(chat.uri);
     counts.live = counts.live.filter((seq) => seq !== event.target_seq);
+    counts.mentions = counts.mentions.filter((seq) => seq !== event.target_seq);
     this.count(chat);
     if (chat.last_message && chat.last_message.id === event.id) {
       chat.last_message = null; // the one before it is not known here
@@ -143,16 +160,18 @@ export class ChatList {
     chat.last_read_seq = seq;
     const counts = this.counts.get(chat.uri);
     counts.live = counts.live.filter((s) => s > seq);
+    counts.mentions = counts.mentions.filter((s) => s > seq);
     // A read short of the snapshot's last_seq leaves the snapshot's count as
     // it was: which of those it covers is not known here (the next snapshot is exact).
-    if (seq >= counts.upTo) counts.base = 0;
+    if (seq >= counts.upTo) counts.base = counts.mentionBase = 0;
     this.count(chat);
     this.draw();
   }
 
   count(chat) {
-    const { base, live } = this.counts.get(chat.uri);
+    const { base, mentionBase, live, mentions } = this.counts.get(chat.uri);
     chat.unread = Math.min(MAX_UNREAD, base + live.length);
+    chat.mentions = Math.min(MAX_UNREAD, mentionBase + mentions.length);
   }
 
   // Drawing ----------------------------------------------------------------
@@ -181,6 +200,7 @@ export class ChatList {
     const focused = this.list.contains(document.activeElement) ? document.activeElement.dataset.uri : null;
     const rows = [...this.chats.values()].sort((a, b) => Date.parse(b.updated) - Date.parse(a.updated));
     this.list.replaceChildren(...rows.map((chat) => this.item(chat)));
+    if (this.more.more) this.list.append(this.more.sentinel);
     if (focused) this.list.querySelector(`[data-uri="${focused}"]`)?.focus();
   }
 
@@ -204,14 +224,16 @@ export class ChatList {
       href: `/chats/${chat.uri}/`, class: `chat-item${unread ? " unread" : ""}`, "data-link": "",
       dataset: { uri: chat.uri }, "aria-current": open ? "page" : null,
     },
-      h("span", { class: "chat-item-avatar" }, avatar(other.username)),
+      h("span", { class: "chat-item-avatar" }, avatar(chatFace(chat, this.me) || other.username)),
       h("span", { class: "chat-item-body" },
         h("span", { class: "chat-item-top" },
-          h("span", { class: "chat-item-title", text: chatTitle(chat.people, this.me, chat.members) }),
+          h("span", { class: "chat-item-title",
+            text: chatName(chat, this.me) || chatTitle(chat.people, this.me, chat.members) }),
           h("time", { datetime: chat.updated, text: ago(chat.updated) })),
         h("span", { class: "chat-item-bottom" },
           h("span", { class: "chat-item-preview",
             text: message ? `${who}: ${message.text.replace(/\s+/g, " ")}` : "No messages yet" }),
+          mentionBadge(chat),
           unread ? h("span", { class: "badge", "aria-label": `${unread} unread`,
             text: unread > 99 ? "99+" : String(unread) }) : null))));
   }

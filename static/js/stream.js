@@ -85,7 +85,7 @@ class Subscription {
 }
 
 export class UserStream {
-  // handlers: onChats(chats), onChat(chat), onGone(uri, reason), onEvent(frame)
+  // handlers: onChats(chats, hasMore), onChat(chat), onGone(uri, reason), onEvent(frame)
   // (every frame of a chat, before the open chat's view gets it), onState(state, detail),
   // onRefused() (closed for policy, or the handshake failed: ask the API why).
   constructor(handlers) {
@@ -160,7 +160,7 @@ export class UserStream {
       this.open = true;
       // With a chat open, only its `ready` says the connection works.
       if (!this.subscriptions.size) this.attempt = 0;
-      this.handlers.onChats(frame.chats);
+      this.handlers.onChats(frame.chats, Boolean(frame.has_more));
       this.handlers.onState("live");
       for (const subscription of this.subscriptions.values()) subscription.request();
       return;
