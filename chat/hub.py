@@ -326,14 +326,15 @@ class Hub:
         """Count a new socket of its user (before any await of its handshake, so
         concurrent handshakes see each other); TooManySockets past the cap."""
         sockets = self.sockets_by_user.setdefault(sock.user["id"], set())
+        if sock in sockets:
+            return
         if len(sockets) >= self.max_sockets_per_user:
             if not sockets:
                 del self.sockets_by_user[sock.user["id"]]
             raise TooManySockets()
-        if sock not in sockets:
-            sockets.add(sock)
-            self.no_sockets.clear()
-            self.metrics.open_sockets.inc()
+        sockets.add(sock)
+        self.no_sockets.clear()
+        self.metrics.open_sockets.inc()
 
     def release(self, sock: Socket) -> None:
         """The socket is gone (closed, or refused after admit)."""

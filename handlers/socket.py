@@ -127,8 +127,9 @@ class ClientSocket(Authenticating, tornado.websocket.WebSocketHandler):
         self.finish(json.dumps(body))
 
     def on_finish(self) -> None:
-        # A handshake refused after admit (by the origin check, say): never opened.
-        if not self.joined:
+        # A handshake refused after admit (by the origin check, say). Tornado
+        # calls this for an accepted one too, before open(): that one stays counted.
+        if self.ws_connection is None:
             self.services.hub.release(self)
 
     def limit_buffer(self) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 from chat.frames import encode, text_frame
-from chat.hub import TooManySockets
 from chat.store import Unavailable
 from handlers import models
 from handlers.base import Services, decoded_arguments, validated
@@ -30,14 +29,6 @@ class UserStreamSocket(ClientSocket):
     async def open(self) -> None:
         self.limit_buffer()
         self.joined = True
-        try:
-            # The handshake's end (on_finish, before open) released it: count it
-            # again, as Hub.join does a room socket, or a revocation (password
-            # change, deactivation) would not close it.
-            self.services.hub.admit(self)
-        except TooManySockets:
-            self.close_with(CLOSE_INTERNAL_ERROR, "too many open sockets; reconnect")
-            return
         try:
             await asyncio.wait_for(self.services.streams.open(self.stream),
                                    self.services.config.ws_ready_timeout)

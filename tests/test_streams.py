@@ -359,3 +359,26 @@ def test_a_password_change_closes_the_users_other_streams_on_both_processes(pair
             await there.wait(lambda: there.closed, "the stream on the other process closed")
             assert here.closed == there.closed == 1008
     run(scenario())
+
+
+def test_the_socket_cap_holds_for_handshakes_made_at_once(pair):
+    """Forty streams of one user at once, against max_sockets_per_user 10: each
+    handshake is counted before its first await after authentication."""
+    a, _ = pair
+    alice = Api(a.url).signup()
+
+    async def scenario():
+        url = f"{a.ws_url}/ws/?token={alice.token}"
+
+        async def one():
+            try:
+                return await websockets.connect(url, open_timeout=10)
+            except websockets.InvalidStatus as refused:
+                return refused.response.status_code
+
+        answers = await asyncio.gather(*(one() for _ in range(40)))
+        opened = [ws for ws in answers if not isinstance(ws, int)]
+        for ws in opened:
+            await ws.close()
+        return len(opened), sorted({a for a in answers if isinstance(a, int)})
+    assert run(scenario()) == (10, [429])
