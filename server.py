@@ -20,17 +20,22 @@ import tornado.web
 
 from chat import config as chat_config
 from chat import embedded, logs
+from chat.blocks import BlockList
 from chat.broker import AmqpBroker, MemoryBroker
+from chat.compose import Composer
+from chat.dms import DirectMessages
 from chat.events import RoomEvents
 from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import Limit
+from chat.mentions import People
 from chat.metrics import Metrics
 from chat.passwords import Passwords
+from chat.render import Renderer
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.streams import Streams
 from chat.tokens import Tokens
-from handlers import auth, chats, messages, openapi, ops, pages, socket, stream
+from handlers import auth, chats, dms, messages, openapi, ops, pages, socket, stream
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -79,6 +84,10 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (rf"/api/chats/{URI}/bans/([^/]+)/", chats.BanHandler),
         (rf"/ws/chats/{URI}/", socket.ChatSocket),
         (r"/ws/", stream.UserStreamSocket),
+        # Talking to people (issue 20).
+        (r"/api/dms/", dms.DmsHandler),
+        (r"/api/blocks/", dms.BlocksHandler),
+        (r"/api/blocks/([^/]+)/", dms.BlockHandler),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
         (r"/metrics", ops.MetricsHandler),
@@ -175,10 +184,18 @@ class ChatServer:
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens,
                        max_sockets_per_user=config.max_sockets_per_user)
+        # Talking to people: a room's people cached for the post path, Markdown
+        # rendered once per message, DMs and blocks.
+        self.people = People(self.store, self.hub, config.mention_room_max_without_role)
+        self.renderer = Renderer(config.render_timeout_seconds, config.render_threads)
+        events = RoomEvents(self.store, self.hub, self.people)
+        direct = DirectMessages(self.store, self.people, events)
+        events.composer = Composer(self.renderer, self.people, direct)
+        self.hub.compose = events.composer.prepare
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
-                                 self.metrics, Limits(config, self.store),
-                                 RoomEvents(self.store, self.hub),
-                                 Streams(self.hub, self.store, config.max_subscriptions))
+                                 self.metrics, Limits(config, self.store), events,
+                                 Streams(self.hub, self.store, config.max_subscriptions),
+                                 direct, BlockList(self.store, self.people, events))
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -227,6 +244,7 @@ class ChatServer:
             await asyncio.wait_for(self.http.close_all_connections(), SHUTDOWN_GRACE)
         await self.store.close()
         self.passwords.close()
+        self.renderer.close()
         self.metrics.unwatch_gc()
 
 

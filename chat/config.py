@@ -58,6 +58,10 @@ class Config:
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_token: str = ""
+    # Talking to people (issue 20): @room's rule, and Markdown's bound.
+    mention_room_max_without_role: int = 20
+    render_timeout_seconds: float = 0.05
+    render_threads: int = 2
     embedded: bool = False
 
     def validate(self) -> Config:
@@ -88,7 +92,7 @@ class Config:
                               "it cannot be combined with other URLs")
         for name in ("port", "listen_backlog", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes",
                      "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds",
-                     "ws_ready_timeout"):
+                     "ws_ready_timeout", "render_timeout_seconds", "render_threads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.presence_grace_seconds < 0:

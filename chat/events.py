@@ -89,11 +89,16 @@ def fold(message: dict, events: list[dict]) -> dict:
         kind = event["type"]
         if kind == "edit":
             state["message"] = event.get("message", "")
+            # Rendered and its mentions found when it was made (chat/compose.py).
+            for key in ("html", "mentions", "mentions_room"):
+                if key in event:
+                    state[key] = event[key]
             state["version"] = event["version"]
             # Epoch seconds: some wire servers store a datetime given to $set as a string.
             state["edited"] = event["created"].timestamp()
         elif kind == "delete":
-            state.update(message="", deleted=True, reactions={})
+            state.update(message="", deleted=True, reactions={}, html="", mentions=[],
+                         mentions_room=False)
         elif kind == "reaction":
             users = state["reactions"].setdefault(event["emoji"], [])
             name = event["user"]["username"]
@@ -107,9 +112,13 @@ def fold(message: dict, events: list[dict]) -> dict:
 
 
 class RoomEvents:
-    def __init__(self, store, hub):
+    def __init__(self, store, hub, people=None):
         self.store = store
         self.hub = hub
+        # chat.mentions.People: the post path's cache of rooms, told of membership changes.
+        self.people = people
+        # chat.compose.Composer (set by server.py): renders edits and finds their mentions.
+        self.composer = None
 
     # Rooms and members ----------------------------------------------------
 
@@ -124,6 +133,8 @@ class RoomEvents:
 
     async def moderated_room(self, uri: str, user_id: str) -> dict:
         room = await self.member_room(uri, user_id)
+        if room.get("kind") == "dm":
+            raise Forbidden("A direct message has no owner, moderators, bans or lock.")
         if role_of(room, user_id) not in MODERATORS:
             raise Forbidden("Only the chat's owner and moderators can do that.")
         return room
@@ -141,6 +152,8 @@ class RoomEvents:
         event = {"type": "member", "op": op, "user": brief(user), "by": brief(by)}
         if role:
             event["role"] = role
+        if self.people is not None:
+            self.people.changed(uri)
         await self.hub.append_event(uri, event)
 
     async def join(self, user: dict, uri: str) -> dict:
@@ -154,6 +167,9 @@ class RoomEvents:
         """An owner or moderator adds a user by name, locked room or not: (room, user)."""
         await self.moderated_room(uri, by["id"])
         user = await self.user_named(username, "username")
+        if (user["id"], by["id"]) in await self.store.blocks_among([user["id"], by["id"]]):
+            # Without saying that it is a block.
+            raise Forbidden(f"{user['username']} cannot be added to this chat.")
         try:
             room, joined = await self.store.add_member(uri, user["id"], by_link=False)
         except Banned:
@@ -226,6 +242,16 @@ class RoomEvents:
             raise NotFound(username)
         await self.announce(uri, "role", user, by, role)
 
+    async def set_info(self, by: dict, uri: str, name: str | None, topic: str | None) -> None:
+        """The owner or a moderator names the room or sets its topic: a `room` event."""
+        room = await self.moderated_room(uri, by["id"])
+        info = {"name": room.get("name") if name is None else name,
+                "topic": room.get("topic", "") if topic is None else topic}
+        if info == {"name": room.get("name"), "topic": room.get("topic", "")}:
+            return
+        await self.store.set_room_info(uri, info)
+        await self.hub.append_event(uri, {"type": "room", **info, "by": brief(by)})
+
     async def set_locked(self, by: dict, uri: str, locked: bool) -> None:
         room = await self.moderated_room(uri, by["id"])
         if bool(room.get("locked")) != locked:
@@ -259,9 +285,11 @@ class RoomEvents:
             raise NotFound(message_id)
         if text != message["message"]:
             await self.hub.check_rate(user)
+            rendered = {} if self.composer is None else await self.composer.prepare(
+                user, uri, text, posting=False)
             message = await self.change(uri, message, {
                 "type": "edit", "user": brief(user), "user_id": user["id"], "message": text,
-                "version": message.get("version", 0) + 1})
+                "version": message.get("version", 0) + 1, **rendered})
         return public_message(message)
 
     async def delete(self, user: dict, uri: str, message_id: str) -> None:

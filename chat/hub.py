@@ -178,6 +178,12 @@ class Hub:
         self.max_message_chars = max_message_chars
         self.user_limit = Limit(store, "messages", user_messages_per_minute, 60.0)
         self.sequencer = Sequencer(store, metrics)
+        # chat.compose.Composer.prepare, set by server.py: a post's html and
+        # mentions, made once before it is stored (the DM and @room rules too).
+        self.compose = None
+        # chat.mentions.People.forget, set by People: a room's people changed
+        # (a "room_people" control notice, from any process).
+        self.on_room_people = None
         # The process's cache of live tokens, told of logouts and refreshes.
         self.tokens = tokens
         self.rooms: dict[str, Room] = {}
@@ -231,7 +237,8 @@ class Hub:
         with budget(deadline):
             await self.check_rate(user)
             recorded = await self.store.member_seq(uri, user["id"])
-        event = {"user_id": user["id"], "user": user, "message": text}
+            prepared = {} if self.compose is None else await self.compose(user, uri, text)
+        event = {"user_id": user["id"], "user": user, "message": text, **prepared}
         if client_id:
             event["client_id"] = client_id
         public, created = await self.append_event(uri, event, recorded, deadline)
@@ -817,6 +824,9 @@ class Hub:
             if (isinstance(uri, str) and isinstance(user_id, str) and type(seq) is int
                     and self.on_joined is not None):
                 self.on_joined(uri, user_id, seq)
+        elif notice.get("type") == "room_people":
+            if self.on_room_people is not None and isinstance(notice.get("uri"), str):
+                self.on_room_people(notice["uri"])
         elif notice.get("type") == "expel":
             uri, user_id = notice.get("uri"), notice.get("user_id")
             if not isinstance(uri, str) or not isinstance(user_id, str):

@@ -129,7 +129,7 @@ class Streams:
                     self.enter(stream, uri, 0)
             await asyncio.gather(*(asyncio.shield(room.started) for _, room, _ in stream.pending))
             known = self.hub.signals.reads_of(user_id)
-            chats = await self.store.chat_list(user_id, known)
+            chats = await self.store.chat_list(user_id, known, username=stream.user["username"])
         if stream.closed:
             return
         stream.send({"type": "chats", "chats": chats})
@@ -218,7 +218,8 @@ class Streams:
         stream = entry.stream
         await asyncio.shield(room.started)
         known = self.hub.signals.reads_of(stream.user["id"])
-        chats = await self.store.chat_list(stream.user["id"], known, uri=entry.uri)
+        chats = await self.store.chat_list(stream.user["id"], known, uri=entry.uri,
+                                          username=stream.user["username"])
         if stream.entries.get(entry.uri) is not entry or stream.closed:
             return
         if not chats:  # left again before we could look

@@ -246,7 +246,8 @@ def endpoint(summary: str, operation_id: str, **declared: Any):
 class Services:
     """What every handler needs, built once in server.py."""
 
-    def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events, streams):
+    def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events, streams,
+                 dms=None, blocks=None):
         self.config = config
         self.streams = streams
         self.store = store
@@ -256,6 +257,8 @@ class Services:
         self.metrics = metrics
         self.limits = limits
         self.events = events
+        self.dms = dms  # chat.dms.DirectMessages
+        self.blocks = blocks  # chat.blocks.BlockList
 
 
 class Authenticating:

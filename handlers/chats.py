@@ -18,7 +18,10 @@ async def room_view(services, room: dict, viewer_id: str) -> dict:
     read = services.hub.signals.read_positions(room["uri"], room.get("last_read"))
     view = {
         "uri": room["uri"],
-        "owner": users.get(room["owner"]),
+        "kind": room.get("kind", "room"),
+        "name": room.get("name"),
+        "topic": room.get("topic", ""),
+        "owner": users.get(room["owner"]) if room["owner"] else None,
         "members": members,
         "locked": bool(room.get("locked")),
         "seq": room["seq"],
@@ -34,10 +37,12 @@ async def room_view(services, room: dict, viewer_id: str) -> dict:
 
 
 class ChatsHandler(ApiHandler):
-    @endpoint("Start a chat", "createChat", response=models.ChatCreated, errors=(503,))
-    async def post(self) -> None:
+    @endpoint("Start a chat, with a name and a topic if given", "createChat",
+              body=models.NewChat, body_required=False, response=models.ChatCreated,
+              errors=(503,))
+    async def post(self, body: models.NewChat) -> None:
         user = self.require_user()
-        room = await self.services.store.create_room(user["id"])
+        room = await self.services.store.create_room(user["id"], body.name, body.topic)
         self.reply({"status": "SUCCESS", "uri": room["uri"],
                     "message": "New chat session created"})
 
@@ -46,7 +51,7 @@ class ChatsHandler(ApiHandler):
     async def get(self) -> None:
         user = self.require_user()
         known = self.services.hub.signals.reads_of(user["id"])
-        self.reply(await self.services.store.chat_list(user["id"], known))
+        self.reply(await self.services.store.chat_list(user["id"], known, username=user["username"]))
 
 
 class ChatHandler(ApiHandler):
@@ -57,13 +62,19 @@ class ChatHandler(ApiHandler):
         room = await self.services.events.member_room(uri, user["id"])
         self.reply(await room_view(self.services, room, user["id"]))
 
-    @endpoint("Join by the chat's link; an owner or moderator adds a user by username, or "
-              "locks the chat against joining by link (then the answer is the chat)",
+    @endpoint("Join by the chat's link; an owner or moderator adds a user by username, "
+              "locks the chat against joining by link, or sets its name or topic (then the "
+              "answer is the chat)",
               "joinChat", body=models.Join, body_required=False,
               response=models.Joined | models.Chat, errors=(403, 404, 503))
     async def patch(self, uri: str, body: models.Join) -> None:
         user = self.require_user()
         events = self.services.events
+        if body.name is not None or body.topic is not None:
+            await events.set_info(user, uri, body.name, body.topic)
+            room = await events.member_room(uri, user["id"])
+            self.reply(await room_view(self.services, room, user["id"]))
+            return
         if body.locked is not None:
             await events.set_locked(user, uri, body.locked)
             room = await events.member_room(uri, user["id"])

@@ -192,10 +192,33 @@ class TokenBody(Wire):
     token: Required
 
 
+# Talking to people (issue 20) -----------------------------------------
+
+# Kept without the spaces around them.
+RoomName = Annotated[required(max_length=80), AfterValidator(str.strip),
+                     Field(description="The chat's name (1-80 characters)")]
+Topic = Annotated[str, Field(max_length=250), AfterValidator(str.strip),
+                  Field(description="The chat's topic (0-250 characters; empty: none)")]
+
+
+class NewChat(Wire):
+    """Both optional: chatire's client sends no body."""
+    name: RoomName | None = None
+    topic: Topic | None = None
+
+
+class StartDm(Wire):
+    username: required(max_length=150)
+
+
 class Join(Wire):
     username: Annotated[Text | None, Field(description="Whom the owner or a moderator adds; "
                                                        "absent, null or empty: the caller "
                                                        "joins")] = None
+    name: Annotated[RoomName | None, Field(description="The owner or a moderator renames the "
+                                                       "chat (then the answer is the chat)")] = None
+    topic: Annotated[Topic | None, Field(description="The owner or a moderator sets the topic "
+                                                     "(then the answer is the chat)")] = None
     locked: Annotated[bool | None, Field(description="The owner or a moderator locks the chat "
                                                      "(true: no joining by link) or unlocks "
                                                      "it")] = None
@@ -282,6 +305,11 @@ class Member(Wire):
     username: str
 
 
+class Blocked(Wire):
+    user: Annotated[Member, Field(description="Whom I blocked")]
+    created: Timestamp
+
+
 class MessagePreview(Wire):
     id: str
     seq: int = Field(ge=1)
@@ -290,9 +318,18 @@ class MessagePreview(Wire):
     created: Timestamp
 
 
+Kind = Annotated[Literal["room", "dm"], Field(description="dm: a direct message of two "
+                                                         "people (or one's own notes)")]
+
+
 class ChatSummary(Wire):
     uri: Uri
-    owner: str
+    kind: Kind = "room"
+    owner: str | None
+    name: Annotated[str | None, Field(description="null: unnamed (named after its members)")] = None
+    topic: str = ""
+    other: Annotated[Member | None, Field(description="A DM's other person (oneself in "
+                                                        "one's notes)")] = None
     members: int
     seq: int = Field(ge=0)
     updated: Timestamp
@@ -300,6 +337,8 @@ class ChatSummary(Wire):
     last_read_seq: int = Field(ge=0)
     unread: Annotated[int, Field(ge=0, le=999, description="Messages by others after "
                                                           "last_read_seq, not deleted; at most 999")]
+    mentions: Annotated[int, Field(ge=0, le=999, description="Of the unread, those that "
+                                                            "mention me or @room")] = 0
     last_message: Annotated[MessagePreview | None, Field(description="The latest message that "
                                                                      "is not deleted")]
     people: Annotated[list[Member], Field(description="The first few members, to name the chat")]
@@ -311,6 +350,9 @@ class ChatMember(User):
 
 class Chat(Wire):
     uri: Uri
+    kind: Kind = "room"
+    name: str | None = None
+    topic: str = ""
     owner: User | None
     members: list[ChatMember]
     locked: Annotated[bool, Field(description="No joining by link")]
@@ -331,12 +373,20 @@ class Joined(Wire):
     user: ChatMember
 
 
+Html = Annotated[str, Field(description="The text as sanitized HTML (Markdown rendered once "
+                                        "on the server); absent on messages from before it")]
+Mentions = Annotated[list[str], Field(description="Usernames of the members it mentions")]
+
+
 class Message(Wire):
     id: str
     seq: int = Field(ge=1)
     uri: Uri
     user: User
     message: Annotated[str, Field(description="Its current text; empty once deleted")]
+    html: Html | None = None
+    mentions: Mentions = []
+    mentions_room: Annotated[bool, Field(description="It mentions @room")] = False
     created: Timestamp
     client_id: str | None = None
     last_event_seq: Annotated[int, Field(ge=1, description="The seq of the last event that "
@@ -367,6 +417,9 @@ class EditEvent(MessageEvent):
     """A message was edited (its text is empty once the message is deleted)."""
     type: Literal["edit"]
     message: str
+    html: Html | None = None
+    mentions: Mentions = []
+    mentions_room: bool = False
     edited: Timestamp
     version: int = Field(ge=1)
     user: Member
@@ -397,12 +450,24 @@ class MemberEvent(Wire):
     role: Role | None = None
 
 
+class RoomInfoEvent(Wire):
+    """The chat's name or topic changed (by its owner or a moderator)."""
+    type: Literal["room"]
+    seq: int = Field(ge=1)
+    id: str | None = None
+    uri: Uri
+    name: str | None
+    topic: str
+    by: Member
+    created: Timestamp
+
+
 class HistoryMessage(Message):
     type: Literal["message"]
 
 
-RoomEvent = Annotated[HistoryMessage | EditEvent | DeleteEvent | ReactionEvent | MemberEvent,
-                      Field(discriminator="type")]
+RoomEvent = Annotated[HistoryMessage | EditEvent | DeleteEvent | ReactionEvent | MemberEvent
+                      | RoomInfoEvent, Field(discriminator="type")]
 
 
 class MessagePage(Wire):
@@ -461,7 +526,7 @@ class ErrorFrame(Wire):
     """Server -> client, in answer to a frame the client sent (on the user stream,
     with the frame's `uri`)."""
     type: Literal["error"]
-    code: Literal["invalid", "rate_limited", "unavailable"]
+    code: Literal["invalid", "rate_limited", "unavailable", "forbidden"]
     detail: str
     client_id: str | None = None
     uri: str | None = None
@@ -563,7 +628,7 @@ STREAM_CLIENT_FRAMES: list[type[Wire]] = [StreamSendMessage, StreamTyping, Strea
 STREAM_SERVER_FRAMES: list[type[Wire]] = [ChatsFrame, ChatFrame, ChatGoneFrame,
                                           StreamReadyFrame]
 SERVER_FRAMES: list[type[Wire]] = [MessageFrame, EditEvent, DeleteEvent, ReactionEvent,
-                                   MemberEvent, ReadyFrame, ErrorFrame, PresenceFrame,
+                                   MemberEvent, RoomInfoEvent, ReadyFrame, ErrorFrame, PresenceFrame,
                                    TypingFrame, ReadFrame]
 
 

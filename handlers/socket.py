@@ -20,7 +20,7 @@ from chat.hub import (
     RateLimited,
     TooManySockets,
 )
-from chat.store import Banned, NotFound, NotMember, Unavailable
+from chat.store import Banned, Forbidden, NotFound, NotMember, Unavailable
 from handlers import models
 from handlers.base import (
     ApiError,
@@ -187,6 +187,8 @@ class ClientSocket(Authenticating, tornado.websocket.WebSocketHandler):
                                   client_id, uri)
         except (NotFound, NotMember):
             self.not_a_member(uri)
+        except Forbidden as error:  # a rule of the post (@room, a DM's block): it is not stored
+            self.send_error_frame("forbidden", str(error), client_id, uri)
 
     def not_a_member(self, uri: str | None) -> None:
         self.close_with(CLOSE_POLICY, "no longer a member")

@@ -269,3 +269,39 @@ def test_a_user_streams_snapshot_costs_the_same_commands_for_3_chats_as_for_30(i
     # the user's rooms; then the chat list: rooms, unread counts, latest messages, names
     assert few == (3, sorted(["find", "find", "aggregate", "aggregate", "find"]))
     assert many == (30, sorted(["find", "find", "aggregate", "aggregate", "find"]))
+
+
+def test_a_post_that_mentions_people_costs_what_any_post_costs(in_process):
+    """The room's members come from the process's cache (chat/mentions.py): a
+    post's mentions and @room's rule read nothing; a member who joins through
+    this process is known at once."""
+    async def scenario(server, base, commands):
+        async with httpx.AsyncClient(base_url=base) as http:
+            auth = {}
+            for name in ("ann", "bob", "cid"):
+                _, token = await sign_up(http, name)
+                auth[name] = {"Authorization": f"JWT {token}"}
+            uri = (await http.post("/api/chats/", headers=auth["ann"])).json()["uri"]
+            await http.patch(f"/api/chats/{uri}/", headers=auth["bob"], json={})
+            await http.post(f"/api/chats/{uri}/messages/", headers=auth["ann"],
+                            json={"message": "warm"})
+            commands.take()
+            counted = []
+            for text in ("plain", "@BOB and @room", "`@bob` in code, @nobody"):
+                posted = await http.post(f"/api/chats/{uri}/messages/", headers=auth["ann"],
+                                         json={"message": text})
+                assert posted.status_code == 200, posted.text
+                counted.append((posted.json()["mentions"], commands.take()))
+            await http.patch(f"/api/chats/{uri}/", headers=auth["cid"], json={})
+            commands.take()
+            posted = await http.post(f"/api/chats/{uri}/messages/", headers=auth["ann"],
+                                     json={"message": "hi @cid"})
+            counted.append((posted.json()["mentions"], None))
+        return counted
+
+    counted = in_process(scenario)
+    assert [(names, sorted(c)) for names, c in counted[:2]] == [
+        ([], ["insert", "update"]), (["bob"], ["insert", "update"])]
+    # An @word nobody answers to reads the room again, at most every 2 s.
+    assert counted[2][0] == [] and len(counted[2][1]) <= 4
+    assert counted[3][0] == ["cid"]

@@ -2,7 +2,8 @@
 
 Each module owns its collections and their indexes: `accounts` (users, tokens,
 failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
-read positions, the chat list) and `eventlog` (the rooms' event log); `base`
+read positions, the chat list), `eventlog` (the rooms' event log) and
+`blocks` (whom each user blocked); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -37,6 +38,7 @@ from chat.store.base import (
     remember,
     write_error,
 )
+from chat.store.blocks import Blocks
 from chat.store.eventlog import EventLog
 from chat.store.public import (
     EVENT_RENDERERS,
@@ -67,7 +69,7 @@ __all__ = [
 ]
 
 
-class Store(Accounts, RateCounts, Rooms, EventLog):
+class Store(Accounts, RateCounts, Rooms, EventLog, Blocks):
     """One client and its collections; each part's methods are in its own module."""
 
     def __init__(self, url: str, database: str, timeout_ms: int = 2500,
@@ -99,6 +101,7 @@ class Store(Accounts, RateCounts, Rooms, EventLog):
         self.rate_counts = db.rate_counts
         self.rooms = db.rooms
         self.messages = db.messages
+        self.blocks = db.blocks
         self.init_rooms()
         self.init_event_log()
 
@@ -118,6 +121,7 @@ class Store(Accounts, RateCounts, Rooms, EventLog):
         await self.ensure_rate_count_indexes()
         await self.ensure_room_indexes()
         await self.ensure_event_indexes()
+        await self.ensure_block_indexes()
 
     @guarded
     async def ping(self) -> None:

@@ -179,5 +179,5 @@ class EventLog:
         """Remove the text of every edit of a deleted message."""
         await self.messages.update_many(
             {"room": uri, "target_seq": target_seq, "type": "edit", "message": {"$exists": True}},
-            {"$unset": {"message": ""}})
+            {"$unset": {"message": "", "html": "", "mentions": "", "mentions_room": ""}})
 

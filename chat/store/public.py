@@ -33,6 +33,7 @@ def public_message(doc: dict[str, Any]) -> dict[str, Any]:
     }
     if doc.get("client_id"):
         message["client_id"] = doc["client_id"]
+    formatted(message, doc)
     # Its current state: what its edit, delete and reaction events made of it.
     message["last_event_seq"] = doc.get("last_event_seq", doc["seq"])
     if doc.get("version"):
@@ -45,6 +46,15 @@ def public_message(doc: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def formatted(shown: dict[str, Any], doc: dict[str, Any]) -> None:
+    """A message's (or an edit's) HTML, rendered once when it was written
+    (chat/render.py; messages from before it have none), and its mentions."""
+    if "html" in doc:
+        shown["html"] = doc["html"]
+    shown["mentions"] = list(doc.get("mentions") or [])
+    shown["mentions_room"] = bool(doc.get("mentions_room"))
+
+
 def event_about(doc: dict[str, Any]) -> dict[str, Any]:
     """The fields every event about a message has: `id` and `target_seq` are
     the message's, `seq` the event's own."""
@@ -54,8 +64,10 @@ def event_about(doc: dict[str, Any]) -> dict[str, Any]:
 
 def public_edit(doc: dict[str, Any]) -> dict[str, Any]:
     # A deleted message's edits keep no text: theirs is erased with it.
-    return {**event_about(doc), "message": doc.get("message", ""), "edited": iso(doc["created"]),
+    edit = {**event_about(doc), "message": doc.get("message", ""), "edited": iso(doc["created"]),
             "version": doc["version"], "user": doc["user"]}
+    formatted(edit, doc)
+    return edit
 
 
 def public_delete(doc: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,11 @@ PREVIEW_MEMBERS = 4
 VISIBLE_MESSAGE = {"type": {"$in": [None, "message"]}, "deleted": {"$ne": True}}
 
 
+def dm_key(user_id: str, other_id: str) -> str:
+    """A pair's DM key: their ids, sorted (one room for yourself: your notes)."""
+    return ":".join(sorted((user_id, other_id)))
+
+
 def new_room_uri() -> str:
     return secrets.token_hex(8)[:15]
 
@@ -78,6 +83,9 @@ class Rooms:
         await self.rooms.create_index("uri", unique=True, name="uri")
         await self.rooms.create_index([("members", ASCENDING), ("updated", DESCENDING)],
                                       name="members_updated")
+        # The one direct-message room of a pair of users ("<id>:<id>", sorted).
+        await self.rooms.create_index("dm", unique=True, name="dm",
+                                      partialFilterExpression={"dm": {"$type": "string"}})
 
     def remember_member(self, uri: str, user_id: str, room_id: ObjectId | None = None) -> None:
         until = asyncio.get_running_loop().time() + self.member_recheck
@@ -100,19 +108,79 @@ class Rooms:
         self.known_members.clear()
 
     @guarded
-    async def create_room(self, owner_id: str) -> dict:
+    async def create_room(self, owner_id: str, name: str | None = None,
+                          topic: str | None = None) -> dict:
+        fields: dict[str, Any] = {"kind": "room", "owner": owner_id, "members": [owner_id]}
+        if name:
+            fields["name"] = name
+        if topic:
+            fields["topic"] = topic
+        return await self.insert_room(fields)
+
+    async def insert_room(self, fields: dict[str, Any]) -> dict:
+        """A new room of `fields` under a fresh uri."""
         while True:
-            moment = now()
-            # updated is epoch seconds: some wire servers turn a datetime given
-            # to $set into a string, which would break sorting by activity.
-            doc = {"uri": new_room_uri(), "owner": owner_id, "members": [owner_id], "seq": 0,
-                   "created": moment, "updated": moment.timestamp()}
             try:
-                await self.rooms.insert_one(doc)
-                self.remember_member(doc["uri"], owner_id, doc["_id"])
-                return doc
+                return await self.try_insert_room(fields)
             except DuplicateKeyError:
                 continue  # 60 random bits collided: draw again
+
+    async def try_insert_room(self, fields: dict[str, Any]) -> dict:
+        moment = now()
+        # updated is epoch seconds: some wire servers turn a datetime given
+        # to $set into a string, which would break sorting by activity.
+        doc = {"uri": new_room_uri(), **fields, "seq": 0, "created": moment,
+               "updated": moment.timestamp()}
+        await self.rooms.insert_one(doc)
+        for member in doc["members"]:
+            self.remember_member(doc["uri"], member, doc["_id"])
+        return doc
+
+    @guarded
+    async def dm_room(self, user_id: str, other_id: str) -> tuple[dict, bool]:
+        """The direct-message room of the two users (one room for yourself: your
+        notes), made on the first call: (room, True when made now). Concurrent
+        first calls from both sides make one room: the pair is a unique key."""
+        pair = sorted({user_id, other_id})
+        key = dm_key(user_id, other_id)
+        while True:
+            room = await self.rooms.find_one({"dm": key})
+            if room is not None:
+                return room, False
+            try:
+                return await self.try_insert_room({"kind": "dm", "dm": key, "dm_users": pair,
+                                                   "owner": None, "members": pair}), True
+            except DuplicateKeyError:
+                continue  # the other side made it first (or the uri collided): read it
+
+    @guarded
+    async def find_dm(self, user_id: str, other_id: str) -> dict | None:
+        return await self.rooms.find_one({"dm": dm_key(user_id, other_id)}, {"uri": 1})
+
+    @guarded
+    async def rejoin_dm(self, uri: str, user_id: str) -> dict | None:
+        """Put a member of the DM's pair who left back in it: the room after, or
+        None when they were in it already."""
+        room = await self.rooms.find_one_and_update(
+            {"uri": uri, "dm_users": user_id, "members": {"$nin": [user_id]}},
+            {"$addToSet": {"members": user_id}}, return_document=ReturnDocument.AFTER)
+        if room is not None:
+            self.remember_member(uri, user_id, room["_id"])
+        return room
+
+    @guarded
+    async def set_room_info(self, uri: str, info: dict[str, str]) -> None:
+        """Set a room's name and/or topic (an empty topic is none)."""
+        update: dict[str, Any] = {}
+        for key, value in info.items():
+            update.setdefault("$set" if value else "$unset", {})[key] = value or ""
+        await self.rooms.update_one({"uri": uri}, update)
+
+    @guarded
+    async def room_people(self, uri: str) -> dict | None:
+        """What a post needs to know of its room: members, owner, roles, kind."""
+        return await self.rooms.find_one(
+            {"uri": uri}, {"members": 1, "owner": 1, "roles": 1, "kind": 1, "dm_users": 1})
 
     @guarded
     async def room(self, uri: str) -> dict | None:
@@ -141,7 +209,7 @@ class Rooms:
         member before). NotFound, Banned, or Forbidden when joining a locked
         room by link."""
         condition: dict[str, Any] = {"uri": uri, "members": {"$nin": [user_id]},
-                                     "banned": {"$nin": [user_id]}}
+                                     "banned": {"$nin": [user_id]}, "kind": {"$nin": ["dm"]}}
         if by_link:
             condition["locked"] = {"$in": [False, None]}
         forgotten = self.forgotten
@@ -153,6 +221,8 @@ class Rooms:
             if room is None:
                 raise NotFound(uri)
             if user_id not in room["members"]:
+                if room.get("kind") == "dm":
+                    raise Forbidden("Nobody joins a direct message: it is between its two people.")
                 if user_id in room.get("banned", ()):
                     raise Banned(uri)
                 raise Forbidden("This chat is locked: its owner or a moderator can add you.")
@@ -277,38 +347,51 @@ class Rooms:
 
     @guarded
     async def chat_list(self, user_id: str, known_reads: dict[str, int],
-                        uri: str | None = None) -> list[dict]:
-        """My chats, newest activity first, each with its unread count, latest
-        message and first few members: four commands however many chats.
+                        uri: str | None = None, username: str = "") -> list[dict]:
+        """My chats, newest activity first, each with its unread count (and of
+        those, how many mention `username` or the room), latest message and
+        first few members: four commands however many chats.
         `known_reads` ({uri: seq}) are read positions not written yet; `uri`:
         that chat's entry alone (none when not a member)."""
         rooms = await self.rooms_of(user_id, uri=uri)
         reads = {r["uri"]: max((r.get("last_read") or {}).get(user_id, 0),
                                known_reads.get(r["uri"], 0)) for r in rooms}
-        unread = await self.unread_counts(user_id, reads)
+        unread = await self.unread_counts(user_id, reads, username)
         latest = await self.latest_messages({r["uri"]: r["seq"] for r in rooms})
         people = {r["uri"]: r["members"][:PREVIEW_MEMBERS] for r in rooms}
-        names = await self.users_by_id(list({i for ids in people.values() for i in ids}))
+        # A DM is named after the other of its pair, who may have left it.
+        others = {r["uri"]: next((i for i in r["dm_users"] if i != user_id), user_id)
+                  for r in rooms if r.get("kind") == "dm"}
+        names = await self.users_by_id(list({i for ids in people.values() for i in ids}
+                                            | set(others.values())))
         chats = []
         for room in rooms:
             uri, message = room["uri"], latest.get(room["uri"])
+            counts = unread.get(uri, (0, 0))
             chats.append({
-                "uri": uri, "owner": room["owner"], "members": len(room["members"]),
+                "uri": uri, "kind": room.get("kind", "room"), "owner": room["owner"],
+                "name": room.get("name"), "topic": room.get("topic", ""),
+                "members": len(room["members"]),
                 "seq": room["seq"], "updated": iso(room["updated"]),
                 "last_seq": max(room["seq"], message["seq"] if message else 0),
-                "last_read_seq": reads[uri], "unread": unread.get(uri, 0),
+                "last_read_seq": reads[uri], "unread": counts[0], "mentions": counts[1],
                 "last_message": message and {
                     "id": str(message["_id"]), "seq": message["seq"], "user": message["user"],
                     "text": message["message"][:PREVIEW_CHARS], "created": iso(message["created"])},
                 "people": [{"id": i, "username": names[i]["username"]}
                            for i in people[uri] if i in names],
             })
+            if uri in others and others[uri] in names:
+                other = names[others[uri]]
+                chats[-1]["other"] = {"id": other["id"], "username": other["username"]}
         return chats
 
     @guarded
-    async def unread_counts(self, user_id: str, reads: dict[str, int]) -> dict[str, int]:
-        """{uri: messages by others after the read position, not deleted}, capped at
-        UNREAD_CAP, for many rooms in one command.
+    async def unread_counts(self, user_id: str, reads: dict[str, int],
+                            username: str = "") -> dict[str, tuple[int, int]]:
+        """{uri: (messages by others after the read position, not deleted; those
+        of them that mention `username` or the room)}, capped at UNREAD_CAP,
+        for many rooms in one command.
 
         Only the UNREAD_SCAN events after a read position are looked at, so a
         reader who is far behind costs a bounded scan; past the cap the count
@@ -320,9 +403,12 @@ class Rooms:
                     for uri, read in reads.items()]
         cursor = await self.messages.aggregate([
             {"$match": {"$or": branches, "user_id": {"$ne": user_id}, **VISIBLE_MESSAGE}},
-            {"$group": {"_id": "$room", "unread": {"$sum": 1}}},
+            {"$group": {"_id": "$room", "unread": {"$sum": 1}, "mentions": {"$sum": {"$cond": [
+                {"$or": [{"$eq": ["$mentions_room", True]},
+                         {"$in": [username, {"$ifNull": ["$mentions", []]}]}]}, 1, 0]}}}},
         ])
-        return {doc["_id"]: min(doc["unread"], UNREAD_CAP) async for doc in cursor}
+        return {doc["_id"]: (min(doc["unread"], UNREAD_CAP), min(doc["mentions"], UNREAD_CAP))
+                async for doc in cursor}
 
     @guarded
     async def latest_messages(self, last_seqs: dict[str, int]) -> dict[str, dict]:

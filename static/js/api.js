@@ -85,4 +85,10 @@ export const api = {
   ban: (uri, username) => request("POST", `/api/chats/${uri}/bans/`, { username }),
   unban: (uri, username) => request("DELETE", `/api/chats/${uri}/bans/${encodeURIComponent(username)}/`),
   lock: (uri, locked) => request("PATCH", `/api/chats/${uri}/`, { locked }),
+  // Talking to people.
+  setRoomInfo: (uri, info) => request("PATCH", `/api/chats/${uri}/`, info),
+  startDm: (username) => request("POST", "/api/dms/", { username }),
+  blocks: () => request("GET", "/api/blocks/"),
+  block: (username) => request("PUT", `/api/blocks/${encodeURIComponent(username)}/`),
+  unblock: (username) => request("DELETE", `/api/blocks/${encodeURIComponent(username)}/`),
 };

@@ -6,6 +6,7 @@ import { api, ApiError } from "./api.js";
 import { ChatView, chatTitle } from "./chat.js";
 import { avatar, h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
+import { chatFace, chatName, mentionBadge, newMessageButton } from "./people.js";
 import { onReadElsewhere } from "./signals.js";
 
 const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
@@ -226,7 +227,8 @@ class App {
       }
     });
     main.append(h("section", { class: "home" },
-      h("div", { class: "home-head" }, h("h1", { text: "My chats" }), newButton),
+      h("div", { class: "home-head" }, h("h1", { text: "My chats" }),
+        h("div", { class: "home-actions" }, newMessageButton(this), newButton)),
       error, status, list));
 
     // Read on another tab (at once) or another device (when this tab comes
@@ -281,14 +283,16 @@ class App {
     return h("li", {}, h("a", {
       href: `/chats/${room.uri}/`, class: `chat-item${unread ? " unread" : ""}`, "data-link": "",
     },
-      h("span", { class: "chat-item-avatar" }, avatar(other.username)),
+      h("span", { class: "chat-item-avatar" }, avatar(chatFace(room, this.me) || other.username)),
       h("span", { class: "chat-item-body" },
         h("span", { class: "chat-item-top" },
-          h("span", { class: "chat-item-title", text: chatTitle(room.people, this.me, room.members) }),
+          h("span", { class: "chat-item-title",
+            text: chatName(room, this.me) || chatTitle(room.people, this.me, room.members) }),
           h("time", { datetime: room.updated, text: ago(room.updated) })),
         h("span", { class: "chat-item-bottom" },
           h("span", { class: "chat-item-preview",
             text: message ? `${who}: ${message.text.replace(/\s+/g, " ")}` : "No messages yet" }),
+          mentionBadge(room),
           unread ? h("span", { class: "badge", "aria-label": `${unread} unread`,
             text: unread > 99 ? "99+" : String(unread) }) : null))));
   }

@@ -8,6 +8,7 @@ import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
 import { RoomSocket } from "./socket.js";
 import { Timeline } from "./timeline.js";
+import { blockAction, chatName, loadBlocks, mentionCompletion, roomHeading } from "./people.js";
 
 const PAGE = 50;
 const GAP_PAGE = 200;
@@ -101,7 +102,7 @@ export class ChatView {
       h("p", { text: "Opening the chat…" })));
     let room;
     try {
-      room = await this.openRoom();
+      [room] = await Promise.all([this.openRoom(), loadBlocks()]);
     } catch (error) {
       if (this.stopped) return;
       if (error instanceof ApiError && error.status === 401) {
@@ -181,10 +182,24 @@ export class ChatView {
 
   // Layout ------------------------------------------------------------
 
+  // Its name, a DM's other person, or else its members.
+  title() {
+    return chatName(this.room, this.me) || chatTitle(this.room.members, this.me);
+  }
+
+  // The name or topic changed (a room event, or my own edit).
+  onRoomInfo(info) {
+    Object.assign(this.room, { name: info.name, topic: info.topic });
+    this.titleEl.textContent = this.title();
+    setTitle(`${this.title()} · Chat`);
+    this.roomInfo.show();
+  }
+
   build() {
-    const title = chatTitle(this.room.members, this.me);
+    const title = this.title();
     setTitle(`${title} · Chat`);
     this.titleEl = h("h1", { class: "chat-title", text: title });
+    this.roomInfo = roomHeading(this);
     this.subtitle = h("p", { class: "chat-subtitle", text: "Connecting…" });
     this.membersButton = h("button", {
       type: "button", class: "icon-button", "aria-label": "Members", "aria-expanded": "false",
@@ -193,8 +208,9 @@ export class ChatView {
     const header = h("header", { class: "chat-header" },
       h("a", { href: "/", class: "icon-button back", "data-link": "", "aria-label": "Back to my chats",
         title: "My chats" }, icon("back")),
-      h("div", { class: "chat-heading" }, this.titleEl, this.subtitle),
+      h("div", { class: "chat-heading" }, this.titleEl, this.roomInfo.el, this.subtitle),
       h("button", { type: "button", class: "icon-button invite", "aria-label": "Copy invite link",
+        hidden: this.room.kind === "dm",
         title: "Copy invite link", onclick: () => this.copyLink() }, icon("link"), h("span", { text: "Invite" })),
       this.membersButton,
       this.roomMenuButton = h("button", {
@@ -229,6 +245,7 @@ export class ChatView {
       h("p", { id: "composer-hint", class: "composer-hint" },
         h("kbd", { text: "Enter" }), " to send, ", h("kbd", { text: "Shift" }), " + ", h("kbd", { text: "Enter" }),
         " for a new line", this.counter));
+    mentionCompletion(this.input, composer, () => this.room.members);
 
     this.memberList = h("ul", { class: "member-list" });
     this.side = h("aside", { id: "chat-side", class: "chat-side", "aria-label": "Chat details" },
@@ -317,7 +334,8 @@ export class ChatView {
     this.renderModeration();
     if (focused) this.side.querySelector(focused)?.focus();
     this.timeline.refreshTools();
-    const title = chatTitle(this.room.members, this.me);
+    this.roomInfo.show();
+    const title = this.title();
     this.titleEl.textContent = title;
     setTitle(`${title} · Chat`);
     this.updateEmptyState();
@@ -326,7 +344,9 @@ export class ChatView {
 
   // What I may do to a member: the owner anything, a moderator remove or ban plain members.
   memberActions(member, myRole) {
-    if (member.id === this.me.id || member.role === "owner") return [];
+    if (member.id === this.me.id) return [];
+    const block = blockAction(this, member);
+    if (member.role === "owner") return [block];
     const name = member.username;
     const actions = [];
     if (myRole === "owner") {
@@ -339,6 +359,7 @@ export class ChatView {
       actions.push({ label: "Remove from chat", danger: true, onSelect: () => this.moderate(api.removeMember(this.uri, name), `${name} was removed`) });
       actions.push({ label: "Ban from chat", danger: true, onSelect: () => this.moderate(api.ban(this.uri, name), `${name} was banned`) });
     }
+    actions.push(block);
     return actions;
   }
 
@@ -537,6 +558,7 @@ export class ChatView {
     if (event.type === "message") this.onMessage(event);
     else if (MESSAGE_EVENTS.has(event.type)) this.timeline.apply(event);
     else if (event.type === "member") this.refreshMembers();
+    else if (event.type === "room") this.onRoomInfo(event);
   }
 
   onMessage(message) {

@@ -11,6 +11,7 @@
 
 import { avatar, h, icon, richText } from "./dom.js";
 import { showPicker } from "./menu.js";
+import { hiddenBody, isBlocked, mentionsMe, messageBody } from "./people.js";
 
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 
@@ -46,9 +47,10 @@ export function applyEvent(message, event) {
   const next = { ...message, last_event_seq: event.seq };
   if (message.deleted) return next;
   if (event.type === "edit") {
-    Object.assign(next, { message: event.message, version: event.version, edited: event.edited });
+    Object.assign(next, { message: event.message, version: event.version, edited: event.edited,
+      html: event.html, mentions: event.mentions || [], mentions_room: Boolean(event.mentions_room) });
   } else if (event.type === "delete") {
-    Object.assign(next, { message: "", deleted: true, reactions: {} });
+    Object.assign(next, { message: "", deleted: true, reactions: {}, html: "", mentions: [], mentions_room: false });
   } else if (event.type === "reaction") {
     const reactions = { ...(message.reactions || {}) };
     const users = (reactions[event.emoji] || []).filter((name) => name !== event.user.username);
@@ -190,9 +192,17 @@ export class Timeline {
     const text = el.querySelector(".text");
     if (message.deleted) {
       text.replaceChildren(icon("block"), h("span", { text: "message deleted" }));
+    } else if (isBlocked(message.user.id) && !el.dataset.shown) {
+      text.replaceChildren(...hiddenBody(message, () => {
+        el.dataset.shown = "1";
+        this.fill(el, message);
+      }));
+      text.classList.remove("formatted");
     } else {
-      text.replaceChildren(...richText(message.message));
+      text.replaceChildren(...messageBody(message, this.me));
+      text.classList.toggle("formatted", Boolean(message.html));
     }
+    el.classList.toggle("mentions-me", !message.deleted && mentionsMe(message, this.me));
     const mark = el.querySelector(".edited-mark");
     if (message.version && !message.deleted) {
       const edited = Date.parse(message.edited);
@@ -249,6 +259,17 @@ export class Timeline {
   }
 
   // Edit and delete show only where they are allowed (moderation can change).
+  // Draw again the shown messages that match (after a block or an unblock).
+  refill(matches) {
+    for (const [seq, message] of this.states) {
+      const el = this.bySeq.get(seq);
+      if (el && matches(message)) {
+        delete el.dataset.shown;
+        this.fill(el, message);
+      }
+    }
+  }
+
   refreshTools() {
     const moderator = this.actions.canModerate();
     this.confirmed.classList.toggle("moderating", moderator);
