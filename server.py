@@ -10,8 +10,10 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import re
 import signal
+import socket as sockets
 import sys
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import tornado.web
 
 from chat import config as chat_config
 from chat import embedded, logs
+from chat.accounts import AccountService
+from chat.avatars import Avatars
 from chat.blocks import BlockList
 from chat.broker import AmqpBroker, MemoryBroker
 from chat.compose import Composer
@@ -27,6 +31,7 @@ from chat.dms import DirectMessages
 from chat.events import RoomEvents
 from chat.hub import CLOSE_GOING_AWAY, Hub
 from chat.limits import Limit
+from chat.mail import Mailer
 from chat.mentions import People
 from chat.metrics import Metrics
 from chat.passwords import Passwords
@@ -35,7 +40,7 @@ from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.streams import Streams
 from chat.tokens import Tokens
-from handlers import auth, chats, dms, messages, openapi, ops, pages, socket, stream
+from handlers import account, admin, auth, chats, dms, messages, openapi, ops, pages, socket, stream
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -64,6 +69,9 @@ class Limits:
     def __init__(self, config: chat_config.Config, store: Store):
         self.signup = Limit(store, "signup", config.signup_per_ip_per_minute, 60.0)
         self.login = Limit(store, "login", config.login_per_ip_per_minute, 60.0)
+        self.reset_address = Limit(store, "reset_ip", config.password_reset_per_ip_per_hour, 3600.0)
+        self.reset_account = Limit(store, "reset_account",
+                                   config.password_reset_per_account_per_hour, 3600.0)
 
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
@@ -72,7 +80,20 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (r"/auth/jwt/create/", auth.LoginHandler),
         (r"/auth/jwt/refresh/", auth.RefreshHandler),
         (r"/auth/logout/", auth.LogoutHandler),
-        (r"/auth/me/", auth.MeHandler),
+        # Accounts and the operator (chat/accounts.py).
+        (r"/auth/me/", account.MeHandler),
+        (r"/auth/me/avatar/", account.AvatarUploadHandler),
+        (r"/auth/password/", account.PasswordHandler),
+        (r"/auth/password/reset/", account.PasswordResetHandler),
+        (r"/auth/password/reset/confirm/", account.PasswordResetConfirmHandler),
+        (r"/auth/sessions/others/", account.SignOutOthersHandler),
+        (r"/api/avatars/([0-9a-f]{24})/([0-9a-f]{12})/", account.AvatarHandler),
+        (r"/api/admin/invites/", admin.InvitesHandler),
+        (r"/api/admin/invites/([A-Za-z0-9_-]+)/", admin.InviteHandler),
+        (r"/api/admin/users/", admin.UsersHandler),
+        (r"/api/admin/users/([^/]+)/", admin.UserHandler),
+        (r"/api/admin/stats/", admin.StatsHandler),
+        (r"/api/admin/audit/", admin.AuditHandler),
         (r"/api/chats/", chats.ChatsHandler),
         (rf"/api/chats/{URI}/", chats.ChatHandler),
         (rf"/api/chats/{URI}/messages/", messages.MessagesHandler),
@@ -184,6 +205,12 @@ class ChatServer:
         self.hub = Hub(self.store, self.broker, self.metrics, config.max_message_chars,
                        config.user_messages_per_minute, signals=self.signals, tokens=self.tokens,
                        max_sockets_per_user=config.max_sockets_per_user)
+        limits = Limits(config, self.store)
+        self.avatars = Avatars()
+        self.accounts = AccountService(config, self.store, self.passwords, self.tokens, self.hub,
+                                       Mailer(config), self.avatars, limits)
+        self.process_id = f"{sockets.gethostname()}:{config.port}:{os.getpid()}"
+        self.census: asyncio.Task | None = None
         # Talking to people: a room's people cached for the post path, Markdown
         # rendered once per message, DMs and blocks.
         self.people = People(self.store, self.hub, config.mention_room_max_without_role)
@@ -193,9 +220,10 @@ class ChatServer:
         events.composer = Composer(self.renderer, self.people, direct)
         self.hub.compose = events.composer.prepare
         self.services = Services(config, self.store, self.tokens, self.passwords, self.hub,
-                                 self.metrics, Limits(config, self.store), events,
+                                 self.metrics, limits, events,
                                  Streams(self.hub, self.store, config.max_subscriptions),
-                                 direct, BlockList(self.store, self.people, events))
+                                 direct, BlockList(self.store, self.people, events),
+                                 self.accounts, self.process_id)
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -208,6 +236,7 @@ class ChatServer:
         gc.set_threshold(*GC_THRESHOLDS)
         await self.broker.start()
         self.signals.start()
+        self.census = asyncio.ensure_future(self.accounts.record_census(self.process_id))
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
@@ -238,6 +267,8 @@ class ChatServer:
             log.warning("%d HTTP requests still running at shutdown", self.in_flight.count)
         self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")  # opened meanwhile
         await self.hub.stop()
+        if self.census is not None:
+            self.census.cancel()
         await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()
         if self.http is not None:
@@ -245,6 +276,7 @@ class ChatServer:
         await self.store.close()
         self.passwords.close()
         self.renderer.close()
+        self.avatars.close()
         self.metrics.unwatch_gc()
 
 

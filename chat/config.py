@@ -62,6 +62,21 @@ class Config:
     mention_room_max_without_role: int = 20
     render_timeout_seconds: float = 0.05
     render_threads: int = 2
+    # Accounts and the operator (issue 24).
+    admins: tuple[str, ...] = ()
+    signup: str = "open"
+    account_deletion: str = "keep"
+    username_reuse_days: float = 30.0
+    avatar_max_bytes: int = 524288
+    password_reset_per_ip_per_hour: int = 10
+    password_reset_per_account_per_hour: int = 3
+    public_url: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_security: str = "auto"
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = ""
     embedded: bool = False
 
     def validate(self) -> Config:
@@ -92,9 +107,18 @@ class Config:
                               "it cannot be combined with other URLs")
         for name in ("port", "listen_backlog", "max_message_chars", "max_body_bytes", "ws_send_buffer_bytes",
                      "presence_ttl_seconds", "typing_ttl_seconds", "read_flush_seconds",
-                     "ws_ready_timeout", "render_timeout_seconds", "render_threads"):
+                     "ws_ready_timeout", "render_timeout_seconds", "render_threads",
+                     "avatar_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.signup not in ("open", "invite", "closed"):
+            raise ConfigError("signup must be open, invite or closed")
+        if self.account_deletion not in ("keep", "erase"):
+            raise ConfigError("account_deletion must be keep or erase")
+        if self.smtp_security not in ("auto", "starttls", "tls", "none"):
+            raise ConfigError("smtp.security must be auto, starttls, tls or none")
+        if self.username_reuse_days < 0:
+            raise ConfigError("username_reuse_days must be 0 or more")
         if self.presence_grace_seconds < 0:
             raise ConfigError("presence.grace_seconds must be 0 or more")
         return self

@@ -788,6 +788,19 @@ class Hub:
         self.notify({"type": "logout" if close_sockets else "token_revoked",
                      "user_id": user_id, "token_id": token_id})
 
+    def revoke_user(self, user_id: str, keep_token: str | None = None,
+                    reason: str = "signed out") -> None:
+        """Every process forgets the user's tokens (but keep_token) and closes
+        their sockets opened with them: password change or reset, deactivation,
+        deletion (accounts)."""
+        self.notify({"type": "logout_user", "user_id": user_id, "keep_token": keep_token,
+                     "reason": reason})
+
+    def user_changed(self, user_id: str) -> None:
+        """Every process forgets the user's tokens it believed live, so their
+        next use reads the user as it is now (a changed profile)."""
+        self.notify({"type": "user_changed", "user_id": user_id})
+
     def expel(self, uri: str, user_id: str, reason: str) -> None:
         """A member left, was removed or banned: every process forgets their
         membership and closes their sockets of the room (1008, `reason`)."""
@@ -827,6 +840,16 @@ class Hub:
         elif notice.get("type") == "room_people":
             if self.on_room_people is not None and isinstance(notice.get("uri"), str):
                 self.on_room_people(notice["uri"])
+        elif notice.get("type") in ("logout_user", "user_changed"):
+            user_id, keep = notice.get("user_id"), notice.get("keep_token")
+            if not isinstance(user_id, str):
+                return
+            if self.tokens is not None:
+                self.tokens.forget_user(user_id, keep if isinstance(keep, str) else None)
+            if notice["type"] == "logout_user":
+                for sock in list(self.sockets_by_user.get(user_id, ())):
+                    if sock.token_id != keep:
+                        sock.close_with(CLOSE_POLICY, str(notice.get("reason", "signed out")))
         elif notice.get("type") == "expel":
             uri, user_id = notice.get("uri"), notice.get("user_id")
             if not isinstance(uri, str) or not isinstance(user_id, str):

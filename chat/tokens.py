@@ -96,5 +96,11 @@ class Tokens:
         """This process no longer believes token_id live (logged out or rotated elsewhere)."""
         self.live.pop(token_id, None)
 
+    def forget_user(self, user_id: str, keep: str | None = None) -> None:
+        """Forget every token of the user but keep (rare: a scan of those known)."""
+        for token_id in [t for t, (user, _) in self.live.items()
+                         if user["id"] == user_id and t != keep]:
+            del self.live[token_id]
+
     def forget_all(self) -> None:
         self.live.clear()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from chat.passwords import MAX_PASSWORD_BYTES, PasswordTooLong
-from chat.store import UsernameTaken, now, public_user
+from chat.store import UsernameTaken, active, now, public_user
 from handlers import models
 from handlers.base import TOKEN_COOKIE, ApiError, ApiHandler, detail, endpoint, field_error
 
@@ -18,7 +17,7 @@ def retry_after(seconds: float) -> dict[str, str]:
 
 class RegisterHandler(ApiHandler):
     @endpoint("Sign up", "register", body=models.Register, response=models.NewUser, status=201,
-              errors=(429, 503), auth=False)
+              errors=(403, 429, 503), auth=False)
     async def post(self, body: models.Register) -> None:
         username, password, email = body.username, body.password, body.email or ""
         wait = await self.services.limits.signup.hit(self.request.remote_ip)
@@ -26,12 +25,7 @@ class RegisterHandler(ApiHandler):
             raise detail(429, "Too many sign-ups from this address; try again later.",
                          retry_after(wait))
         try:
-            hashed = await self.services.passwords.hash(password)
-        except PasswordTooLong:
-            raise field_error(
-                "password", f"Ensure this field has no more than {MAX_PASSWORD_BYTES} bytes.") from None
-        try:
-            doc = await self.services.store.create_user(username, email, hashed)
+            doc = await self.services.accounts.register(username, email, password, body.invite)
         except UsernameTaken:
             raise field_error("username", "A user with that username already exists.") from None
         user = public_user(doc)
@@ -59,14 +53,16 @@ class LoginHandler(ApiHandler):
             self.check_failures([f for f in failures if f["_id"] != attempt], address)
             doc = await store.user_by_name(username)
             right = await self.services.passwords.check(password,
-                                                        doc["password"] if doc else None)
+                                                        doc.get("password") if doc else None)
         except Exception:
             await store.forget_login_attempt(attempt)
             raise
-        if not right:
+        # A deactivated or deleted account fails as a wrong password does.
+        if not right or not active(doc):
             await store.settle_login_failure(attempt)
             raise ApiError(400, LOGIN_FAILED)
         await store.clear_login_failures(username, attempt)
+        await store.touch_last_seen(str(doc["_id"]))
         token = await self.services.tokens.issue(public_user(doc))
         self.set_token_cookie(token)
         self.reply({"token": token})
@@ -127,10 +123,3 @@ class LogoutHandler(ApiHandler):
         self.clear_cookie(TOKEN_COOKIE)
         self.set_status(204)
         self.finish()
-
-
-class MeHandler(ApiHandler):
-    @endpoint("The caller", "me", response=models.User, errors=(503,))
-    async def get(self) -> None:
-        self.reply(self.require_user())
-

@@ -247,7 +247,7 @@ class Services:
     """What every handler needs, built once in server.py."""
 
     def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events, streams,
-                 dms=None, blocks=None):
+                 dms=None, blocks=None, accounts=None, process_id: str = ""):
         self.config = config
         self.streams = streams
         self.store = store
@@ -259,6 +259,8 @@ class Services:
         self.events = events
         self.dms = dms  # chat.dms.DirectMessages
         self.blocks = blocks  # chat.blocks.BlockList
+        self.accounts = accounts
+        self.process_id = process_id
 
 
 class Authenticating:

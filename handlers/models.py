@@ -174,6 +174,8 @@ class Register(Wire):
     username: required(max_length=150, pattern=r"^[A-Za-z0-9@.+_-]+$")
     password: Required
     email: Annotated[str, Field(max_length=254, pattern=r"^(?:[^@\s]+@[^@\s]+\.[^@\s]+)?$")] | None = None
+    invite: Annotated[Text | None, Field(max_length=64, description="An invite code: needed "
+                                                                   "when sign-up is by invite")] = None
 
     error_messages: ClassVar = {
         ("username", "string_pattern_mismatch"):
@@ -274,6 +276,8 @@ class User(Wire):
     email: str
     first_name: str
     last_name: str
+    display_name: str = Field("", description="The name to show; empty: show the username")
+    avatar: str | None = Field(None, description="The profile picture's URL, or none")
 
 
 class NewUser(Wire):
@@ -466,8 +470,23 @@ class HistoryMessage(Message):
     type: Literal["message"]
 
 
+class ProfileUser(Member):
+    display_name: str
+    avatar: str | None
+
+
+class ProfileEvent(Wire):
+    """A member changed their display name or picture (sent in every room they are in)."""
+    type: Literal["profile"]
+    seq: int = Field(ge=1)
+    uri: Uri
+    created: Timestamp
+    user: ProfileUser
+
+
 RoomEvent = Annotated[HistoryMessage | EditEvent | DeleteEvent | ReactionEvent | MemberEvent
-                      | RoomInfoEvent, Field(discriminator="type")]
+                      | RoomInfoEvent | ProfileEvent,
+                      Field(discriminator="type")]
 
 
 class MessagePage(Wire):
@@ -622,6 +641,124 @@ class StreamReadyFrame(ReadyFrame):
     uri: str
 
 
+# Accounts and the operator (chat/accounts.py) ------------------------------
+
+Email = Annotated[str, Field(max_length=254, pattern=r"^(?:[^@\s]+@[^@\s]+\.[^@\s]+)?$")]
+NewPassword = required(max_length=1000)
+
+
+class Me(User):
+    admin: bool
+
+
+class ProfileUpdate(Wire):
+    display_name: Annotated[Text | None, Field(max_length=64, description="1-64 characters; "
+                                                                          "\"\" or null clears it")] = None
+    email: Email | None = None
+    avatar: Annotated[Text | None, Field(description="null removes the picture (a file id "
+                                                     "once uploads exist)")] = None
+
+    error_messages: ClassVar = {("email", "string_pattern_mismatch"): "Enter a valid email address."}
+
+
+class PasswordChange(Wire):
+    old_password: Required
+    new_password: NewPassword
+
+
+class PasswordReset(Wire):
+    username: Annotated[Text | None, Field(max_length=254)] = None
+    email: Annotated[Text | None, Field(max_length=254)] = None
+
+
+class PasswordResetConfirm(Wire):
+    token: required(max_length=200)
+    new_password: NewPassword
+
+
+class AccountDelete(Wire):
+    password: Required
+
+
+class InviteCreate(Wire):
+    uses: counter(1, 1000) = 1
+    expires_in_hours: Annotated[float, Field(gt=0, le=8760)] = 168
+
+
+class Invite(Wire):
+    code: str
+    url: str
+    uses: int
+    uses_left: int
+    expires: Timestamp
+    created: Timestamp
+    by: Member
+
+
+class AdminUsersQuery(Wire):
+    q: Annotated[Text, Field(max_length=150)] = ""
+    cursor: Annotated[Text, Field(max_length=150)] = ""
+
+
+class AdminUser(Wire):
+    id: str
+    username: str
+    display_name: str
+    email: str
+    created: Timestamp
+    last_seen: Timestamp | None
+    active: bool
+    admin: bool
+
+
+class AdminUsersPage(Wire):
+    results: list[AdminUser]
+    next: str | None = Field(description="The cursor of the next page, or null at the end")
+
+
+class AdminUserUpdate(Wire):
+    active: bool | None = None
+    admin: bool | None = None
+
+
+class UserCounts(Wire):
+    total: int
+    active_24h: int
+
+
+class SocketCounts(Wire):
+    total: int
+    per_process: dict[str, int]
+
+
+class Stats(Wire):
+    users: UserCounts
+    rooms: int
+    messages: int
+    files: int
+    file_bytes: int
+    sockets: SocketCounts
+
+
+class AuditQuery(Wire):
+    before: Annotated[Text | None, Field(pattern=r"^(?:[0-9a-f]{24})?$",
+                                         description="The id of the last entry seen")] = None
+
+
+class AuditEntry(Wire):
+    id: str
+    by: Member
+    action: str
+    target: str
+    details: dict[str, Any]
+    at: Timestamp
+
+
+class AuditPage(Wire):
+    results: list[AuditEntry]
+    next: str | None
+
+
 CLIENT_FRAMES: list[type[Wire]] = [SendMessage, Typing, MarkRead]
 STREAM_CLIENT_FRAMES: list[type[Wire]] = [StreamSendMessage, StreamTyping, StreamMarkRead,
                                           Subscribe, Unsubscribe]
@@ -629,7 +766,7 @@ STREAM_SERVER_FRAMES: list[type[Wire]] = [ChatsFrame, ChatFrame, ChatGoneFrame,
                                           StreamReadyFrame]
 SERVER_FRAMES: list[type[Wire]] = [MessageFrame, EditEvent, DeleteEvent, ReactionEvent,
                                    MemberEvent, RoomInfoEvent, ReadyFrame, ErrorFrame, PresenceFrame,
-                                   TypingFrame, ReadFrame]
+                                   TypingFrame, ReadFrame, ProfileEvent]
 
 
 def one_of(kinds: list[type[Wire]]) -> Any:

@@ -88,5 +88,6 @@ def routes() -> list:
     return [
         (r"/", PageHandler),
         (r"/chats/([0-9a-f]{15})/", PageHandler),
+        (r"/(?:settings|admin)/", PageHandler),
         (r"/js/(.+\.js)", ModuleHandler),
     ]

@@ -2,8 +2,9 @@
 
 Each module owns its collections and their indexes: `accounts` (users, tokens,
 failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
-read positions, the chat list), `eventlog` (the rooms' event log) and
-`blocks` (whom each user blocked); `base`
+read positions, the chat list), `eventlog` (the rooms' event log), `blocks`
+(whom each user blocked), `invites`, `audit`, `profiles` (pictures, password
+resets) and `stats` (counts, the processes' sockets); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -18,6 +19,7 @@ import asyncio
 from pymongo import AsyncMongoClient
 
 from chat.store.accounts import Accounts, live_token_user, username_key
+from chat.store.audit import Audit
 from chat.store.base import (
     REQUEST_DEADLINE,
     Banned,
@@ -40,8 +42,11 @@ from chat.store.base import (
 )
 from chat.store.blocks import Blocks
 from chat.store.eventlog import EventLog
+from chat.store.invites import Invites
+from chat.store.profiles import Profiles
 from chat.store.public import (
     EVENT_RENDERERS,
+    active,
     public_event,
     public_message,
     public_user,
@@ -58,18 +63,47 @@ from chat.store.rooms import (
     Rooms,
     new_room_uri,
 )
+from chat.store.stats import Stats
 
 __all__ = [
     "CHAT_PAGE",
-    "EVENT_RENDERERS", "KNOWN_MEMBERS", "KNOWN_ROOMS", "LATEST_SCAN", "PREVIEW_CHARS", "REQUEST_DEADLINE",
-    "UNREAD_CAP", "UNREAD_SCAN", "Banned", "ClientIdTaken", "Forbidden", "GroupCommit",
-    "NotAttempted", "NotFound", "NotMember", "SeqTaken", "Store", "Unavailable", "UsernameTaken",
-    "background", "budget", "guarded", "iso", "live_token_user", "new_room_uri", "now",
-    "public_event", "public_message", "public_user", "remember", "username_key", "write_error",
+    "EVENT_RENDERERS",
+    "KNOWN_MEMBERS",
+    "KNOWN_ROOMS",
+    "LATEST_SCAN",
+    "PREVIEW_CHARS",
+    "REQUEST_DEADLINE",
+    "UNREAD_CAP",
+    "UNREAD_SCAN",
+    "Banned",
+    "ClientIdTaken",
+    "Forbidden",
+    "GroupCommit",
+    "NotAttempted",
+    "NotFound",
+    "NotMember",
+    "SeqTaken",
+    "Store",
+    "Unavailable",
+    "UsernameTaken",
+    "active",
+    "background",
+    "budget",
+    "guarded",
+    "iso",
+    "live_token_user",
+    "new_room_uri",
+    "now",
+    "public_event",
+    "public_message",
+    "public_user",
+    "remember",
+    "username_key",
+    "write_error",
 ]
 
 
-class Store(Accounts, RateCounts, Rooms, EventLog, Blocks):
+class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Invites, Audit, Profiles, Stats):
     """One client and its collections; each part's methods are in its own module."""
 
     def __init__(self, url: str, database: str, timeout_ms: int = 2500,
@@ -101,7 +135,14 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks):
         self.rate_counts = db.rate_counts
         self.rooms = db.rooms
         self.messages = db.messages
+        self.invites = db.invites
+        self.audit = db.audit
+        self.avatars = db.avatars
+        self.password_resets = db.password_resets
+        self.push_subscriptions = db.push_subscriptions
         self.blocks = db.blocks
+        self.processes = db.processes
+        self.files = db["fs.files"]
         self.init_rooms()
         self.init_event_log()
 
@@ -122,6 +163,10 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks):
         await self.ensure_room_indexes()
         await self.ensure_event_indexes()
         await self.ensure_block_indexes()
+        await self.ensure_invite_indexes()
+        await self.ensure_audit_indexes()
+        await self.ensure_profile_indexes()
+        await self.ensure_stats_indexes()
 
     @guarded
     async def ping(self) -> None:

@@ -181,3 +181,20 @@ class EventLog:
             {"room": uri, "target_seq": target_seq, "type": "edit", "message": {"$exists": True}},
             {"$unset": {"message": "", "html": "", "mentions": "", "mentions_room": ""}})
 
+
+    @guarded
+    async def disown_events(self, user_id: str, name: str, erase: bool) -> None:
+        """A deleted account's events show `name` as their author; with erase,
+        its messages become deleted-message tombstones and its edits lose their text."""
+        await self.messages.update_many({"user.id": user_id}, {"$set": {"user.username": name},
+                                                               "$unset": {"user.email": "",
+                                                                          "user.display_name": "",
+                                                                          "user.avatar": ""}})
+        await self.messages.update_many({"by.id": user_id}, {"$set": {"by.username": name}})
+        if erase:
+            await self.messages.update_many(
+                {"user_id": user_id, "type": {"$exists": False}},
+                {"$set": {"message": "", "deleted": True, "reactions": {}}})
+            await self.messages.update_many(
+                {"user_id": user_id, "type": "edit", "message": {"$exists": True}},
+                {"$unset": {"message": ""}})

@@ -9,16 +9,29 @@ from typing import Any
 from chat.store.base import iso
 
 
+def active(doc: dict[str, Any]) -> bool:
+    """Whether an account may log in. Truthiness, not `is False`: nx-27017
+    stores a boolean given to $set as 0 or 1."""
+    return bool(doc.get("active", True)) and not doc.get("deleted")
+
+
+def avatar_url(user_id: str, version: str | None) -> str | None:
+    """Where a profile picture is served; the version makes it cacheable forever."""
+    return f"/api/avatars/{user_id}/{version}/" if version else None
+
+
 def public_user(doc: dict[str, Any]) -> dict[str, Any]:
-    """The tutorial's user object."""
+    """The tutorial's user object, with the profile's display name and picture."""
+    user_id = str(doc["_id"])
     return {
-        "id": str(doc["_id"]),
+        "id": user_id,
         "username": doc["username"],
         "email": doc.get("email", ""),
         "first_name": doc.get("first_name", ""),
         "last_name": doc.get("last_name", ""),
+        "display_name": doc.get("display_name") or "",
+        "avatar": avatar_url(user_id, doc.get("avatar")),
     }
-
 
 
 

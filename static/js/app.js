@@ -2,14 +2,19 @@
 // form, the list of my chats, and toasts. The login is an HttpOnly cookie the
 // script never sees; nothing is kept in localStorage.
 
+import { accounts } from "./account-api.js";
+import { AdminView } from "./admin.js";
 import { api, ApiError } from "./api.js";
 import { ChatView, chatTitle } from "./chat.js";
 import { avatar, h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
-import { chatFace, chatName, mentionBadge, newMessageButton } from "./people.js";
+import { chatFace, chatName, learn, mentionBadge, newMessageButton, personAvatar, personName } from "./people.js";
+import { resetForm, SettingsView } from "./settings.js";
 import { onReadElsewhere } from "./signals.js";
 
 const CHAT_PATH = /^\/chats\/([0-9a-f]{15})\/$/;
+// Account pages (settings.js, admin.js).
+const PAGES = { "/settings/": SettingsView, "/admin/": AdminView };
 // A list refresh asked for by another tab's read waits this long for more.
 const REFRESH_DEBOUNCE_MS = 300;
 
@@ -80,14 +85,23 @@ class App {
 
   route() {
     this.leaveView();
+    const reset = /^#reset=([\w-]+)$/.exec(location.hash);
+    if (reset) {
+      resetForm(this, reset[1]);
+      return;
+    }
     const chat = CHAT_PATH.exec(location.pathname);
     this.root.classList.toggle("in-chat", Boolean(chat && this.me));
     if (!this.me) {
       this.showAuth(chat ? "Sign in to join this chat." : "");
       return;
     }
+    const Page = PAGES[location.pathname];
     if (chat) {
       this.view = new ChatView(this, chat[1]);
+      this.view.mount(this.shell());
+    } else if (Page && (Page !== AdminView || this.me.admin)) {
+      this.view = new Page(this);
       this.view.mount(this.shell());
     } else {
       if (location.pathname !== "/") history.replaceState(null, "", "/");
@@ -112,15 +126,25 @@ class App {
   // The top bar and the main area a view draws into.
   shell() {
     const main = h("main", { class: "main", id: "main" });
+    learn(this.me);
+    this.accountLink = h("a", { href: "/settings/", class: "account-link", "data-link": "",
+      "aria-label": "Settings", title: "Settings" },
+    personAvatar(this.me, "small"), personName(this.me, { class: "account-name" }));
     const bar = h("header", { class: "topbar" },
       h("a", { href: "/", class: "brand", "data-link": "" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
       h("div", { class: "account" },
-        avatar(this.me.username, "small"),
-        h("span", { class: "account-name", text: this.me.username }),
+        this.accountLink,
         h("button", { type: "button", class: "icon-button", "aria-label": "Sign out", title: "Sign out",
           onclick: () => this.signOut() }, icon("logout"))));
     this.root.replaceChildren(bar, main);
     return main;
+  }
+
+  // The top bar's name and picture after the profile changed.
+  refreshAccount() {
+    if (!this.accountLink) return;
+    this.accountLink.replaceChildren(personAvatar(this.me, "small"),
+      personName(this.me, { class: "account-name" }));
   }
 
   async signOut() {
@@ -141,6 +165,8 @@ class App {
   showAuth(notice) {
     setTitle("Sign in · Chat");
     let mode = "signin";
+    // An invite link (/?invite=<code>) opens the sign-up form with its code.
+    const invite = new URLSearchParams(location.search).get("invite");
     const error = h("p", { class: "form-error", role: "alert", id: "auth-error" });
     const username = h("input", { id: "auth-username", name: "username", type: "text", required: true,
       autocomplete: "username", autocapitalize: "none", spellcheck: "false", maxlength: "150",
@@ -167,6 +193,20 @@ class App {
       setTitle(`${signUp ? "Create account" : "Sign in"} · Chat`);
     };
     switchButton.addEventListener("click", () => setMode(mode === "signin" ? "signup" : "signin"));
+    // A forgotten password: a reset link by mail to the account's address.
+    const forgot = h("button", { type: "button", class: "link-button", text: "Forgot your password?",
+      onclick: async () => {
+        if (!username.value.trim()) {
+          error.textContent = "Enter your username first.";
+          username.focus();
+          return;
+        }
+        try {
+          error.textContent = (await accounts.requestReset(username.value.trim())).detail;
+        } catch (caught) {
+          error.textContent = caught.message;
+        }
+      } });
 
     const form = h("form", { class: "auth-form", novalidate: true },
       heading,
@@ -174,7 +214,8 @@ class App {
       h("label", { for: "auth-username", text: "Username" }), username, usernameHint,
       h("label", { for: "auth-password", text: "Password" }), password,
       error, submit,
-      h("p", { class: "switch" }, switchText, switchButton));
+      h("p", { class: "switch" }, switchText, switchButton),
+      h("p", { class: "switch" }, forgot));
 
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -187,7 +228,7 @@ class App {
       submit.disabled = true;
       submit.classList.add("busy");
       try {
-        if (mode === "signup") await api.signUp(username.value.trim(), password.value);
+        if (mode === "signup") await accounts.signUpWith(username.value.trim(), password.value, invite);
         await api.signIn(username.value.trim(), password.value);
         this.me = await api.me();
         this.route();
@@ -202,6 +243,7 @@ class App {
       h("div", { class: "auth-card" },
         h("div", { class: "brand big" }, h("span", { class: "brand-mark", "aria-hidden": "true" }), "Chat"),
         form)));
+    if (invite) setMode("signup");
     username.focus();
   }
 

@@ -4,6 +4,7 @@
 import { api, ApiError } from "./api.js";
 import { avatar, clear, h, icon } from "./dom.js";
 import { closePopover, showMenu } from "./menu.js";
+import { learn, onProfile, personAvatar, personName } from "./people.js";
 import { incoming, isAway, readElsewhere, setTitle } from "./notify.js";
 import { RoomSignals, seenByText, typingText } from "./signals.js";
 import { RoomSocket } from "./socket.js";
@@ -318,14 +319,15 @@ export class ChatView {
   renderMembers() {
     const focused = this.side.contains(document.activeElement) ? focusKey(document.activeElement) : null;
     const myRole = this.myRole();
+    this.room.members.forEach(learn);
     clear(this.memberList).append(...this.room.members.map((member) => {
       const actions = this.memberActions(member, myRole);
       const tag = ROLE_NAMES[member.role];
       const online = this.signals.isOnline(member.id);
       return h("li", { class: `member${online ? " online" : ""}`,
         dataset: { user: member.id, username: member.username } },
-        avatar(member.username),
-        h("span", { class: "member-name", text: member.username }),
+        personAvatar(member),
+        personName(member, { class: "member-name" }),
         online ? h("span", { class: "visually-hidden", text: "(online)" }) : null,
         member.id === this.me.id ? h("span", { class: "tag", text: "you" }) : null,
         tag ? h("span", { class: `tag role-${member.role}`, text: tag }) : null,
@@ -559,6 +561,7 @@ export class ChatView {
     else if (MESSAGE_EVENTS.has(event.type)) this.timeline.apply(event);
     else if (event.type === "member") this.refreshMembers();
     else if (event.type === "room") this.onRoomInfo(event);
+    else if (event.type === "profile") onProfile(event.user);
   }
 
   onMessage(message) {

@@ -9,9 +9,9 @@
 // message (a history page, a catch-up) replaces the shown one only when newer,
 // so nothing is applied twice and an older page never undoes a change.
 
-import { avatar, h, icon, richText } from "./dom.js";
+import { h, icon, richText } from "./dom.js";
 import { showPicker } from "./menu.js";
-import { hiddenBody, isBlocked, mentionsMe, messageBody } from "./people.js";
+import { hiddenBody, isBlocked, mentionsMe, messageBody, personAvatar, personName } from "./people.js";
 
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 
@@ -363,14 +363,14 @@ export class Timeline {
       h(
         "div",
         { class: "msg-row" },
-        mine ? null : avatar(user.username, "msg-avatar"),
+        mine ? null : personAvatar(user, "msg-avatar"),
         h(
           "div",
           { class: "msg-main" },
           h(
             "div",
             { class: "bubble" },
-            mine ? null : h("div", { class: "author", text: user.username }),
+            mine ? null : personName(user, { class: "author" }, "div"),
             body,
             h("div", { class: "foot" }, time, h("span", { class: "status" })),
           ),

@@ -1,0 +1,42 @@
+"""Outgoing mail over SMTP (aiosmtplib): password resets, and notifications.
+
+Settings `smtp: {host, port, security, user, password, from}`; with no host,
+nothing is sent (and `enabled` says so)."""
+
+from __future__ import annotations
+
+import logging
+from email.message import EmailMessage
+
+import aiosmtplib
+
+log = logging.getLogger("chat.mail")
+
+# A mail server that does not answer within this long fails the send.
+SMTP_TIMEOUT = 20.0
+
+
+class Mailer:
+    def __init__(self, config):
+        self.config = config
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.smtp_host)
+
+    async def send(self, to: str, subject: str, text: str) -> None:
+        """Send a plain-text mail; raises aiosmtplib's errors when it fails."""
+        config = self.config
+        message = EmailMessage()
+        message["From"] = config.smtp_from or f"chat@{config.smtp_host}"
+        message["To"] = to
+        message["Subject"] = subject
+        message.set_content(text)
+        security = config.smtp_security
+        await aiosmtplib.send(
+            message, hostname=config.smtp_host, port=config.smtp_port,
+            username=config.smtp_user or None, password=config.smtp_password or None,
+            use_tls=security == "tls",
+            # auto: STARTTLS when the server offers it; none: never.
+            start_tls={"starttls": True, "auto": None}.get(security, False),
+            timeout=SMTP_TIMEOUT)
