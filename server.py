@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -34,13 +35,27 @@ from chat.limits import Limit
 from chat.mail import Mailer
 from chat.mentions import People
 from chat.metrics import Metrics
+from chat.notifications import Notifier
 from chat.passwords import Passwords
 from chat.render import Renderer
 from chat.signals import Signals
 from chat.store import Store, Unavailable
 from chat.streams import Streams
 from chat.tokens import Tokens
-from handlers import account, admin, auth, chats, dms, messages, openapi, ops, pages, socket, stream
+from handlers import (
+    account,
+    admin,
+    auth,
+    chats,
+    dms,
+    messages,
+    notifications,
+    openapi,
+    ops,
+    pages,
+    socket,
+    stream,
+)
 from handlers.base import MalformedRequests, NotFoundHandler, SecurityHeaders, Services
 from handlers.drain import InFlight
 
@@ -109,6 +124,11 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (r"/api/dms/", dms.DmsHandler),
         (r"/api/blocks/", dms.BlocksHandler),
         (r"/api/blocks/([^/]+)/", dms.BlockHandler),
+        # Reaching people who are away (issue 21).
+        (rf"/api/chats/{URI}/notifications/", notifications.LevelHandler),
+        (r"/api/push/key", notifications.PushKeyHandler),
+        (r"/api/push/subscriptions/", notifications.PushSubscriptionsHandler),
+        (r"/api/notifications/unsubscribe/", notifications.UnsubscribeHandler),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
         (r"/metrics", ops.MetricsHandler),
@@ -224,6 +244,11 @@ class ChatServer:
                                  Streams(self.hub, self.store, config.max_subscriptions),
                                  direct, BlockList(self.store, self.people, events),
                                  self.accounts, self.process_id)
+        # Reaching people who are away: levels, pushes and emails.
+        self.notifier = Notifier(config, self.store, self.hub, self.people, self.metrics,
+                                 Mailer(config), functools.partial(notifications.unsubscribe_token,
+                                                                   config.secret))
+        self.services.notifier = self.notifier
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -237,6 +262,7 @@ class ChatServer:
         await self.broker.start()
         self.signals.start()
         self.census = asyncio.ensure_future(self.accounts.record_census(self.process_id))
+        self.notifier.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
@@ -269,6 +295,7 @@ class ChatServer:
         await self.hub.stop()
         if self.census is not None:
             self.census.cancel()
+        await self.notifier.stop()
         await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()
         if self.http is not None:

@@ -77,6 +77,13 @@ class Config:
     smtp_user: str = ""
     smtp_password: str = ""
     smtp_from: str = ""
+    # Reaching people who are away (issue 21).
+    push_delay_seconds: float = 15.0
+    vapid_subject: str = "mailto:admin@localhost"
+    vapid_private_key: str = ""
+    email_delay_minutes: float = 5.0
+    email_min_interval_minutes: float = 30.0
+    notify_lease_seconds: float = 30.0
     embedded: bool = False
 
     def validate(self) -> Config:
@@ -119,6 +126,13 @@ class Config:
             raise ConfigError("smtp.security must be auto, starttls, tls or none")
         if self.username_reuse_days < 0:
             raise ConfigError("username_reuse_days must be 0 or more")
+        for name in ("push_delay_seconds", "email_delay_minutes", "email_min_interval_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more")
+        if self.notify_lease_seconds <= 0:
+            raise ConfigError("notify_lease_seconds must be positive")
+        if not self.vapid_subject.startswith(("mailto:", "https://")):
+            raise ConfigError("vapid_subject must be a mailto: or https:// URL")
         if self.presence_grace_seconds < 0:
             raise ConfigError("presence.grace_seconds must be 0 or more")
         return self

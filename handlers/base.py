@@ -261,6 +261,7 @@ class Services:
         self.blocks = blocks  # chat.blocks.BlockList
         self.accounts = accounts
         self.process_id = process_id
+        self.notifier = None  # chat.notifications.Notifier, set by server.py
 
 
 class Authenticating:

@@ -4,7 +4,8 @@ Each module owns its collections and their indexes: `accounts` (users, tokens,
 failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
 read positions, the chat list), `eventlog` (the rooms' event log), `blocks`
 (whom each user blocked), `invites`, `audit`, `profiles` (pictures, password
-resets) and `stats` (counts, the processes' sockets); `base`
+resets), `stats` (counts, the processes' sockets) and `notifications`
+(levels, pending pushes and emails, devices, the VAPID key); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -43,6 +44,7 @@ from chat.store.base import (
 from chat.store.blocks import Blocks
 from chat.store.eventlog import EventLog
 from chat.store.invites import Invites
+from chat.store.notifications import Notifications
 from chat.store.profiles import Profiles
 from chat.store.public import (
     EVENT_RENDERERS,
@@ -103,7 +105,8 @@ __all__ = [
 ]
 
 
-class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Invites, Audit, Profiles, Stats):
+class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Invites, Audit, Profiles, Stats,
+            Notifications):
     """One client and its collections; each part's methods are in its own module."""
 
     def __init__(self, url: str, database: str, timeout_ms: int = 2500,
@@ -143,6 +146,8 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Invites, Audit, Profi
         self.blocks = db.blocks
         self.processes = db.processes
         self.files = db["fs.files"]
+        self.notifications = db.notifications
+        self.server_keys = db.server_keys
         self.init_rooms()
         self.init_event_log()
 
@@ -167,6 +172,7 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Invites, Audit, Profi
         await self.ensure_audit_indexes()
         await self.ensure_profile_indexes()
         await self.ensure_stats_indexes()
+        await self.ensure_notification_indexes()
 
     @guarded
     async def ping(self) -> None:
