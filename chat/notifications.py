@@ -13,7 +13,6 @@ them when due, and skips those whose reader has read past them by then.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import html
 import json
 import logging
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid02, b64urlencode
 from pywebpush import WebPusher
 
-from chat.store import Unavailable, now
+from chat.store import Unavailable, iso
 from chat.store.notifications import default_level
 
 log = logging.getLogger("chat.notifications")
@@ -162,9 +161,9 @@ class Notifier:
             users = [i for i in users if i not in blocked]
             if not users:
                 return
-            moment = now()
-            push_due = moment + datetime.timedelta(seconds=self.config.push_delay_seconds)
-            email_due = moment + datetime.timedelta(minutes=self.config.email_delay_minutes)
+            moment = time.time()
+            push_due = moment + self.config.push_delay_seconds
+            email_due = moment + self.config.email_delay_minutes * 60
             pending = []
             for user_id in users:
                 base = {"user_id": user_id, "uri": uri, "seq": event["seq"], "state": "pending",
@@ -185,8 +184,8 @@ class Notifier:
         if pushed is not None and seq >= pushed:
             del self.pushed[(user["id"], uri)]
             self.hub.spawn(self.store.schedule_one({
-                "kind": "clear", "user_id": user["id"], "uri": uri, "seq": seq, "due": now(),
-                "state": "pending", "lease": None, "attempts": 0, "created": now()}))
+                "kind": "clear", "user_id": user["id"], "uri": uri, "seq": seq, "due": time.time(),
+                "state": "pending", "lease": None, "attempts": 0, "created": time.time()}))
             self.wake.set()
 
     # Sending: any process, under a lease ------------------------------------
@@ -214,7 +213,7 @@ class Notifier:
                 await self.push_all(doc["user_id"], {"type": "clear", "uri": doc["uri"]}, urgency="low")
                 await self.store.finish(doc, "sent")
                 return
-            read = max(await self.store.last_read_of(doc["uri"], doc["user_id"]),
+            read = max((await self.store.read_positions(doc["uri"])).get(doc["user_id"], 0),
                        self.hub.signals.reads_of(doc["user_id"]).get(doc["uri"], 0))
             if doc["seq"] <= read:
                 await self.store.finish(doc, "skipped", reason="read")
@@ -234,7 +233,7 @@ class Notifier:
             delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempts - 1))
             log.warning("%s to %s failed (%s); again in %.0f s", doc["kind"], doc["user_id"],
                         error, delay)
-            await self.store.retry_later(doc, now() + datetime.timedelta(seconds=delay))
+            await self.store.retry_later(doc, time.time() + delay)
 
     def room_url(self, uri: str) -> str:
         return f"{self.config.public_url.rstrip('/')}/chats/{uri}/"
@@ -293,9 +292,9 @@ class Notifier:
 
     async def send_email(self, doc: dict, read: int) -> None:
         user_id, uri = doc["user_id"], doc["uri"]
-        interval = datetime.timedelta(minutes=self.config.email_min_interval_minutes)
+        interval = self.config.email_min_interval_minutes * 60
         last = await self.store.last_email_sent(uri, user_id)
-        if last is not None and last["done"] + interval > now():
+        if last is not None and last["done"] + interval > time.time():
             await self.store.retry_later(doc, last["done"] + interval)
             return
         user = (await self.store.users_by_id([user_id])).get(user_id) or {}
@@ -328,7 +327,7 @@ def email_body(room: str, messages: list[dict], link: str, unsubscribe: str) -> 
     lines = [f"Unread messages in {room}:", ""]
     items = []
     for message in messages:
-        when = message["created"].strftime("%Y-%m-%d %H:%M UTC")
+        when = iso(message["created"])
         sender = message["user"]["username"]
         edited = " (edited)" if message.get("edited") else ""
         lines += [f"{sender}, {when}{edited}:", message["message"], ""]

@@ -5,12 +5,14 @@ and the server's VAPID key (`server_keys`).
 A pending notification is one document per (kind, user, room, seq): inserting
 it twice is a no-op, so any number of processes may schedule the same one.
 Whichever process claims it first holds a lease (`find_one_and_update`); one
-that dies holding it leaves it to another once the lease ends.
+that dies holding it leaves it to another once the lease ends. Times (due,
+lease, done) are Unix seconds: nx-27017 stores a datetime given to $set as a
+string, which would not compare.
 """
 
 from __future__ import annotations
 
-import datetime
+import time
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
@@ -74,11 +76,11 @@ class Notifications:
     @guarded
     async def claim(self, lease_seconds: float) -> dict | None:
         """The next due notification nobody holds, leased to the caller; None when none is due."""
-        moment = now()
+        moment = time.time()
         return await self.notifications.find_one_and_update(
             {"state": "pending", "due": {"$lte": moment},
              "$or": [{"lease": None}, {"lease": {"$lte": moment}}]},
-            {"$set": {"lease": moment + datetime.timedelta(seconds=lease_seconds)},
+            {"$set": {"lease": moment + lease_seconds},
              "$inc": {"attempts": 1}},
             sort=[("due", ASCENDING)], return_document=ReturnDocument.AFTER)
 
@@ -86,17 +88,12 @@ class Notifications:
     async def finish(self, doc: dict, state: str, **fields: Any) -> None:
         """Close a claimed notification: sent, skipped (read, or seen) or failed."""
         await self.notifications.update_one(
-            {"_id": doc["_id"]}, {"$set": {"state": state, "lease": None, "done": now(), **fields}})
+            {"_id": doc["_id"]}, {"$set": {"state": state, "lease": None, "done": time.time(), **fields}})
 
     @guarded
-    async def retry_later(self, doc: dict, due: datetime.datetime) -> None:
+    async def retry_later(self, doc: dict, due: float) -> None:
         await self.notifications.update_one({"_id": doc["_id"]},
                                             {"$set": {"due": due, "lease": None}})
-
-    @guarded
-    async def last_read_of(self, uri: str, user_id: str) -> int:
-        room = await self.rooms.find_one({"uri": uri}, {f"last_read.{user_id}": 1})
-        return ((room or {}).get("last_read") or {}).get(user_id, 0)
 
     @guarded
     async def last_email_sent(self, uri: str, user_id: str) -> dict | None:
@@ -115,7 +112,7 @@ class Notifications:
         """The messages up to `upto` went out in one email: their own are done."""
         await self.notifications.update_many(
             {"kind": "email", "user_id": user_id, "uri": uri, "state": "pending", "seq": {"$lte": upto}},
-            {"$set": {"state": "merged", "lease": None, "done": now()}})
+            {"$set": {"state": "merged", "lease": None, "done": time.time()}})
 
     @guarded
     async def messages_at(self, uri: str, seqs: list[int]) -> list[dict]:
