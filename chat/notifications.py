@@ -291,6 +291,18 @@ class Notifier:
     # Email: one per room for what stayed unread ------------------------------
 
     async def send_email(self, doc: dict, read: int) -> None:
+        if not await self.store.lock_emails(doc["uri"], doc["user_id"],
+                                            self.config.notify_lease_seconds):
+            # Another process is emailing about this room now: this message is
+            # in its email, or goes in the next one.
+            await self.store.retry_later(doc, time.time() + self.config.notify_lease_seconds)
+            return
+        try:
+            await self.email_unread(doc, read)
+        finally:
+            await self.store.unlock_emails(doc["uri"], doc["user_id"])
+
+    async def email_unread(self, doc: dict, read: int) -> None:
         user_id, uri = doc["user_id"], doc["uri"]
         interval = self.config.email_min_interval_minutes * 60
         last = await self.store.last_email_sent(uri, user_id)

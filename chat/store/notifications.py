@@ -96,6 +96,25 @@ class Notifications:
                                             {"$set": {"due": due, "lease": None}})
 
     @guarded
+    async def lock_emails(self, uri: str, user_id: str, lease_seconds: float) -> bool:
+        """Hold the right to email user_id about the room (one process at a time,
+        so the messages waiting go out in one email); False when another holds it."""
+        moment = time.time()
+        key = {"kind": "email-lock", "user_id": user_id, "uri": uri, "seq": 0}
+        try:
+            await self.notifications.insert_one({**key, "state": "lock", "lease": moment + lease_seconds})
+            return True
+        except DuplicateKeyError:
+            taken = await self.notifications.find_one_and_update(
+                {**key, "lease": {"$lte": moment}}, {"$set": {"lease": moment + lease_seconds}})
+            return taken is not None
+
+    @guarded
+    async def unlock_emails(self, uri: str, user_id: str) -> None:
+        await self.notifications.delete_one({"kind": "email-lock", "user_id": user_id, "uri": uri,
+                                             "seq": 0})
+
+    @guarded
     async def last_email_sent(self, uri: str, user_id: str) -> dict | None:
         return await self.notifications.find_one(
             {"kind": "email", "user_id": user_id, "uri": uri, "state": "sent"}, sort=[("done", -1)])
@@ -123,7 +142,7 @@ class Notifications:
     @guarded
     async def email_off(self, uri: str, user_id: str) -> bool:
         """No more notification emails about the room for user_id (the unsubscribe link)."""
-        result = await self.rooms.update_one({"uri": uri}, {"$addToSet": {"email_off": user_id}})
+        result = await self.rooms.update_one({"uri": uri}, {"$set": {f"email_off.{user_id}": True}})
         return result.matched_count > 0
 
     # Devices -----------------------------------------------------------
