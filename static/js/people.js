@@ -324,6 +324,8 @@ async function openNewMessage(app, opener) {
     people.replaceChildren(...[...names].sort().map((name) => h("option", { value: name })));
   } catch {
     // No suggestions: a username typed in full still works.
+  }
+}
 
 // People's display names and pictures, as last heard: from the member list and
 // the caller's own profile, then from `profile` events. Names and pictures
