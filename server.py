@@ -129,6 +129,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (r"/api/push/key", notifications.PushKeyHandler),
         (r"/api/push/subscriptions/", notifications.PushSubscriptionsHandler),
         (r"/api/notifications/unsubscribe/", notifications.UnsubscribeHandler),
+        (r"/sw\.js", notifications.ServiceWorkerHandler),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
         (r"/metrics", ops.MetricsHandler),

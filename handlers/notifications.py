@@ -7,6 +7,7 @@ import jwt
 
 from handlers import models
 from handlers.base import ApiError, ApiHandler, endpoint
+from handlers.pages import MODULES, StaticFiles
 
 UNSUBSCRIBE = "unsubscribe"
 
@@ -81,3 +82,19 @@ class UnsubscribeHandler(ApiHandler):
               query=models.UnsubscribeQuery, auth=False, errors=(400, 404, 503))
     async def post(self, query: models.UnsubscribeQuery) -> None:
         await self.unsubscribe(query.token)
+
+
+class ServiceWorkerHandler(StaticFiles):
+    """static/sw.js at /sw.js: at the root so its scope is the whole site,
+    revalidated on every load so a new worker replaces the old at once."""
+
+    def initialize(self, services) -> None:
+        super().initialize(path=str(MODULES.parent))
+
+    def get(self, include_body: bool = True):
+        return super().get("sw.js", include_body)
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Content-Type", "text/javascript; charset=utf-8")
+        self.set_header("Service-Worker-Allowed", "/")
+        self.set_header("Cache-Control", "no-cache")

@@ -118,6 +118,10 @@ def read(api: Api, uri: str, seq: int) -> None:
 
 def test_levels_are_set_checked_and_listed(servers):
     a, _ = servers
+    worker = httpx.get(f"{a.url}/sw.js")
+    assert worker.status_code == 200 and "showNotification" in worker.text
+    assert worker.headers["Service-Worker-Allowed"] == "/"
+    assert worker.headers["Content-Type"].startswith("text/javascript")
     alice, bob = Api(a.url).signup(), Api(a.url).signup()
     room = alice.new_chat()
     bob.join(room)

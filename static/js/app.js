@@ -8,6 +8,7 @@ import { api, ApiError } from "./api.js";
 import { ChatView, chatTitle } from "./chat.js";
 import { avatar, h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
+import { notificationsButton, showing, startNotifications, stopNotifications } from "./notifications.js";
 import { chatFace, chatName, learn, mentionBadge, newMessageButton, personAvatar, personName } from "./people.js";
 import { resetForm, SettingsView } from "./settings.js";
 import { onReadElsewhere } from "./signals.js";
@@ -92,6 +93,8 @@ class App {
     }
     const chat = CHAT_PATH.exec(location.pathname);
     this.root.classList.toggle("in-chat", Boolean(chat && this.me));
+    if (this.me) startNotifications(this);
+    showing(chat && this.me ? chat[1] : null);
     if (!this.me) {
       this.showAuth(chat ? "Sign in to join this chat." : "");
       return;
@@ -113,6 +116,7 @@ class App {
   signedOut(message = "") {
     this.leaveView();
     this.me = null;
+    stopNotifications();
     this.root.classList.remove("in-chat");
     this.showAuth(message);
   }
@@ -270,7 +274,7 @@ class App {
     });
     main.append(h("section", { class: "home" },
       h("div", { class: "home-head" }, h("h1", { text: "My chats" }),
-        h("div", { class: "home-actions" }, newMessageButton(this), newButton)),
+        h("div", { class: "home-actions" }, notificationsButton(), newMessageButton(this), newButton)),
       error, status, list));
 
     // Read on another tab (at once) or another device (when this tab comes
