@@ -630,7 +630,8 @@ class Hub:
         frame = text_frame(payload)
         sent = 0
         targets = list(room.full)
-        targets += [sock for sock, catch_up in room.catching.items() if catch_up.buffer is None]
+        targets += [sock for sock, catch_up in room.catching.items()
+                    if catch_up.buffer is None and catch_up.signals]
         for sock in targets:
             if not (spare_slow and sock.backlogged()) and sock.send_frame(frame):
                 sent += 1

@@ -837,6 +837,8 @@ CLIENT_FRAME_FIELDS = ROOM_FRAMES.fields
 CLIENT_FRAME_TYPES = ROOM_FRAMES.types
 ClientFrame = ROOM_FRAMES.union
 ServerFrame = one_of(SERVER_FRAMES)
+StreamServerFrame = one_of([kind for kind in SERVER_FRAMES if kind is not ReadyFrame]
+                           + STREAM_SERVER_FRAMES)
 client_frame = ROOM_FRAMES.adapter
 
 

@@ -48,6 +48,13 @@ SOCKET_DESCRIPTION = (
     "Close codes: 1001 going away, 1007 a frame that is not UTF-8, 1008 policy, "
     "1009 frame too big, 1011 the room could not be joined (reconnect), 4008 slow consumer "
     "(reconnect with since).")
+STREAM = "/ws/"
+STREAM_DESCRIPTION = (
+    "The user stream: one WebSocket for every chat of its user (authenticated like room "
+    "sockets). First a chats frame (GET /api/chats/'s first page), then every event of each "
+    "chat after its last_seq, chat and chat_gone frames as the user's memberships change, and "
+    "the user's own read frames; subscribe with since for a chat's catch-up, ready (with uri) "
+    "and signals. Client actions carry uri. Close codes as on room sockets.")
 
 
 def operations(routes: list) -> list[tuple[str, str, Endpoint]]:
@@ -143,6 +150,9 @@ def document(routes: list, config) -> dict:
     client = schemas.add(models.ClientFrame, "validation")
     server = schemas.add(models.ServerFrame)
     socket_query = schemas.add(models.SocketQuery, "validation")
+    stream_client = schemas.add(models.STREAM_FRAMES.union, "validation")
+    stream_server = schemas.add(models.StreamServerFrame)
+    stream_query = schemas.add(models.StreamQuery, "validation")
     generated, definitions = schemas.generate()
 
     paths: dict[str, dict] = {}
@@ -199,6 +209,11 @@ def document(routes: list, config) -> dict:
                 *query_parameters(definitions, generated[socket_query])],
             "client_frames": generated[client],
             "server_frames": generated[server],
+        }, STREAM: {
+            "description": STREAM_DESCRIPTION,
+            "parameters": query_parameters(definitions, generated[stream_query]),
+            "client_frames": generated[stream_client],
+            "server_frames": generated[stream_server],
         }},
     }, config)
 
