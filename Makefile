@@ -64,6 +64,7 @@ MODE ?= quick
 bench: $(VENV)/.installed-bench rabbitmq
 	$(PY) -m bench.run --mode $(MODE)
 	$(PY) -m bench.signals $(if $(filter full,$(MODE)),--rounds 3,--rounds 1 --seconds 5)
+	$(PY) -m bench.notifications $(if $(filter full,$(MODE)),--posts 200,--posts 30)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
