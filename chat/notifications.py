@@ -114,7 +114,17 @@ class Notifier:
             shown[key] = uri
 
     def visible(self, user_id: str, uri: str) -> bool:
-        return uri in self.focus.get(user_id, {}).values()
+        return any(shown == uri and self.alive(key)
+                   for key, shown in self.focus.get(user_id, {}).items())
+
+    def alive(self, stream_key: str) -> bool:
+        """Whether the process of a stream still answers (presence's peers): the
+        focus of a process that died must not hold pushes back for ever."""
+        process, signals = stream_key.split(":", 1)[0], self.hub.signals
+        if process == self.process or not signals.presence_enabled:
+            return True
+        peer = signals.peers.get(process)
+        return peer is not None and peer.expires > signals.clock()
 
     def on_notice(self, notice: dict[str, Any]) -> None:
         kind, user_id, uri = notice.get("type"), notice.get("user_id"), notice.get("uri")
