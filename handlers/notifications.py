@@ -53,7 +53,7 @@ class PushSubscriptionsHandler(ApiHandler):
     async def delete(self, body: models.PushUnsubscription) -> None:
         user = self.require_user()
         if not await self.services.store.remove_subscription(user["id"], body.endpoint):
-            raise ApiError(404, {"endpoint": ["No such subscription of yours."]})
+            raise ApiError(404, {"detail": "No such subscription of yours (endpoint)."})
         self.set_status(204)
         self.finish()
 

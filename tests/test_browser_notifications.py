@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Api
+from tests.helpers import Api, wait_until
 from tests.test_browser import ARTIFACTS, browser, expect, tabs  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
@@ -48,7 +48,8 @@ def test_a_dm_while_another_room_is_shown_raises_a_notification_that_opens_it(se
     bob_api.post(room, "not for you: no mention")  # the room's level is mentions
     dm = bob_api.request("POST", "/api/dms/", json={"username": alice_api.username}).json()["uri"]
     bob_api.post(dm, "hello alice " + "y" * 120)
-    alice.page.wait_for_function("window.__notes.length >= 1")
+    # (wait_for_function would evaluate a string, which the page's CSP refuses)
+    wait_until(lambda: alice.page.evaluate("window.__notes.length") >= 1, 10, "a notification")
     notes = alice.page.evaluate("window.__notes.map(n => ({title: n.title, ...n.options}))")
     assert notes == [{"title": bob_api.username, "body": ("hello alice " + "y" * 120)[:100],
                       "tag": dm, "data": {"uri": dm}}]

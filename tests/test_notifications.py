@@ -238,6 +238,13 @@ def test_a_gone_subscription_is_removed_and_logout_removes_the_device(servers, d
                10, "the 410 subscription removed")
     assert bob.request("DELETE", "/api/push/subscriptions/",
                        json={"endpoint": push.devices[gone].endpoint}).status_code == 404
+    # A password change keeps this token's devices and drops the others'.
+    phone = Api(b.url, bob.username).login()
+    subscribe(phone, push, f"phone-{bob.username}")
+    assert bob.request("POST", "/auth/password/", json={
+        "old_password": bob.password, "new_password": "pass-word-2"}).status_code in (200, 204)
+    assert [d["endpoint"] for d in db.push_subscriptions.find({"user_id": bob.user["id"]})] \
+        == [push.devices[kept].endpoint]
     assert bob.request("POST", "/auth/logout/").status_code == 204
     assert db.push_subscriptions.count_documents({"user_id": bob.user["id"]}) == 0
     reply = alice.request("POST", "/api/push/subscriptions/",

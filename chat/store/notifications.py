@@ -171,6 +171,11 @@ class Notifications:
         await self.push_subscriptions.delete_many({"token_id": token_id})
 
     @guarded
+    async def forget_other_devices(self, user_id: str, token_id: str | None) -> None:
+        """A password change or "sign out others": only the kept token's devices stay."""
+        await self.push_subscriptions.delete_many({"user_id": user_id, "token_id": {"$nin": [token_id]}})
+
+    @guarded
     async def subscriptions_of(self, user_id: str) -> list[dict]:
         return await self.push_subscriptions.find({"user_id": user_id}).to_list(None)
 
