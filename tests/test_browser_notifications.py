@@ -41,12 +41,15 @@ def test_a_dm_while_another_room_is_shown_raises_a_notification_that_opens_it(se
     alice_api, bob_api = Api(server.url).signup(), Api(server.url).signup()
     room = alice_api.new_chat()
     bob_api.join(room)
+    # The DM exists before the page loads: a chat joined live arrives as a `chat`
+    # frame whose summary may already hold the first message (no event for it).
+    dm = bob_api.request("POST", "/api/dms/", json={"username": alice_api.username}).json()["uri"]
     alice = tabs(server.url, permissions=["notifications"]).sign_in(alice_api)
     alice.page.add_init_script(RECORD)
     alice.page.goto(f"/chats/{room}/")
     expect(alice.page.locator(".chat-view")).to_have_attribute("data-connection", "live")
+    expect(alice.page.locator("body")).to_have_attribute("data-notifications", "live")
     bob_api.post(room, "not for you: no mention")  # the room's level is mentions
-    dm = bob_api.request("POST", "/api/dms/", json={"username": alice_api.username}).json()["uri"]
     bob_api.post(dm, "hello alice " + "y" * 120)
     # (wait_for_function would evaluate a string, which the page's CSP refuses)
     wait_until(lambda: alice.page.evaluate("window.__notes.length") >= 1, 10, "a notification")

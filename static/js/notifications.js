@@ -64,6 +64,7 @@ function connect() {
   };
   ws.onclose = (event) => {
     ws = null;
+    delete document.body.dataset.notifications;
     if (!app || event.code === 1008) return; // signed out: nothing to resume
     setTimeout(connect, RETRY_MS[Math.min(attempt++, RETRY_MS.length - 1)]);
   };
@@ -75,7 +76,10 @@ function remember(chat) {
 }
 
 function onFrame(frame) {
-  if (frame.type === "chats") frame.chats.forEach(remember);
+  if (frame.type === "chats") {
+    frame.chats.forEach(remember);
+    document.body.dataset.notifications = "live"; // what arrives from now on can notify
+  }
   else if (frame.type === "chat") remember(frame.chat);
   else if (frame.type === "chat_gone") chats.delete(frame.uri);
   else if (frame.type === "message") maybeNotify(frame);
