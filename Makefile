@@ -66,6 +66,7 @@ bench: $(VENV)/.installed-bench rabbitmq
 	$(PY) -m bench.signals $(if $(filter full,$(MODE)),--rounds 3,--rounds 1 --seconds 5)
 	$(PY) -m bench.files --clients 20 --mib 25
 	$(PY) -m bench.search --mode $(MODE)
+	$(PY) -m bench.notifications $(if $(filter full,$(MODE)),--posts 200,--posts 30)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

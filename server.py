@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -36,6 +37,7 @@ from chat.limits import Limit
 from chat.mail import Mailer
 from chat.mentions import People
 from chat.metrics import Metrics
+from chat.notifications import Notifier
 from chat.passwords import Passwords
 from chat.previews import Previews
 from chat.quotas import UserLimits
@@ -54,6 +56,7 @@ from handlers import (
     dms,
     files,
     messages,
+    notifications,
     openapi,
     ops,
     pages,
@@ -138,6 +141,12 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         (r"/api/blocks/", dms.BlocksHandler),
         (r"/api/blocks/([^/]+)/", dms.BlockHandler),
         (r"/api/search/", search.SearchHandler),
+        # Reaching people who are away (issue 21).
+        (rf"/api/chats/{URI}/notifications/", notifications.LevelHandler),
+        (r"/api/push/key", notifications.PushKeyHandler),
+        (r"/api/push/subscriptions/", notifications.PushSubscriptionsHandler),
+        (r"/api/notifications/unsubscribe/", notifications.UnsubscribeHandler),
+        (r"/sw\.js", notifications.ServiceWorkerHandler),
         (r"/api/openapi.json", ops.OpenApiHandler),
         (r"/healthz", ops.HealthHandler),
         (r"/metrics", ops.MetricsHandler),
@@ -262,9 +271,15 @@ class ChatServer:
                                          config.max_subscriptions),
                                  direct, BlockList(self.store, self.people, events),
                                  self.files, self.previews, self.accounts,
-                                 MongoTextSearch(self.store, config.search_max_scan))
+                                 MongoTextSearch(self.store, config.search_max_scan),
+                                 self.process_id)
         self.sweeper = Sweeper(self.store, self.services.events, config.changes_sweep_seconds,
                                config.changes_stale_seconds)
+        # Reaching people who are away: levels, pushes and emails.
+        self.notifier = Notifier(config, self.store, self.hub, self.people, self.metrics,
+                                 Mailer(config), functools.partial(notifications.unsubscribe_token,
+                                                                   config.secret))
+        self.services.notifier = self.notifier
         self.http: tornado.httpserver.HTTPServer | None = None
         self.in_flight = InFlight()
 
@@ -279,6 +294,7 @@ class ChatServer:
         self.signals.start()
         self.files.start()
         self.sweeper.start()
+        self.notifier.start()
         # Behind nginx, the client's address and scheme come from its X-Real-IP
         # and X-Forwarded-Proto; trusting them otherwise would let clients forge them.
         self.http = tornado.httpserver.HTTPServer(MalformedRequests(make_app(self.services,
@@ -312,6 +328,7 @@ class ChatServer:
         await self.hub.stop()
         await self.previews.stop()
         await self.files.stop()
+        await self.notifier.stop()
         await self.signals.stop()  # before the broker: it says goodbye and saves reads
         await self.broker.close()
         if self.http is not None:

@@ -135,6 +135,7 @@ class AccountService:
         """Revoke every token of the user but token_id and close their sockets everywhere."""
         await self.store.revoke_user_tokens(user["id"], keep=token_id)
         self.hub.revoke_user(user["id"], token_id, reason)
+        await self.store.forget_other_devices(user["id"], token_id)  # their pushes stop too
 
     async def request_reset(self, username: str | None, email: str | None, address: str,
                             base_url: str) -> float:

@@ -96,6 +96,13 @@ class Config:
     smtp_user: str = ""
     smtp_password: str = ""
     smtp_from: str = ""
+    # Reaching people who are away (issue 21).
+    push_delay_seconds: float = 15.0
+    vapid_subject: str = "mailto:admin@localhost"
+    vapid_private_key: str = ""
+    email_delay_minutes: float = 5.0
+    email_min_interval_minutes: float = 30.0
+    notify_lease_seconds: float = 30.0
     embedded: bool = False
 
     def validate(self) -> Config:
@@ -143,6 +150,13 @@ class Config:
             raise ConfigError(f"search.language must be one of {', '.join(SEARCH_LANGUAGES)}")
         if self.search_max_scan < 1:
             raise ConfigError("search.max_scan must be positive")
+        for name in ("push_delay_seconds", "email_delay_minutes", "email_min_interval_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more")
+        if self.notify_lease_seconds <= 0:
+            raise ConfigError("notify_lease_seconds must be positive")
+        if not self.vapid_subject.startswith(("mailto:", "https://")):
+            raise ConfigError("vapid_subject must be a mailto: or https:// URL")
         if self.presence_grace_seconds < 0:
             raise ConfigError("presence.grace_seconds must be 0 or more")
         return self

@@ -201,6 +201,11 @@ class Hub:
         # User streams (chat/streams.py) set this to hear that a user joined a
         # room: (uri, user id, seq of the join event).
         self.on_joined: Callable[[str, str, int], None] | None = None
+        # chat.notifications.Notifier sets these: a new post (uri, user, event),
+        # a read here (user, uri, seq), and its "notify.*" control notices.
+        self.on_posted: Callable[[str, dict, dict], None] | None = None
+        self.on_read: Callable[[dict, str, int], None] | None = None
+        self.on_notify_notice: Callable[[dict], None] | None = None
         self.tasks: set[asyncio.Task] = set()
         self.no_sockets = asyncio.Event()
         self.no_sockets.set()
@@ -250,6 +255,8 @@ class Hub:
         public, created = await self.append_event(uri, event, recorded, deadline)
         if created:
             self.metrics.posted.inc()
+            if self.on_posted is not None:
+                self.on_posted(uri, user, public)
         self.signals.stop_typing(uri, user)
         self.signals.posted(uri, user, public["seq"])
         return public
@@ -318,6 +325,8 @@ class Hub:
         if seq > last_seq:
             raise InvalidMessage(f"the room's last event is {last_seq}.", "seq")
         self.signals.read(uri, user, seq)
+        if self.on_read is not None:
+            self.on_read(user, uri, seq)
 
     def count_user_sockets(self, user_id: str) -> int:
         return len(self.sockets_by_user.get(user_id, ()))
@@ -849,6 +858,9 @@ class Hub:
             if (isinstance(uri, str) and isinstance(user_id, str) and type(seq) is int
                     and self.on_joined is not None):
                 self.on_joined(uri, user_id, seq)
+        elif str(notice.get("type")).startswith("notify."):
+            if self.on_notify_notice is not None:
+                self.on_notify_notice(notice)
         elif notice.get("type") == "room_people":
             if self.on_room_people is not None and isinstance(notice.get("uri"), str):
                 self.on_room_people(notice["uri"])

@@ -26,12 +26,27 @@ class Mailer:
 
     async def send(self, to: str, subject: str, text: str) -> None:
         """Send a plain-text mail; raises aiosmtplib's errors when it fails."""
-        config = self.config
+        await self.deliver(self.message(to, subject, text))
+
+    async def send_notification(self, to: str, subject: str, text: str, html: str,
+                                unsubscribe: str) -> None:
+        """A notification: text and HTML parts, and one-click unsubscribe (RFC 8058)."""
+        message = self.message(to, subject, text)
+        message.add_alternative(html, subtype="html")
+        message["List-Unsubscribe"] = f"<{unsubscribe}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        await self.deliver(message)
+
+    def message(self, to: str, subject: str, text: str) -> EmailMessage:
         message = EmailMessage()
-        message["From"] = config.smtp_from or f"chat@{config.smtp_host}"
+        message["From"] = self.config.smtp_from or f"chat@{self.config.smtp_host}"
         message["To"] = to
         message["Subject"] = subject
         message.set_content(text)
+        return message
+
+    async def deliver(self, message: EmailMessage) -> None:
+        config = self.config
         security = config.smtp_security
         await aiosmtplib.send(
             message, hostname=config.smtp_host, port=config.smtp_port,

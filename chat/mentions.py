@@ -38,6 +38,7 @@ class RoomPeople:
     dm_users: list[str]
     loaded: float
     blocks: set[tuple[str, str]] = dataclasses.field(default_factory=set)  # a DM's: (by, whom)
+    levels: dict[str, str] = dataclasses.field(default_factory=dict)  # notification levels set
 
     @functools.cached_property
     def by_name(self) -> dict[str, str]:
@@ -73,7 +74,8 @@ class People:
         entry = RoomPeople(uri, room.get("kind", "room"), room.get("owner"),
                            dict(room.get("roles") or {}),
                            {i: users[i]["username"] for i in room["members"] if i in users},
-                           list(room.get("dm_users") or ()), loaded)
+                           list(room.get("dm_users") or ()), loaded,
+                           levels=dict(room.get("levels") or {}))
         if entry.kind == "dm":
             entry.blocks = await self.store.blocks_among(entry.dm_users)
         remember(self.rooms, uri, entry, KNOWN_ROOMS)

@@ -58,6 +58,16 @@ class Metrics:
             "chat_delivery_seconds", "From storing a message to writing it to local sockets",
             buckets=LATENCY_BUCKETS, registry=r)
 
+        # Reaching people who are away (chat/notifications.py).
+        self.notifications_scheduled = Counter(
+            "chat_notifications_scheduled", "Pending pushes and emails written", registry=r)
+        self.pushes_sent = Counter("chat_pushes_sent", "Pushes taken by a push service", registry=r)
+        self.emails_sent = Counter("chat_notification_emails_sent", "Notification emails sent",
+                                   registry=r)
+        self.notification_failures = Counter(
+            "chat_notification_failures", "Failed push or email sends (retried with backoff)",
+            ["kind"], registry=r)
+
     def watch_gc(self) -> None:
         """Time the garbage collector's pauses (they stall the event loop)."""
         self.gc_pauses = Histogram("chat_gc_pause_seconds", "Garbage collection pauses",

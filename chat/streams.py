@@ -96,6 +96,8 @@ class UserStream:
         self.pending: list[tuple[StreamEntry, Room, CatchUp]] = []
         self.live = False
         self.closed = False
+        # The chat this client shows, visible (its `focus` frame): no pushes for it.
+        self.focus: str | None = None
 
     @property
     def user(self) -> dict:

@@ -127,6 +127,7 @@ class LogoutHandler(ApiHandler):
         await self.services.limits.users.logout(user)
         await self.services.tokens.revoke(self.token_id)
         self.services.hub.revoke_token(user["id"], self.token_id)
+        await self.services.store.forget_token_devices(self.token_id)  # its pushes stop too
         self.clear_cookie(TOKEN_COOKIE)
         self.set_status(204)
         self.finish()

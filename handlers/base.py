@@ -247,7 +247,8 @@ class Services:
     """What every handler needs, built once in server.py."""
 
     def __init__(self, config, store, tokens, passwords, hub, metrics, limits, events, streams,
-                 dms=None, blocks=None, files=None, previews=None, accounts=None, search=None):
+                 dms=None, blocks=None, files=None, previews=None, accounts=None, search=None,
+                 process_id: str = ""):
         self.config = config
         self.streams = streams
         self.store = store
@@ -263,6 +264,8 @@ class Services:
         self.previews = previews
         self.accounts = accounts
         self.search = search  # a chat.search.SearchEngine
+        self.process_id = process_id
+        self.notifier = None  # chat.notifications.Notifier, set by server.py
 
 
 class Authenticating:

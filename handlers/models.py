@@ -464,6 +464,9 @@ class ChatSummary(Wire):
     cursor: Annotated[str, Field(description="Where the page after this chat begins "
                                              "(GET /api/chats/?before=<cursor>)")]
 
+    notifications: Annotated[Literal["all", "mentions", "none"],
+                             Field(description="My notification level here")] = "mentions"
+
 
 class ChatPage(Wire):
     chats: list[ChatSummary]
@@ -918,9 +921,50 @@ class AuditPage(Wire):
     next: str | None
 
 
+# Reaching people who are away (chat/notifications.py) ----------------------
+
+Level = Literal["all", "mentions", "none"]
+
+
+class NotificationLevel(Wire):
+    level: Annotated[Level, Field(description="all: every message; mentions: those that "
+                                              "mention me or @room (DMs: all); none")]
+
+
+class PushKey(Wire):
+    key: Annotated[str, Field(description="The server's VAPID public key (base64url, "
+                                          "the PushManager's applicationServerKey)")]
+
+
+class PushKeys(Wire):
+    p256dh: required(max_length=200)
+    auth: required(max_length=100)
+
+
+class PushSubscription(Wire):
+    endpoint: Annotated[Text, Field(min_length=1, max_length=2000, pattern=r"^https?://\S+$",
+                                    description="The push service URL of the device")]
+    keys: PushKeys
+
+
+class PushUnsubscription(Wire):
+    endpoint: Annotated[Text, Field(min_length=1, max_length=2000)]
+
+
+class UnsubscribeQuery(Wire):
+    token: required(max_length=1000)
+
+
+class FocusFrame(Wire):
+    """Client -> server on the user stream: the chat this client shows, visible
+    (null: none, or the tab is hidden). No push for it while so."""
+    type: Literal["focus"]
+    uri: RoomUri | None = None
+
+
 CLIENT_FRAMES: list[type[Wire]] = [SendMessage, Typing, MarkRead]
 STREAM_CLIENT_FRAMES: list[type[Wire]] = [StreamSendMessage, StreamTyping, StreamMarkRead,
-                                          Subscribe, Unsubscribe]
+                                          Subscribe, Unsubscribe, FocusFrame]
 STREAM_SERVER_FRAMES: list[type[Wire]] = [ChatsFrame, ChatFrame, ChatGoneFrame,
                                           StreamReadyFrame]
 SERVER_FRAMES: list[type[Wire]] = [MessageFrame, EditEvent, DeleteEvent, ReactionEvent,

@@ -42,6 +42,8 @@ class UserStreamSocket(ClientSocket):
 
     def gone(self) -> None:
         self.services.streams.close(self.stream)
+        if self.stream.focus is not None:
+            self.services.notifier.set_focus(self.user["id"], str(id(self.stream)), None)
 
     def not_a_member(self, uri: str | None) -> None:
         # The stream stays: only that chat is refused (its chat_gone comes from the event).
@@ -72,3 +74,10 @@ class UserStreamSocket(ClientSocket):
 
     async def handle_unsubscribe(self, frame: models.Unsubscribe) -> None:
         self.services.streams.unsubscribe(self.stream, frame.uri)
+
+    async def handle_focus(self, frame: models.FocusFrame) -> None:
+        """The chat this client shows and is visible (pushes wait while it is)."""
+        if frame.uri is not None:
+            self.services.streams.member(self.stream, frame.uri)
+        self.stream.focus = frame.uri
+        self.services.notifier.set_focus(self.user["id"], str(id(self.stream)), frame.uri)

@@ -58,6 +58,9 @@ def in_process(fresh_db):
         async def main():
             server = ChatServer(config.validate(), mongo_listeners=[commands])
             await server.start()
+            # The notifier's dispatcher polls `notifications` once per interval
+            # per process, whatever the traffic: counted apart (bench.notifications).
+            await server.notifier.stop()
             try:
                 return await scenario(server, f"http://127.0.0.1:{config.port}", commands)
             finally:
@@ -367,6 +370,8 @@ def test_a_post_that_mentions_people_costs_what_any_post_costs(in_process):
     post's mentions and @room's rule read nothing; a member who joins through
     this process is known at once."""
     async def scenario(server, base, commands):
+        # Whom a post notifies is counted in the 1,000-member test below.
+        server.hub.on_posted = None
         async with httpx.AsyncClient(base_url=base) as http:
             auth = {}
             for name in ("ann", "bob", "cid"):
@@ -397,3 +402,58 @@ def test_a_post_that_mentions_people_costs_what_any_post_costs(in_process):
     # An @word nobody answers to reads the room again, at most every 2 s.
     assert counted[2][0] == [] and len(counted[2][1]) <= 4
     assert counted[3][0] == ["cid"]
+
+
+
+@pytest.mark.parametrize("notify", [True, False], ids=["notifying", "without-notifier"])
+def test_a_post_in_a_1000_member_room_notifies_at_the_cost_of_two_commands_at_most(in_process, notify):
+    """Reaching people (issue 21): who a post notifies comes from the cached levels
+    and members. A post that notifies nobody (default levels, no mention) costs
+    what it did before; one that notifies adds one find (blocks against the
+    sender) and one insert (all pending pushes), however many it notifies; a
+    mentioned member with the room open and visible adds nothing."""
+    async def scenario(server, base, commands):
+        async with httpx.AsyncClient(base_url=base) as http:
+            _, token = await sign_up(http, "ann")
+            auth = {"Authorization": f"JWT {token}"}
+            uri = (await http.post("/api/chats/", headers=auth)).json()["uri"]
+            users = [{"username": f"m{i:04d}", "username_key": f"m{i:04d}", "email": "",
+                      "password": b"", "created": 0, "active": True} for i in range(999)]
+            await server.store.users.insert_many(users)
+            await server.store.rooms.update_one(
+                {"uri": uri}, {"$push": {"members": {"$each": [str(u["_id"]) for u in users]}}})
+            server.people.forget(uri)
+            if not notify:  # what a post cost before this change
+                server.hub.on_posted = None
+            await http.post(f"/api/chats/{uri}/messages/", headers=auth, json={"message": "warm"})
+            await wait_for(lambda: not server.hub.tasks, 5, "post tasks")
+            counted = {}
+            for name, text in (("plain", "hello all"), ("mention", "hi @m0001"),
+                               ("room", "@room lunch")):
+                commands.take()
+                posted = await http.post(f"/api/chats/{uri}/messages/", headers=auth,
+                                         json={"message": text})
+                assert posted.status_code == 200, posted.text
+                await wait_for(lambda: not server.hub.tasks, 5, "post tasks")
+                counted[name] = sorted(commands.take())
+            server.notifier.set_focus(str(users[1]["_id"]), "tab", uri)
+            commands.take()
+            await http.post(f"/api/chats/{uri}/messages/", headers=auth, json={"message": "@m0001 ?"})
+            await wait_for(lambda: not server.hub.tasks, 5, "post tasks")
+            counted["mention, reading"] = sorted(commands.take())
+            counted["pending"] = await server.store.notifications.count_documents({"uri": uri})
+        return counted
+
+    counted = in_process(scenario)
+    # What a post in this room cost before this change (the without-notifier
+    # run shows the same): a find (the membership: no socket here), the insert,
+    # the room's update.
+    before = ["find", "insert", "update"]
+    assert counted["plain"] == before
+    assert counted["mention, reading"] == before
+    if notify:
+        assert counted["mention"] == sorted([*before, "find", "insert"])
+        assert counted["room"] == sorted([*before, "find", "insert"])
+        assert counted["pending"] == 1 + 999  # m0001's push, then everyone's for @room
+    else:
+        assert counted["mention"] == counted["room"] == before

@@ -5,8 +5,9 @@ failed logins), `ratecounts` (limits' counters), `rooms` (rooms, membership,
 read positions, the chat list), `eventlog` (the rooms' event log),
 `blocks` (whom each user blocked), `files` (GridFS: uploads, thumbnails,
 preview images, the link preview cache), `invites`, `audit`, `profiles`
-(pictures, password resets), `stats` (what the admins' stats count) and
-`search` (the messages' text index and the search query); `base`
+(pictures, password resets), `stats` (what the admins' stats count),
+`search` (the messages' text index and the search query) and `notifications`
+(levels, pending pushes and emails, devices, the VAPID key); `base`
 holds what they share (the request's time budget, `guarded`, group commit,
 write-error mapping) and `public` how documents are shown to clients.
 
@@ -46,6 +47,7 @@ from chat.store.blocks import Blocks
 from chat.store.eventlog import EventLog
 from chat.store.files import CHUNK_BYTES, Files, UploadStream, object_id
 from chat.store.invites import Invites
+from chat.store.notifications import Notifications
 from chat.store.profiles import Profiles
 from chat.store.public import (
     EVENT_RENDERERS,
@@ -112,7 +114,7 @@ __all__ = [
 
 
 class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files, Invites, Audit, Profiles, Stats,
-            MessageSearch):
+            MessageSearch, Notifications):
     """One client and its collections; each part's methods are in its own module."""
 
     def __init__(self, url: str, database: str, timeout_ms: int = 2500,
@@ -151,6 +153,8 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files, Invites, Audit
         self.password_resets = db.password_resets
         self.push_subscriptions = db.push_subscriptions
         self.blocks = db.blocks
+        self.notifications = db.notifications
+        self.server_keys = db.server_keys
         self.init_rooms()
         self.init_event_log()
         self.init_files(db)
@@ -177,6 +181,7 @@ class Store(Accounts, RateCounts, Rooms, EventLog, Blocks, Files, Invites, Audit
         await self.ensure_audit_indexes()
         await self.ensure_profile_indexes()
         await self.ensure_search_indexes()
+        await self.ensure_notification_indexes()
 
     @guarded
     async def ping(self) -> None:

@@ -24,6 +24,7 @@ from chat.store.base import (
     now,
     remember,
 )
+from chat.store.notifications import default_level
 
 KNOWN_MEMBERS = 100_000
 # How long a membership found in MongoDB is believed without reading it again:
@@ -212,7 +213,8 @@ class Rooms:
     async def room_people(self, uri: str) -> dict | None:
         """What a post needs to know of its room: members, owner, roles, kind."""
         return await self.rooms.find_one(
-            {"uri": uri}, {"members": 1, "owner": 1, "roles": 1, "kind": 1, "dm_users": 1})
+            {"uri": uri}, {"members": 1, "owner": 1, "roles": 1, "kind": 1, "dm_users": 1,
+                           "levels": 1})
 
     @guarded
     async def room(self, uri: str) -> dict | None:
@@ -456,6 +458,8 @@ class Rooms:
                 "seq": room["seq"], "updated": iso(room["updated"]),
                 "last_seq": max(room["seq"], message["seq"] if message else 0),
                 "last_read_seq": reads[uri], "unread": counts[0], "mentions": counts[1],
+                "notifications": (room.get("levels") or {}).get(user_id)
+                or default_level(room.get("kind", "room")),
                 "last_message": message and {
                     "id": str(message["_id"]), "seq": message["seq"], "user": message["user"],
                     "text": message["message"][:PREVIEW_CHARS], "created": iso(message["created"])},

@@ -94,4 +94,8 @@ export const api = {
   blocks: () => request("GET", "/api/blocks/"),
   block: (username) => request("PUT", `/api/blocks/${encodeURIComponent(username)}/`),
   unblock: (username) => request("DELETE", `/api/blocks/${encodeURIComponent(username)}/`),
+  // Reaching people who are away (notifications.js).
+  setNotificationLevel: (uri, level) => request("PUT", `/api/chats/${uri}/notifications/`, { level }),
+  pushKey: () => request("GET", "/api/push/key"),
+  addPushSubscription: (subscription) => request("POST", "/api/push/subscriptions/", subscription),
 };

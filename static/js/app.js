@@ -9,6 +9,7 @@ import { ChatView } from "./chat.js";
 import { ChatList } from "./chatlist.js";
 import { h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
+import { notificationsButton, onStreamFrame, showing, startNotifications, stopNotifications } from "./notifications.js";
 import { newMessageButton } from "./people.js";
 import { learn, personAvatar, personName } from "./profiles.js";
 import { resetForm, SettingsView } from "./settings.js";
@@ -74,10 +75,22 @@ class App {
     if (this.stream) return;
     this.chatList = new ChatList(this.me, { openUri: () => (this.view && this.view.uri) || null });
     this.stream = new UserStream({
-      onChats: (chats, hasMore) => this.chatList.onChats(chats, hasMore),
-      onChat: (chat) => this.chatList.onChat(chat),
-      onGone: (uri) => this.chatList.onGone(uri),
-      onEvent: (frame) => this.chatList.onEvent(frame),
+      onChats: (chats, hasMore) => {
+        this.chatList.onChats(chats, hasMore);
+        onStreamFrame({ type: "chats", chats });
+      },
+      onChat: (chat) => {
+        this.chatList.onChat(chat);
+        onStreamFrame({ type: "chat", chat });
+      },
+      onGone: (uri) => {
+        this.chatList.onGone(uri);
+        onStreamFrame({ type: "chat_gone", uri });
+      },
+      onEvent: (frame) => {
+        this.chatList.onEvent(frame);
+        onStreamFrame(frame);
+      },
       onState: (state) => {
         if (this.frame) this.frame.dataset.stream = state;
       },
@@ -112,6 +125,8 @@ class App {
     }
     const chat = CHAT_PATH.exec(location.pathname);
     this.root.classList.toggle("in-chat", Boolean(chat && this.me));
+    if (this.me) startNotifications(this);
+    showing(chat && this.me ? chat[1] : null);
     if (!this.me) {
       this.root.classList.remove("in-page");
       this.showAuth(chat ? "Sign in to join this chat." : "");
@@ -140,6 +155,7 @@ class App {
     this.leaveView();
     this.disconnect();
     this.me = null;
+    stopNotifications();
     this.root.classList.remove("in-chat", "in-page");
     this.showAuth(message);
   }
@@ -315,7 +331,7 @@ class App {
     });
     return h("nav", { class: "sidebar", "aria-label": "Chats" },
       h("div", { class: "home-head" }, h("h1", { text: "My chats" }),
-        h("div", { class: "home-actions" }, newMessageButton(this), newButton)),
+        h("div", { class: "home-actions" }, notificationsButton(), newMessageButton(this), newButton)),
       error, this.chatList.status, this.chatList.list);
   }
 }

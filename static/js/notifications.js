@@ -1,0 +1,127 @@
+// Reaching people who are away (issue 21): system notifications while the tab
+// is hidden or shows another chat, the `focus` frame that holds pushes back
+// while a chat is open and visible, and Web Push through /sw.js.
+//
+// It reads the page's user stream (app.stream): its chats and message events,
+// and sends the focus frame through it.
+// Permission is only ever asked from the button (a user gesture), never on load.
+
+import { api } from "./api.js";
+import { h } from "./dom.js";
+
+const TEXT_CHARS = 100;
+
+let app = null;
+let shown = null; // the uri of the chat on screen, or null
+const chats = new Map(); // uri -> { name, kind, notifications }
+
+export function startNotifications(theApp) {
+  if (app) return;
+  app = theApp;
+  document.addEventListener("visibilitychange", sendFocus);
+  window.addEventListener("focus", sendFocus);
+  if ("serviceWorker" in navigator) {
+    navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch(() => {});
+    // A click on a push: the worker asks the open tab to show the chat.
+    navigator.serviceWorker.addEventListener("message", (event) => {
+      if (event.data && event.data.type === "open" && app) app.navigate(`/chats/${event.data.uri}/`);
+    });
+  }
+}
+
+export function stopNotifications() {
+  app = null;
+  chats.clear();
+  delete document.body.dataset.notifications;
+}
+
+// The page now shows this chat (null: another page).
+export function showing(uri) {
+  shown = uri;
+  sendFocus();
+}
+
+function visibleUri() {
+  return document.visibilityState === "visible" ? shown : null;
+}
+
+function sendFocus() {
+  if (app && app.stream) app.stream.sendRaw({ type: "focus", uri: visibleUri() });
+}
+
+function remember(chat) {
+  chats.set(chat.uri, { name: chat.kind === "dm" && chat.other ? chat.other.username : chat.name || "Chat",
+    kind: chat.kind, notifications: chat.notifications || (chat.kind === "dm" ? "all" : "mentions") });
+}
+
+// A frame of the page's user stream.
+export function onStreamFrame(frame) {
+  if (!app) return;
+  if (frame.type === "chats") {
+    chats.clear();
+    frame.chats.forEach(remember);
+    document.body.dataset.notifications = "live"; // what arrives from now on can notify
+    sendFocus(); // a new connection: the server knows nothing of this tab yet
+  }
+  else if (frame.type === "chat") remember(frame.chat);
+  else if (frame.type === "chat_gone") chats.delete(frame.uri);
+  else if (frame.type === "message") maybeNotify(frame);
+}
+
+// Whether a message notifies me: not mine, and my level here allows it.
+export function notifiable(message, me, chat) {
+  if (!chat || !me || message.user.id === me.id || message.deleted) return false;
+  if (chat.notifications === "none") return false;
+  if (chat.notifications === "all" || chat.kind === "dm") return true;
+  const mine = me.username.toLowerCase();
+  return Boolean(message.mentions_room)
+    || (message.mentions || []).some((name) => name.toLowerCase() === mine);
+}
+
+function maybeNotify(message) {
+  if (!app || !("Notification" in window) || Notification.permission !== "granted") return;
+  const chat = chats.get(message.uri);
+  if (!notifiable(message, app.me, chat) || visibleUri() === message.uri) return;
+  const sender = message.user.username;
+  const note = new Notification(chat.kind === "dm" ? sender : `${sender} · ${chat.name}`, {
+    body: (message.message || "").slice(0, TEXT_CHARS), tag: message.uri,
+    data: { uri: message.uri },
+  });
+  note.onclick = () => {
+    window.focus();
+    app.navigate(`/chats/${message.uri}/`);
+    note.close();
+  };
+}
+
+function base64urlToBytes(text) {
+  const padded = (text + "===".slice((text.length + 3) % 4)).replace(/-/g, "+").replace(/_/g, "/");
+  return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+}
+
+// Permission (on this click), then this device's push subscription.
+async function enable(button) {
+  if (!("Notification" in window)) return;
+  const permission = await Notification.requestPermission();
+  button.hidden = permission !== "default";
+  if (permission !== "granted" || !("serviceWorker" in navigator) || !("PushManager" in window)) return;
+  try {
+    const registration = await navigator.serviceWorker.ready;
+    const { key } = await api.pushKey();
+    const subscription = await registration.pushManager.subscribe({
+      userVisibleOnly: true, applicationServerKey: base64urlToBytes(key) });
+    const { endpoint, keys } = subscription.toJSON();
+    await api.addPushSubscription({ endpoint, keys });
+  } catch {
+    // Desktop notifications still work while a tab is open.
+  }
+}
+
+// The button that asks for permission; hidden once it was answered.
+export function notificationsButton() {
+  const button = h("button", { type: "button", class: "button secondary enable-notifications",
+    text: "Enable notifications" });
+  button.hidden = !("Notification" in window) || Notification.permission !== "default";
+  button.addEventListener("click", () => enable(button));
+  return button;
+}
