@@ -237,20 +237,33 @@ class AccountService:
                 unset.append("display_name")
         if "email" in fields:
             changes["email"] = fields["email"] or ""
+        picture = None
         if "avatar" in fields:
             if fields["avatar"] is not None:
-                raise InvalidField("avatar", "File uploads are not available yet: PUT the image "
-                                             "to /auth/me/avatar/, or send null to remove it.")
-            unset.append("avatar")
-            await self.store.delete_avatar(user["id"])
+                picture = await self.uploaded_picture(user, fields["avatar"])
+            else:
+                unset.append("avatar")
+                await self.store.delete_avatar(user["id"])
         if not changes and not unset:
-            return doc
+            return doc if picture is None else await self.set_avatar(user, picture)
         after = await self.store.update_user(user["id"], changes, tuple(unset))
         if after is None:
             raise NotFound(user["id"])
+        if picture is not None:
+            return await self.set_avatar(user, picture)
         if self.shown_changed(doc, after):
             await self.announce_profile(after)
         return after
+
+    async def uploaded_picture(self, user: dict, file_id: str) -> bytes:
+        """The bytes of one of the user's own uploads (POST /api/chats/<uri>/files/),
+        as a picture: 400 naming `avatar` unless it is theirs, an image, and small enough."""
+        upload = await self.store.user_upload(user["id"], file_id)
+        if upload is None or not str(upload.get("type", "")).startswith("image/"):
+            raise InvalidField("avatar", "Not an image you uploaded.")
+        if upload["size"] > self.config.avatar_max_bytes:
+            raise InvalidField("avatar", f"The picture is larger than {self.config.avatar_max_bytes} bytes.")
+        return await self.store.read_whole(upload)
 
     @staticmethod
     def shown_changed(before: dict, after: dict) -> bool:

@@ -35,7 +35,11 @@ class MeHandler(ApiHandler):
             if fields["display_name"] and not fields["display_name"].strip():
                 raise field_error("display_name", "This field may not be blank.")
         accounts = self.services.accounts
-        self.reply(accounts.me(await accounts.update_profile(self.current_user, fields)))
+        try:
+            doc = await accounts.update_profile(self.current_user, fields)
+        except NotAnImage as error:
+            raise field_error("avatar", str(error)) from None
+        self.reply(accounts.me(doc))
 
     @endpoint("Delete the account: tokens revoked, every room left, personal data erased",
               "deleteAccount", body=models.AccountDelete, status=204, errors=(503,))

@@ -817,8 +817,9 @@ class ProfileUpdate(Wire):
     display_name: Annotated[Text | None, Field(max_length=64, description="1-64 characters; "
                                                                           "\"\" or null clears it")] = None
     email: Email | None = None
-    avatar: Annotated[Text | None, Field(description="null removes the picture (a file id "
-                                                     "once uploads exist)")] = None
+    avatar: Annotated[Text | None, Field(description="The id of an image I uploaded "
+                                                     "(POST /api/chats/<uri>/files/); null "
+                                                     "removes the picture")] = None
 
     error_messages: ClassVar = {("email", "string_pattern_mismatch"): "Enter a valid email address."}
 

@@ -185,6 +185,29 @@ def test_a_picture_is_checked_by_content_reencoded_and_served_safely(server, db)
     assert db.avatars.count_documents({"user_id": api.user["id"]}) == 0
 
 
+def test_a_picture_can_be_an_image_uploaded_to_a_chat(server):
+    api, other = Api(server.url).signup(), Api(server.url).signup()
+    uri = api.new_chat()
+
+    def upload(who: Api, body: bytes, name: str) -> str:
+        reply = who.request("POST", f"/api/chats/{uri}/files/?name={name}", content=body)
+        assert reply.status_code == 201, reply.text
+        return reply.json()["id"]
+
+    other.join(uri)
+    picture = upload(api, png((600, 300)), "me.png")
+    text = upload(api, b"just words", "notes.txt")
+    theirs = upload(other, png(), "theirs.png")
+    for bad in (text, theirs, "0" * 24, "not-an-id"):
+        reply = api.request("PATCH", "/auth/me/", json={"avatar": bad})
+        assert reply.status_code == 400 and "avatar" in reply.json(), (bad, reply.text)
+    reply = api.request("PATCH", "/auth/me/", json={"avatar": picture, "display_name": "Me"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["display_name"] == "Me"
+    served = api.http.get(reply.json()["avatar"])
+    assert served.status_code == 200 and Image.open(io.BytesIO(served.content)).size == (256, 128)
+
+
 # Passwords ----------------------------------------------------------------
 
 def test_changing_the_password_revokes_every_other_token(server):

@@ -187,6 +187,14 @@ class Files:
             return None
         return await self.files.find_one({"_id": found, "room": uri, "kind": {"$ne": "partial"}})
 
+    @guarded
+    async def user_upload(self, user_id: str, file_id: Any) -> dict | None:
+        """One of the user's own uploads, in any room (a profile picture, say)."""
+        found = object_id(file_id)
+        if found is None:
+            return None
+        return await self.files.find_one({"_id": found, "user_id": user_id, "kind": "upload"})
+
     async def read_file(self, doc: dict, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes start..end (exclusive) of a file, a few chunks per read: a
         range is a range of chunks, and nothing more than a batch is held."""
