@@ -9,48 +9,22 @@ import datetime
 import email
 import io
 import re
-import threading
 
 import pytest
 import websockets
-from aiosmtpd.controller import Controller
 from bson import ObjectId
 from PIL import Image
 from pymongo import MongoClient
 
 from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, free_port, next_frame, two_members, wait_until
-
-
-class Inbox:
-    """aiosmtpd's handler: the mails it received, in order."""
-
-    def __init__(self):
-        self.mails: list[email.message.Message] = []
-        self.changed = threading.Condition()
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.changed:
-            self.mails.append(email.message_from_bytes(envelope.content))
-            self.changed.notify_all()
-        return "250 OK"
-
-    def wait_for(self, to: str, count: int = 1, seconds: float = 10) -> list[email.message.Message]:
-        def mine():
-            return [m for m in self.mails if m["To"] == to]
-        with self.changed:
-            assert self.changed.wait_for(lambda: len(mine()) >= count, seconds), \
-                f"no mail to {to} within {seconds} s"
-            return mine()
+from tests.helpers import Api, ServerProcess, next_frame, two_members, wait_until
+from tests.mailbox import smtp_inbox
 
 
 @pytest.fixture(scope="module")
 def inbox():
-    handler = Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
+    with smtp_inbox() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

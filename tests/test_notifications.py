@@ -6,20 +6,17 @@ fractions of a second so the tests wait for events, never for time."""
 from __future__ import annotations
 
 import asyncio
-import email.message
-import email.policy
 import json
-import threading
 import urllib.parse
 
 import httpx
 import pytest
 import websockets
-from aiosmtpd.controller import Controller
 from pymongo import MongoClient
 
 from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, free_port, next_frame, wait_until
+from tests.helpers import Api, ServerProcess, next_frame, wait_until
+from tests.mailbox import smtp_inbox
 from tests.push_service import PushService
 
 # Read positions are written within read_flush_seconds: well inside the push delay.
@@ -29,36 +26,10 @@ SETTINGS = {"push_delay_seconds": "0.5", "notify_lease_seconds": "1", "read_flus
             "public_url": "http://chat.example.test"}
 
 
-class Inbox:
-    """aiosmtpd's handler: the mails it received."""
-
-    def __init__(self):
-        self.mails: list[email.message.Message] = []
-        self.changed = threading.Condition()
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.changed:
-            self.mails.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
-            self.changed.notify_all()
-        return "250 OK"
-
-    def to(self, address: str) -> list[email.message.Message]:
-        return [m for m in self.mails if m["To"] == address]
-
-    def wait_for(self, address: str, count: int = 1, seconds: float = 15) -> list:
-        with self.changed:
-            assert self.changed.wait_for(lambda: len(self.to(address)) >= count, seconds), \
-                f"no mail to {address}"
-            return self.to(address)
-
-
 @pytest.fixture(scope="module")
 def inbox():
-    handler = Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
+    with smtp_inbox() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
