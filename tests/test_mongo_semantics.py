@@ -172,7 +172,7 @@ def test_a_command_the_server_stops_at_its_max_time_is_unavailable(fresh_db, mon
         uri = (await store.create_room(USER["id"]))["uri"]
         failures = []
         for command, call in (("find", lambda: store.room(uri)),
-                              ("update", lambda: store.set_locked(uri, True)),
+                              ("update", lambda: store.set_locked(uri, USER["id"], True)),
                               ("insert", lambda: post(Sequencer(store, Metrics()), uri, "hi", seen=0))):
             with failing(fresh_db, {"times": 1}, {"failCommands": [command], "errorCode": 50}):
                 try:

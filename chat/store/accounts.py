@@ -194,9 +194,10 @@ class Accounts:
     @guarded
     async def users_by_id(self, ids: list[str]) -> dict[str, dict]:
         object_ids = [ObjectId(i) for i in ids]
-        # One batch (the chat list names up to 800): one command, not a getMore too.
+        # One batch (the chat list names up to 800): one command, not a getMore too
+        # (one more than can come: a batch filled exactly leaves the cursor open).
         found = await self.users.find({"_id": {"$in": object_ids}}).batch_size(
-            len(object_ids)).to_list(None)
+            len(object_ids) + 1).to_list(None)
         return {str(doc["_id"]): public_user(doc) for doc in found}
 
     # Tokens ------------------------------------------------------------

@@ -236,7 +236,7 @@ class Rooms:
                             {"updated": updated, "_id": {"$lt": room_id}}]
         cursor = self.rooms.find(query).sort([("updated", DESCENDING), ("_id", DESCENDING)])
         # One batch: a page is one command, not a find and its getMore.
-        return await cursor.limit(limit).batch_size(limit).to_list(None)
+        return await cursor.limit(limit).batch_size(limit + 1).to_list(None)
 
     @guarded
     async def member_uris(self, user_id: str) -> list[str]:
@@ -491,7 +491,7 @@ class Rooms:
             {"$group": {"_id": "$room", "unread": {"$sum": 1}, "mentions": {"$sum": {"$cond": [
                 {"$or": [{"$eq": ["$mentions_room", True]},
                          {"$in": [username, {"$ifNull": ["$mentions", []]}]}]}, 1, 0]}}}},
-        ], batchSize=len(reads))
+        ], batchSize=len(reads) + 1)  # a batch filled exactly leaves the cursor open
         return {doc["_id"]: (min(doc["unread"], UNREAD_CAP), min(doc["mentions"], UNREAD_CAP))
                 async for doc in cursor}
 
@@ -517,6 +517,6 @@ class Rooms:
             {"$match": {"$or": branches, **VISIBLE_MESSAGE}},
             {"$sort": {"seq": DESCENDING}},
             {"$group": {"_id": "$room", "latest": {"$first": "$$ROOT"}}},
-        ], batchSize=len(windows))
+        ], batchSize=len(windows) + 1)
         return {doc["_id"]: doc["latest"] async for doc in cursor}
 
