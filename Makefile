@@ -2,7 +2,8 @@
 # make test  - install everything the tests need and run every test
 # make cluster - N=2 server processes behind nginx on RabbitMQ (PORT=8080);
 #                BROKERS=3 starts a RabbitMQ cluster of three nodes of its own for them
-# make bench - benchmarks against bare Tornado (quick, about 4 minutes; MODE=full for all of it)
+# make bench - benchmarks against bare Tornado, then files, search, notifications, user
+#              streams and broker memory (quick, about 10 minutes; MODE=full for all of it)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -67,6 +68,8 @@ bench: $(VENV)/.installed-bench rabbitmq
 	$(PY) -m bench.files --clients 20 --mib 25
 	$(PY) -m bench.search --mode $(MODE)
 	$(PY) -m bench.notifications $(if $(filter full,$(MODE)),--posts 200,--posts 30)
+	$(PY) -m bench.streams $(if $(filter full,$(MODE)),,--users 1000 --rooms 200 --rates 100,300 --seconds 5)
+	$(PY) -m bench.broker_memory $(if $(filter full,$(MODE)),,--exchanges 20000 --queues 10000)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
