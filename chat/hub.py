@@ -328,9 +328,6 @@ class Hub:
         if self.on_read is not None:
             self.on_read(user, uri, seq)
 
-    def count_user_sockets(self, user_id: str) -> int:
-        return len(self.sockets_by_user.get(user_id, ()))
-
     def admit(self, sock: Socket) -> None:
         """Count a new socket of its user (before any await of its handshake, so
         concurrent handshakes see each other); TooManySockets past the cap."""

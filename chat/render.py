@@ -83,19 +83,6 @@ def mention_html(written: str, username: str) -> str:
             f'@{html.escape(written)}</span>')
 
 
-def find_mentions(text: str, people: Mapping[str, str]) -> tuple[list[str], bool]:
-    """Mentions in plain text (the fallback's): (usernames, @room)."""
-    names: list[str] = []
-    room = False
-    for match in MENTION.finditer(text):
-        name = resolve(match.group(1), people)
-        if name == ROOM:
-            room = True
-        elif name and name not in names:
-            names.append(name)
-    return names, room
-
-
 class Mentions:
     """What one render found; a core rule (`mention_rule`) makes mentions in
     the text tokens (not in code or links) spans."""

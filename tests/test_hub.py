@@ -989,7 +989,7 @@ def test_the_membership_is_checked_before_anything_is_sent(hub_and_store):
     bob = asyncio.run(scenario())
     assert bob.frames == []
     assert hub.signals.online("room") == []
-    assert hub.count_user_sockets("u2") == 1  # released by the socket's close, not here
+    assert len(hub.sockets_by_user["u2"]) == 1  # released by the socket's close, not here
 
 
 def test_a_membership_cached_for_a_room_this_process_does_not_follow_is_read_again():
