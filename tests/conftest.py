@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pymongo
 import pytest
 
 from chat.embedded import wire_server_command
@@ -153,6 +154,14 @@ def server(mongo_base, amqp_url, tmp_path_factory):
                             log_dir=tmp_path_factory.mktemp("logs")).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def db(server):
+    """The module's server's database, read directly (pymongo)."""
+    client = pymongo.MongoClient(server.mongo_url)
+    yield client.get_default_database()
+    client.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 import websockets
 from bson import ObjectId
 from PIL import Image
-from pymongo import MongoClient
 
 from tests.conftest import database_url
 from tests.helpers import Api, ServerProcess, next_frame, two_members, wait_until
@@ -37,13 +36,6 @@ def server(mongo_base, amqp_url, tmp_path_factory, inbox):
                             password_reset_per_account_per_hour=2).start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def db(server):
-    client = MongoClient(server.mongo_url)
-    yield client.get_default_database()
-    client.close()
 
 
 def set_in_the_past(collection, condition: dict, field: str, **ago) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import threading
 import urllib.parse
 
-import pymongo
 import pytest
 import websockets
 from bson import ObjectId
@@ -23,14 +22,6 @@ from tests.helpers import (
 
 # Store semantics: these run on nx-27017 and on SecantusDB (tests/conftest.py).
 pytestmark = pytest.mark.store_semantics
-
-
-@pytest.fixture(scope="module")
-def db(server):
-    """The server's database, read directly."""
-    client = pymongo.MongoClient(server.mongo_url)
-    yield client.get_default_database()
-    client.close()
 
 
 def emoji_path(uri: str, message_id: str, emoji: str) -> str:

@@ -20,7 +20,6 @@ import httpx
 import pytest
 import websockets
 from bson import ObjectId
-from pymongo import MongoClient
 
 from chat.fetch import Fetcher, Refused
 from tests.conftest import database_url
@@ -128,13 +127,6 @@ def server(mongo_base, amqp_url, site, tmp_path_factory):
                             link_preview_allow=f"127.0.0.1:{Site.port}").start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def db(server):
-    client = MongoClient(server.mongo_url)
-    yield client.get_default_database()
-    client.close()
 
 
 def upload(api: Api, uri: str, data: bytes, name: str = "f.bin", **kwargs) -> httpx.Response:

@@ -8,19 +8,11 @@ import asyncio
 import urllib.parse
 
 import httpx
-import pymongo
 import pytest
 
 from tests.helpers import Api
 
 ROUNDS = 15
-
-
-@pytest.fixture(scope="module")
-def db(server):
-    client = pymongo.MongoClient(server.mongo_url)
-    yield client.get_default_database()
-    client.close()
 
 
 @pytest.fixture(scope="module")
