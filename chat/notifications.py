@@ -143,17 +143,17 @@ class Notifier:
     def recipients(self, entry, sender_id: str, event: dict) -> list[str]:
         """Members the message notifies by their levels (not the sender; blocks aside)."""
         levels, kind = entry.levels, entry.kind
-        everyone = kind == "dm" or bool(event.get("mentions_room"))
-        if everyone:
+        # Who the message names: one pass over the members, once per message.
+        named = {name.casefold() for name in event.get("mentions") or ()}
+        if event.get("mentions_room"):
+            mentioned = set(entry.members)
+        else:
+            mentioned = {i for i, name in entry.members.items() if name.casefold() in named} \
+                if named else set()
+        if kind == "dm" or event.get("mentions_room"):
             candidates = entry.members.keys()
         else:  # a room: only the mentioned and those who asked for everything
-            named = {name.casefold() for name in event.get("mentions") or ()}
-            candidates = {i for i, name in entry.members.items() if name.casefold() in named} \
-                if named else set()
-            candidates = set(candidates) | {i for i, level in levels.items() if level == "all"}
-        mentioned = set(entry.members) if event.get("mentions_room") else {
-            i for i, name in entry.members.items()
-            if name.casefold() in {n.casefold() for n in event.get("mentions") or ()}}
+            candidates = mentioned | {i for i, level in levels.items() if level == "all"}
         return [i for i in candidates if i != sender_id and i in entry.members
                 and notifies(levels.get(i) or default_level(kind), kind, i in mentioned)]
 

@@ -229,6 +229,7 @@ class Renderer:
             await asyncio.wait_for(asyncio.shield(begun), self.queue_seconds)
             rendered, cpu = await asyncio.wait_for(job, self.timeout * WALL_FACTOR)
         except TimeoutError:
+            job.cancel()  # still queued: it never starts, and the queue does not grow
             return escaped(text, people)
         return escaped(text, people) if cpu > self.timeout else rendered
 
