@@ -413,9 +413,11 @@ class AmqpBroker:
             elif exchange.startswith(ROOM_EXCHANGE_PREFIX):
                 self.on_message(exchange[len(ROOM_EXCHANGE_PREFIX):], body)
         except Exception:
-            log.exception("dropped a delivery for room %s that could not be handled" if
-                          exchange != CONTROL_EXCHANGE else "dropped a control notice (%s) that "
-                          "could not be handled", exchange.removeprefix(ROOM_EXCHANGE_PREFIX))
+            if exchange == CONTROL_EXCHANGE:
+                log.exception("dropped a control notice that could not be handled")
+            else:
+                log.exception("dropped a delivery for room %s that could not be handled",
+                              exchange.removeprefix(ROOM_EXCHANGE_PREFIX))
 
 
 def backoff_delay(failures: int, first: float, maximum: float) -> float:

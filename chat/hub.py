@@ -91,6 +91,7 @@ ENDED_BY = {"leave": "left the chat", "remove": "removed from the chat",
 # reconnect: a notice published into a connection that was dead but not yet
 # noticed is lost without an error, and nothing durable repeats it.
 REVOCATION_KEEP_SECONDS = 120.0
+REVOCATIONS = ("logout", "token_revoked", "logout_user", "user_changed")
 
 
 class Socket(Protocol):
@@ -381,27 +382,25 @@ class Hub:
             await self.store.check_member(uri, user_id)
 
     async def attach(self, reader: Socket, uri: str, since: int | None, *, signals: bool,
-                     present: bool = False, checked: bool = False) -> int:
+                     present: bool = False) -> int:
         """Put a reader in the room: live messages only (since None), or what it
         missed after `since` and then every event (with the room's signals, or
         quiet). The membership is checked after it is registered and before
-        anything is sent, unless `checked`; when it fails the reader is
-        detached and the error raised. `present`: the reader makes its user
+        anything is sent; when it fails the reader is detached and the error
+        raised. `present`: the reader makes its user
         present in the room. Returns the seq the reader is at."""
         room, catch_up = self.register(reader, uri, since, signals)
         await asyncio.shield(room.started)
-        if not checked:
-            try:
-                await self.check_reader(uri, reader.user["id"])
-            except Exception:
-                self.detach(reader, uri)
-                raise
+        try:
+            await self.check_reader(uri, reader.user["id"])
+        except Exception:
+            self.detach(reader, uri)
+            raise
         if self.rooms.get(uri) is not room or (reader not in room.catching
                                                and reader not in room.plain):
             return since or 0  # closed (or removed) meanwhile
         if present:
-            self.present.add((id(reader), uri))
-            self.signals.joined(uri, reader.user)
+            self.mark_present(reader, uri)
         if catch_up is None:
             return room.last_seq
         return await self.catch_up(reader, room, catch_up)
@@ -488,8 +487,7 @@ class Hub:
             catch_up.signals = signals
         elif reader in room.full or reader in room.quiet:
             self.flush(room)
-            room.full.pop(reader, None)
-            room.quiet.pop(reader, None)
+            room.remove(reader)
             (room.full if signals else room.quiet)[reader] = None
 
     def detach(self, reader: Socket, uri: str) -> None:
@@ -500,6 +498,16 @@ class Hub:
                 del self.rooms[uri]
                 self.metrics.active_rooms.set(len(self.rooms))
                 self.spawn(self.broker.unsubscribe(uri))
+        self.mark_absent(reader, uri)
+
+    def mark_present(self, reader: Socket, uri: str) -> None:
+        """The reader makes its user present in the room (a room socket, a subscription)."""
+        key = (id(reader), uri)
+        if key not in self.present:
+            self.present.add(key)
+            self.signals.joined(uri, reader.user)
+
+    def mark_absent(self, reader: Socket, uri: str) -> None:
         key = (id(reader), uri)
         if key in self.present:
             self.present.discard(key)
@@ -830,8 +838,11 @@ class Hub:
         body = encode(notice)
         self.on_control(body)
         self.broker.publish_control(body)
-        if notice["type"] in ("logout", "token_revoked", "logout_user", "user_changed"):
-            self.revocations.append((asyncio.get_running_loop().time(), body))
+        if notice["type"] in REVOCATIONS:
+            moment = asyncio.get_running_loop().time()
+            self.revocations = [(at, sent) for at, sent in self.revocations
+                                if moment - at < REVOCATION_KEEP_SECONDS]
+            self.revocations.append((moment, body))
 
     def on_control(self, body: bytes) -> None:
         try:

@@ -251,8 +251,7 @@ class Streams:
             raise NotSubscribable("not a chat of yours.")
         if uri not in stream.subscribed:
             stream.subscribed.add(uri)
-            self.hub.present.add((id(entry), uri))
-            self.hub.signals.joined(uri, stream.user)
+            self.hub.mark_present(entry, uri)
         return await self.hub.recatch(entry, uri, since, signals=True)
 
     def unsubscribe(self, stream: UserStream, uri: str) -> None:
@@ -261,10 +260,7 @@ class Streams:
             return
         stream.subscribed.discard(uri)
         self.hub.set_signals(entry, uri, False)
-        key = (id(entry), uri)
-        if key in self.hub.present:
-            self.hub.present.discard(key)
-            self.hub.signals.left(uri, stream.user, False)
+        self.hub.mark_absent(entry, uri)
 
     def member(self, stream: UserStream, uri: str) -> None:
         """Refuse an action in a room the stream is not in."""
