@@ -445,12 +445,15 @@ def test_the_fetch_guard_refuses_what_is_not_public(site):
         raise AssertionError(f"{url} was fetched")
 
     async def scenario():
+        # Refused for what they are, before any connection (a failed connection
+        # is a refusal too, so the reason is what proves the check).
         for url in ("http://127.0.0.1/", "http://[::1]/", "http://169.254.169.254/latest/meta-data/",
                     "http://10.0.0.1/", "http://192.168.1.1/", "http://[::ffff:127.0.0.1]/",
                     "http://[fe80::1]/", "http://0.0.0.0/", "http://224.0.0.1/",
-                    f"http://localhost:{Site.port}/page",  # a name resolving to loopback
-                    "http://user:pw@example.com/", "file:///etc/passwd"):
-            await refusal(url)
+                    f"http://localhost:{Site.port}/page"):  # a name resolving to loopback
+            assert "non-public" in await refusal(url), url
+        assert "credentials" in await refusal("http://user:pw@example.com/")
+        assert "only http" in await refusal("file:///etc/passwd")
         # Allowed host, redirected to a loopback name that is not: refused.
         assert "non-public" in await refusal(f"{site}/to-loopback")
         page = await guard.fetch(f"{site}/page")

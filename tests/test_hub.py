@@ -947,13 +947,37 @@ def test_a_member_who_rejoined_before_the_old_event_arrived_is_not_closed(hub_an
 
     async def scenario():
         bob = FakeSocket("bob", "u2")
-        await hub.join(bob, "room", None)
+        await hub.join(bob, "room", 0)
+        asked = []
+        check_member = store.check_member
+
+        async def counted(uri, user_id):
+            asked.append(user_id)
+            await check_member(uri, user_id)
+        store.check_member = counted
         removal = store.add_event("room", "member", op="remove", user=BOB)
         hub.on_message("room", payload(removal))  # MongoDB: a member again by now
+        await wait_for(lambda: asked, 2, "the membership asked again")
         await settle()
+        return bob, removal, asked
+
+    bob, removal, asked = asyncio.run(scenario())
+    assert asked == ["u2"] and ("member", removal["seq"]) in bob.events
+    assert bob.closed is None
+
+
+def test_a_removed_member_is_closed_when_mongodb_confirms_it(hub_and_store):
+    hub, store, _ = hub_and_store
+
+    async def scenario():
+        bob = FakeSocket("bob", "u2")
+        await hub.join(bob, "room", None)
+        store.removed.add("u2")
+        hub.on_message("room", payload(store.add_event("room", "member", op="remove", user=BOB)))
+        await wait_for(lambda: bob.closed, 2, "bob closed")
         return bob
 
-    assert asyncio.run(scenario()).closed is None
+    assert asyncio.run(scenario()).closed == (1008, "removed from the chat")
 
 
 def test_when_mongodb_cannot_say_the_reader_is_closed(hub_and_store):
