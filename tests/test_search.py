@@ -10,7 +10,6 @@ answer otherwise, the test says so and asserts what the server under test does.
 from __future__ import annotations
 
 import html
-import os
 import uuid
 
 import httpx
@@ -23,7 +22,6 @@ from tests.test_commands import in_process, sign_up
 __all__ = ["in_process"]  # test_commands' fixture: a server in this process, its commands counted
 
 MAX_SCAN = 30
-REAL_MONGODB = bool(os.environ.get("CHAT_TEST_MONGO_URL"))
 
 
 @pytest.fixture(scope="module")
@@ -168,13 +166,13 @@ def test_words_phrases_and_exclusions(server):
     assert names(f"{key} the quick") == {"fox", "swapped", "dog"}  # stop words are dropped
 
 
-def test_stemming_is_the_engine_s(server):
+def test_stemming_is_the_engine_s(server, mongo_kind):
     alice = Api(server.url).signup()
     uri = alice.new_chat()
     key = word()
     alice.post(uri, f"{key} deployment failed")
     hits = found(alice, f"{key} deploy")
-    if REAL_MONGODB:
+    if mongo_kind == "url":  # a real MongoDB
         # MongoDB stems "deploy" and "deployment" alike (search.language english).
         assert len(hits) == 1
     else:
