@@ -14,6 +14,12 @@ for what was delivered here before it registered). Membership follows the
 rooms' `member` events on every process: a join gives the user's streams the
 room (`chat`, then its events), an event that ends a membership takes it away
 (`chat_gone`, then nothing more of it), checked with MongoDB as the hub does.
+
+The user's own notification level of a chat, set on any device, reaches
+every stream of theirs as a `notifications` frame (a control notice to the
+other processes). A stream holds it back until its client has the chat (the
+snapshot, or the `chat` frame of a chat joined live): sent earlier, a
+snapshot read before the change would undo it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from chat.hub import (
 )
 from chat.signals import read_payload
 from chat.store import CHAT_PAGE, Store
+from chat.store.notifications import LEVELS
 
 log = logging.getLogger("chat.streams")
 
@@ -47,6 +54,9 @@ GONE_REASONS = {ENDED_BY["leave"]: "left", ENDED_BY["remove"]: "removed",
 # Streams whose snapshot is read at once (a connect storm queues behind them).
 SNAPSHOTS_AT_ONCE = 16
 
+# The control notice of a changed level (to the other processes).
+LEVEL_NOTICE = "own_level"
+
 
 class NotSubscribable(InvalidMessage):
     def __init__(self, message: str):
@@ -56,12 +66,16 @@ class NotSubscribable(InvalidMessage):
 class StreamEntry:
     """A user stream's place in one room: what the room's reader sets hold."""
 
-    __slots__ = ("stream", "task", "uri")
+    __slots__ = ("announced", "held_level", "stream", "task", "uri")
 
     def __init__(self, stream: UserStream, uri: str):
         self.stream = stream
         self.uri = uri
         self.task: asyncio.Task | None = None  # its catch-up, while one runs
+        # Whether the client has the chat (snapshot or `chat` frame); until then
+        # a level changed meanwhile waits in held_level.
+        self.announced = False
+        self.held_level: str | None = None
 
     @property
     def user(self) -> dict:
@@ -120,6 +134,7 @@ class Streams:
         self.reading = asyncio.Semaphore(SNAPSHOTS_AT_ONCE)
         hub.on_joined = self.joined
         hub.signals.own_read = self.own_read
+        hub.handle_notices(LEVEL_NOTICE, self.on_level_notice)
 
     def stream(self, socket: Socket) -> UserStream:
         return UserStream(socket, self)
@@ -155,6 +170,9 @@ class Streams:
                 buffered = catch_up.buffer
                 catch_up.sent = buffered[0][0] - 1 if buffered else room.last_seq
             self.catch_up(entry, room, catch_up)
+        for entry in list(stream.entries.values()):
+            if not entry.announced:  # beyond the page too: the client pages them in
+                self.announce(entry)
 
     def enter(self, stream: UserStream, uri: str, since: int) -> tuple[StreamEntry, Room, CatchUp]:
         entry = stream.entries[uri] = StreamEntry(stream, uri)
@@ -232,6 +250,7 @@ class Streams:
             self.drop(stream, entry.uri)
             return
         stream.send({"type": "chat", "uri": entry.uri, "chat": chats[0]})
+        self.announce(entry)
         catch_up.sent = max(catch_up.sent, chats[0]["last_seq"])
         await self.hub.catch_up(entry, room, catch_up)
 
@@ -279,3 +298,40 @@ class Streams:
         for stream in streams:
             if uri in stream.entries and uri not in stream.subscribed and stream.live:
                 stream.socket.send_frame(frame)
+
+    # The user's notification levels ------------------------------------------
+
+    def level_changed(self, user_id: str, uri: str, level: str) -> None:
+        """user_id set their level in uri (stored): their streams here at once,
+        on the other processes by a notice (whose echo here is ignored)."""
+        self.tell_level(user_id, uri, level)
+        self.hub.notify({"type": LEVEL_NOTICE, "process": self.hub.signals.process,
+                         "user_id": user_id, "uri": uri, "level": level})
+
+    def on_level_notice(self, notice: dict[str, Any]) -> None:
+        user_id, uri, level = notice.get("user_id"), notice.get("uri"), notice.get("level")
+        if notice.get("process") == self.hub.signals.process:
+            return  # told here already, before it was sent
+        if isinstance(user_id, str) and isinstance(uri, str) and level in LEVELS:
+            self.tell_level(user_id, uri, level)
+
+    def tell_level(self, user_id: str, uri: str, level: str) -> None:
+        for stream in self.by_user.get(user_id, ()):
+            entry = stream.entries.get(uri)
+            if entry is None or stream.closed:
+                continue
+            if entry.announced:
+                stream.send(level_frame(uri, level))
+            else:
+                entry.held_level = level
+
+    def announce(self, entry: StreamEntry) -> None:
+        """The client has entry's chat now: a level held back for it follows."""
+        entry.announced = True
+        if entry.held_level is not None:
+            level, entry.held_level = entry.held_level, None
+            entry.stream.send(level_frame(entry.uri, level))
+
+
+def level_frame(uri: str, level: str) -> dict[str, Any]:
+    return {"type": "notifications", "uri": uri, "level": level}

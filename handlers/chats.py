@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chat.events import MODERATORS, role_of
 from chat.store import iso
+from chat.store.notifications import default_level
 from handlers import models
 from handlers.base import ApiHandler, endpoint
 
@@ -30,6 +31,8 @@ async def room_view(services, room: dict, viewer_id: str) -> dict:
         "online": services.hub.signals.online(room["uri"]),
         "read": {member["username"]: read[member["id"]] for member in members
                  if member["id"] in read},
+        "notifications": (room.get("levels") or {}).get(viewer_id)
+        or default_level(room.get("kind", "room")),
     }
     if moderating:
         view["bans"] = [users[i] for i in banned if i in users]

@@ -493,6 +493,8 @@ class Chat(Wire):
     updated: Timestamp
     online: Annotated[list[str], Field(description="Usernames with a socket open to the chat")]
     read: Annotated[dict[str, int], Field(description="Username -> last_read_seq")]
+    notifications: Annotated[Literal["all", "mentions", "none"],
+                             Field(description="My notification level here")] = "mentions"
 
 
 class Joined(Wire):
@@ -798,6 +800,13 @@ class ChatGoneFrame(Wire):
     reason: Literal["left", "removed", "banned"]
 
 
+class NotificationsFrame(Wire):
+    """Server -> client: my notification level in the chat changed (on any device)."""
+    type: Literal["notifications"]
+    uri: str
+    level: Literal["all", "mentions", "none"]
+
+
 class StreamReadyFrame(ReadyFrame):
     """Server -> client: everything of `uri` after the subscription's since was sent."""
     uri: str
@@ -967,7 +976,7 @@ CLIENT_FRAMES: list[type[Wire]] = [SendMessage, Typing, MarkRead]
 STREAM_CLIENT_FRAMES: list[type[Wire]] = [StreamSendMessage, StreamTyping, StreamMarkRead,
                                           Subscribe, Unsubscribe, FocusFrame]
 STREAM_SERVER_FRAMES: list[type[Wire]] = [ChatsFrame, ChatFrame, ChatGoneFrame,
-                                          StreamReadyFrame]
+                                          NotificationsFrame, StreamReadyFrame]
 SERVER_FRAMES: list[type[Wire]] = [MessageFrame, EditEvent, DeleteEvent, ReactionEvent,
                                    MemberEvent, RoomInfoEvent, PreviewEvent, ReadyFrame, ErrorFrame,
                                    PresenceFrame, TypingFrame, ReadFrame, ProfileEvent]

@@ -26,6 +26,7 @@ class LevelHandler(ApiHandler):
         if room is None:
             raise ApiError(404, {"detail": "Not found."})
         self.services.notifier.people.changed(uri)  # every process's cached levels
+        self.services.streams.level_changed(user["id"], uri, body.level)  # my other clients
         self.reply({"level": body.level})
 
 

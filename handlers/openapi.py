@@ -55,8 +55,9 @@ STREAM_DESCRIPTION = (
     "The user stream: one WebSocket for every chat of its user (authenticated like room "
     "sockets). First a chats frame (GET /api/chats/'s first page), then every event of each "
     "chat after its last_seq, chat and chat_gone frames as the user's memberships change, and "
-    "the user's own read frames; subscribe with since for a chat's catch-up, ready (with uri) "
-    "and signals. Client actions carry uri. Close codes as on room sockets.")
+    "the user's own read and notifications (level) frames; subscribe with since for a "
+    "chat's catch-up, ready (with uri) and signals. Client actions carry uri. Close codes as "
+    "on room sockets.")
 
 
 def operations(routes: list) -> list[tuple[str, str, Endpoint]]:

@@ -286,6 +286,49 @@ def test_a_read_on_one_device_reaches_the_same_users_stream_on_the_other_process
     run(scenario())
 
 
+def test_a_level_set_on_one_process_reaches_the_users_streams_on_both_and_adds_up(pair):
+    """verify_action: the snapshot's levels with the `notifications` frames
+    applied are a fresh GET /api/chats/'s, on the process that took the PUT
+    (told once, its own notice's echo ignored) and on the other; refused PUTs
+    and other people's streams get nothing."""
+    a, b = pair
+    alice, bob = Api(a.url).signup(), Api(b.url).signup()
+    room = alice.new_chat()
+    bob.join(room)
+    direct = alice.request("POST", "/api/dms/", json={"username": bob.username}).json()["uri"]
+
+    def put(uri: str, level) -> int:
+        return alice.request("PUT", f"/api/chats/{uri}/notifications/",
+                             json={"level": level}).status_code
+
+    async def scenario():
+        async with Stream(alice) as here, Stream(alice, b.url) as there, Stream(bob, b.url) as other:
+            before = {uri: chat["notifications"] for uri, chat in here.snapshot().items()}
+            assert before == {room: "mentions", direct: "all"}
+            assert put(room, "none") == put(direct, "mentions") == put(room, "all") == 200
+            assert put(room, "loud") == 400
+            assert put("0" * 15, "none") == 404
+            assert put(direct, "none") == 200  # after the refused ones: they would come before it
+            for stream in (here, there):
+                await stream.wait(lambda s=stream: s.of("notifications", direct)[-1:]
+                                  and s.of("notifications", direct)[-1]["level"] == "none",
+                                  "the last level")
+                frames = stream.of("notifications")
+                assert [(f["uri"], f["level"]) for f in frames] == [
+                    (room, "none"), (direct, "mentions"), (room, "all"), (direct, "none")]
+                levels = dict(before)
+                for frame in frames:
+                    levels[frame["uri"]] = frame["level"]
+                fresh = {c["uri"]: c["notifications"] for c in alice.request("GET", "/api/chats/").json()}
+                assert levels == fresh == {room: "all", direct: "none"}
+            assert alice.request("GET", f"/api/chats/{direct}/").json()["notifications"] == "none"
+            assert other.of("notifications") == []
+        async with Stream(alice, b.url) as later:
+            assert {u: c["notifications"] for u, c in later.snapshot().items()} == \
+                {room: "all", direct: "none"}
+    run(scenario())
+
+
 def test_non_members_never_get_a_frame_of_a_chat(pair):
     a, b = pair
     alice, bob, mallory = Api(a.url).signup(), Api(b.url).signup(), Api(b.url).signup()
