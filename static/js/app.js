@@ -10,6 +10,7 @@ import { ChatList } from "./chatlist.js";
 import { h, icon } from "./dom.js";
 import { installNotifications, setTitle } from "./notify.js";
 import { notificationsButton, onStreamFrame, showing, startNotifications, stopNotifications } from "./notifications.js";
+import { levelChanged } from "./levels.js";
 import { newMessageButton } from "./people.js";
 import { learn, personAvatar, personName } from "./profiles.js";
 import { resetForm, SettingsView } from "./settings.js";
@@ -91,6 +92,7 @@ class App {
         this.chatList.onEvent(frame);
         onStreamFrame(frame);
       },
+      onLevel: levelChanged,
       onState: (state) => {
         if (this.frame) this.frame.dataset.stream = state;
       },

@@ -5,6 +5,7 @@
 import { api, ApiError } from "./api.js";
 import { avatar, clear, h, icon } from "./dom.js";
 import { Uploader } from "./files.js";
+import { effectiveLevel, levelChoices, onLevel, saveLevel } from "./levels.js";
 import { closePopover, showMenu } from "./menu.js";
 import { learn, onProfile, personAvatar, personName } from "./profiles.js";
 import { isAway, setTitle } from "./notify.js";
@@ -29,6 +30,12 @@ const EXPELLED = {
   "banned from the chat": "You were banned from this chat.",
 };
 const ROLE_NAMES = { owner: "owner", moderator: "moderator" };
+// What the chat's notification level now does, said once it is saved.
+const LEVEL_SAVED = {
+  all: "You will be notified of every message here",
+  mentions: "You will be notified when someone mentions you here",
+  none: "No notifications from this chat",
+};
 
 function newClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
@@ -132,6 +139,12 @@ export class ChatView {
     // Where the reader had read to when the chat opened: the "new messages" divider.
     this.readAtOpen = this.signals.myRead;
     this.build();
+    // My level, changed here, in the settings, or on another device.
+    this.stopLevel = onLevel((uri, level) => {
+      if (uri !== this.uri) return;
+      this.room.notifications = level;
+      this.showLevel();
+    });
     // The open chat is a subscription on the tab's one user stream.
     this.socket = this.app.stream.subscribe(this.uri, {
       since: () => this.streamSeq,
@@ -159,6 +172,7 @@ export class ChatView {
     this.refreshMembers.cancel();
     closePopover(false);
     clearInterval(this.countdown);
+    if (this.stopLevel) this.stopLevel();
     window.removeEventListener("pagehide", this.onLeave);
     window.removeEventListener("focus", this.onBack);
     this.flushOutbox();
@@ -209,6 +223,9 @@ export class ChatView {
     this.titleEl = h("h1", { class: "chat-title", text: title });
     this.roomInfo = roomHeading(this);
     this.subtitle = h("p", { class: "chat-subtitle", text: "Connecting…" });
+    this.mutedMark = h("span", { class: "muted-mark", title: "Notifications are off for this chat" },
+      icon("bell-off"), h("span", { class: "visually-hidden", text: "Notifications off" }));
+    this.showLevel();
     this.membersButton = h("button", {
       type: "button", class: "icon-button", "aria-label": "Members", "aria-expanded": "false",
       "aria-controls": "chat-side", title: "Members", onclick: () => this.toggleSide(),
@@ -216,7 +233,8 @@ export class ChatView {
     const header = h("header", { class: "chat-header" },
       h("a", { href: "/", class: "icon-button back", "data-link": "", "aria-label": "Back to my chats",
         title: "My chats" }, icon("back")),
-      h("div", { class: "chat-heading" }, this.titleEl, this.roomInfo.el, this.subtitle),
+      h("div", { class: "chat-heading" }, h("div", { class: "chat-title-row" }, this.titleEl, this.mutedMark),
+        this.roomInfo.el, this.subtitle),
       h("button", { type: "button", class: "icon-button invite", "aria-label": "Copy invite link",
         hidden: this.room.kind === "dm",
         title: "Copy invite link", onclick: () => this.copyLink() }, icon("link"), h("span", { text: "Invite" })),
@@ -416,10 +434,32 @@ export class ChatView {
 
   openRoomMenu() {
     const owner = this.myRole() === "owner";
+    const level = this.level();
     showMenu(this.roomMenuButton, "Chat menu", [
       { label: "Copy invite link", onSelect: () => this.copyLink() },
+      { group: "Notify me about", choices: levelChoices(this.room.kind).map((choice) => ({
+        label: choice.label, checked: choice.level === level, onSelect: () => this.setLevel(choice.level) })) },
       owner ? null : { label: "Leave chat", danger: true, onSelect: () => this.leave() },
     ]);
+  }
+
+  // My notification level here, as it acts.
+  level() {
+    return effectiveLevel(this.room.notifications, this.room.kind);
+  }
+
+  showLevel() {
+    this.mutedMark.hidden = this.level() !== "none";
+  }
+
+  async setLevel(level) {
+    try {
+      await saveLevel(this.uri, level);
+    } catch (error) {
+      this.app.toast(`Notifications not changed: ${error.message}`);
+      return;
+    }
+    this.app.toast(LEVEL_SAVED[level]);
   }
 
   async leave() {

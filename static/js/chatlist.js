@@ -2,10 +2,12 @@
 // events (order by activity, previews, unread badges), `chat` (a chat that is
 // new to me) and `chat_gone`. It draws the list (a sidebar beside the open
 // chat on wide screens, the home screen on phones), the tab title's unread
-// count and the chime. Later pages load on scroll (morechats.js).
+// count and the chime; a chat whose notifications are off is marked and
+// counts for neither. Later pages load on scroll (morechats.js).
 
 import { chatTitle } from "./chat.js";
-import { avatar, h } from "./dom.js";
+import { avatar, h, icon } from "./dom.js";
+import { effectiveLevel, onLevel } from "./levels.js";
 import { MoreChats } from "./morechats.js";
 import { incoming, isAway, setUnread } from "./notify.js";
 import { chatFace, chatName, mentionBadge, mentionsMe } from "./people.js";
@@ -47,10 +49,12 @@ export class ChatList {
     document.addEventListener("visibilitychange", this.onLook);
     window.addEventListener("focus", this.onLook);
     window.addEventListener("blur", this.onLook);
+    this.stopLevel = onLevel((uri, level) => this.onLevel(uri, level));
   }
 
   stop() {
     this.more.stop();
+    this.stopLevel();
     document.removeEventListener("visibilitychange", this.onLook);
     window.removeEventListener("focus", this.onLook);
     window.removeEventListener("blur", this.onLook);
@@ -84,6 +88,18 @@ export class ChatList {
     this.chats.set(chat.uri, { ...chat });
     this.counts.set(chat.uri, { base: chat.unread, mentionBase: chat.mentions || 0, upTo: chat.last_seq,
       live: [], mentions: [] });
+  }
+
+  // My notification level of a chat changed (here or on another device).
+  onLevel(uri, level) {
+    const chat = this.chats.get(uri);
+    if (!chat) return;
+    chat.notifications = level;
+    this.draw();
+  }
+
+  muted(chat) {
+    return effectiveLevel(chat.notifications, chat.kind) === "none";
   }
 
   onGone(uri) {
@@ -127,7 +143,7 @@ export class ChatList {
     counts.live.push(message.seq);
     if (mentionsMe(message, this.me)) counts.mentions.push(message.seq);
     this.count(chat);
-    incoming();
+    if (!this.muted(chat)) incoming();
   }
 
   onDelete(chat, event) {
@@ -220,8 +236,9 @@ export class ChatList {
     const who = message && (message.user.id === this.me.id ? "You" : message.user.username);
     const { unread } = chat;
     const open = chat.uri === this.openUri();
+    const muted = this.muted(chat);
     return h("li", {}, h("a", {
-      href: `/chats/${chat.uri}/`, class: `chat-item${unread ? " unread" : ""}`, "data-link": "",
+      href: `/chats/${chat.uri}/`, class: `chat-item${unread ? " unread" : ""}${muted ? " muted" : ""}`, "data-link": "",
       dataset: { uri: chat.uri }, "aria-current": open ? "page" : null,
     },
       h("span", { class: "chat-item-avatar" }, avatar(chatFace(chat, this.me) || other.username)),
@@ -229,6 +246,8 @@ export class ChatList {
         h("span", { class: "chat-item-top" },
           h("span", { class: "chat-item-title",
             text: chatName(chat, this.me) || chatTitle(chat.people, this.me, chat.members) }),
+          muted ? h("span", { class: "chat-item-muted", title: "Notifications off" }, icon("bell-off"),
+            h("span", { class: "visually-hidden", text: "(notifications off)" })) : null,
           h("time", { datetime: chat.updated, text: ago(chat.updated) })),
         h("span", { class: "chat-item-bottom" },
           h("span", { class: "chat-item-preview",
@@ -238,11 +257,12 @@ export class ChatList {
             text: unread > 99 ? "99+" : String(unread) }) : null))));
   }
 
-  // The tab title counts unread messages of every chat but the one looked at.
+  // The tab title counts unread messages of every chat but the one looked at
+  // and those whose notifications are off.
   updateTitle() {
     const looking = isAway() ? null : this.openUri();
     let total = 0;
-    for (const chat of this.chats.values()) if (chat.uri !== looking) total += chat.unread;
+    for (const chat of this.chats.values()) if (chat.uri !== looking && !this.muted(chat)) total += chat.unread;
     setUnread(total);
   }
 }

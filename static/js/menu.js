@@ -1,7 +1,7 @@
 // Small popovers: an action menu and the reaction picker. One is open at a
 // time; a click outside, Escape, Tab or choosing closes it and gives the focus back.
 
-import { h } from "./dom.js";
+import { h, icon } from "./dom.js";
 
 export const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🙏", "👀"];
 
@@ -55,17 +55,27 @@ function show(anchor, el, focusable) {
   if (focusable) focusable.focus();
 }
 
-// items: [{ label, onSelect, danger? }] (null entries are skipped).
+// items: [{ label, onSelect, danger? }] (null entries are skipped), and groups
+// of choices { group, choices: [{ label, checked, onSelect }] }: a labelled
+// set of menuitemradio, the checked one marked.
 export function showMenu(anchor, label, items) {
-  const buttons = items.filter(Boolean).map((item) => h("button", {
-    type: "button", role: "menuitem", class: `menu-item${item.danger ? " danger" : ""}`, text: item.label,
-    onclick: () => {
-      closePopover();
-      item.onSelect();
-    },
-  }));
-  const el = h("div", { class: "popover menu", role: "menu", "aria-label": label }, buttons);
-  show(anchor, el, buttons[0]);
+  const choose = (onSelect) => () => {
+    closePopover();
+    onSelect();
+  };
+  const nodes = items.filter(Boolean).map((item) => (item.group
+    ? h("div", { class: "menu-group", role: "group", "aria-label": item.group },
+      h("div", { class: "menu-heading", "aria-hidden": "true", text: item.group }),
+      item.choices.map((choice) => h("button", {
+        type: "button", role: "menuitemradio", class: "menu-item choice",
+        "aria-checked": String(choice.checked), onclick: choose(choice.onSelect),
+      }, icon("check"), h("span", { text: choice.label }))))
+    : h("button", {
+      type: "button", role: "menuitem", class: `menu-item${item.danger ? " danger" : ""}`, text: item.label,
+      onclick: choose(item.onSelect),
+    })));
+  const el = h("div", { class: "popover menu", role: "menu", "aria-label": label }, nodes);
+  show(anchor, el, el.querySelector("button"));
 }
 
 // The picker: the quick reactions; `chosen` are the ones the reader has given already.

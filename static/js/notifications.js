@@ -3,21 +3,27 @@
 // while a chat is open and visible, and Web Push through /sw.js.
 //
 // It reads the page's user stream (app.stream): its chats and message events,
-// and sends the focus frame through it.
+// and sends the focus frame through it; levels as they change (levels.js).
 // Permission is only ever asked from the button (a user gesture), never on load.
 
 import { api } from "./api.js";
 import { h } from "./dom.js";
+import { defaultLevel, onLevel } from "./levels.js";
 
 const TEXT_CHARS = 100;
 
 let app = null;
 let shown = null; // the uri of the chat on screen, or null
+let stopLevel = null;
 const chats = new Map(); // uri -> { name, kind, notifications }
 
 export function startNotifications(theApp) {
   if (app) return;
   app = theApp;
+  stopLevel = onLevel((uri, level) => {
+    const chat = chats.get(uri);
+    if (chat) chat.notifications = level;
+  });
   document.addEventListener("visibilitychange", sendFocus);
   window.addEventListener("focus", sendFocus);
   if ("serviceWorker" in navigator) {
@@ -30,7 +36,8 @@ export function startNotifications(theApp) {
 }
 
 export function stopNotifications() {
-  app = null;
+  if (stopLevel) stopLevel();
+  stopLevel = app = null;
   chats.clear();
   delete document.body.dataset.notifications;
 }
@@ -51,7 +58,7 @@ function sendFocus() {
 
 function remember(chat) {
   chats.set(chat.uri, { name: chat.kind === "dm" && chat.other ? chat.other.username : chat.name || "Chat",
-    kind: chat.kind, notifications: chat.notifications || (chat.kind === "dm" ? "all" : "mentions") });
+    kind: chat.kind, notifications: chat.notifications || defaultLevel(chat.kind) });
 }
 
 // A frame of the page's user stream.

@@ -184,6 +184,10 @@ export class UserStream {
       return;
     }
     if (!frame.uri) return;
+    if (frame.type === "notifications") {
+      this.handlers.onLevel(frame.uri, frame.level);
+      return;
+    }
     this.handlers.onEvent(frame);
     const subscription = this.subscriptions.get(frame.uri);
     if (!subscription) return;
