@@ -4,7 +4,9 @@
 //
 // It reads the page's user stream (app.stream): its chats and message events,
 // and sends the focus frame through it; levels as they change (levels.js).
-// Permission is only ever asked from the button (a user gesture), never on load.
+// Permission is only ever asked from a button (a user gesture), never on load:
+// the home screen's, or the settings page's, which also shows this browser's
+// push registration.
 
 import { api } from "./api.js";
 import { h } from "./dom.js";
@@ -106,29 +108,51 @@ function base64urlToBytes(text) {
   return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
 }
 
-// Permission (on this click), then this device's push subscription.
-async function enable(button) {
-  if (!("Notification" in window)) return;
-  const permission = await Notification.requestPermission();
-  button.hidden = permission !== "default";
-  if (permission !== "granted" || !("serviceWorker" in navigator) || !("PushManager" in window)) return;
-  try {
-    const registration = await navigator.serviceWorker.ready;
-    const { key } = await api.pushKey();
-    const subscription = await registration.pushManager.subscribe({
-      userVisibleOnly: true, applicationServerKey: base64urlToBytes(key) });
-    const { endpoint, keys } = subscription.toJSON();
-    await api.addPushSubscription({ endpoint, keys });
-  } catch {
-    // Desktop notifications still work while a tab is open.
-  }
+// What this browser lets the page do: "granted", "denied", "default" (not
+// asked yet) or "unsupported".
+export function permission() {
+  return "Notification" in window ? Notification.permission : "unsupported";
 }
 
-// The button that asks for permission; hidden once it was answered.
+export function pushSupported() {
+  return "serviceWorker" in navigator && "PushManager" in window;
+}
+
+// Whether this browser is registered for pushes while no tab is open:
+// "registered", "unregistered" or "unsupported".
+export async function pushState() {
+  if (!pushSupported()) return "unsupported";
+  const registration = await navigator.serviceWorker.getRegistration("/");
+  const subscription = registration && await registration.pushManager.getSubscription();
+  return subscription ? "registered" : "unregistered";
+}
+
+// Register this browser for pushes (permission granted); throws when it cannot.
+export async function registerPush() {
+  const registration = await navigator.serviceWorker.ready;
+  const { key } = await api.pushKey();
+  const subscription = await registration.pushManager.subscribe({
+    userVisibleOnly: true, applicationServerKey: base64urlToBytes(key) });
+  const { endpoint, keys } = subscription.toJSON();
+  await api.addPushSubscription({ endpoint, keys });
+}
+
+// Ask for permission (on the click that calls this); the answer.
+export async function askPermission() {
+  return "Notification" in window ? Notification.requestPermission() : "unsupported";
+}
+
+// The button that asks for permission, then registers this device for pushes;
+// hidden once it was answered.
 export function notificationsButton() {
   const button = h("button", { type: "button", class: "button secondary enable-notifications",
     text: "Enable notifications" });
-  button.hidden = !("Notification" in window) || Notification.permission !== "default";
-  button.addEventListener("click", () => enable(button));
+  button.hidden = permission() !== "default";
+  button.addEventListener("click", async () => {
+    const answer = await askPermission();
+    button.hidden = answer !== "default";
+    // Without pushes, desktop notifications still work while a tab is open.
+    if (answer === "granted" && pushSupported()) registerPush().catch(() => {});
+  });
   return button;
 }

@@ -1,10 +1,11 @@
-// The settings page (/settings/): profile with name and picture, password,
-// signing out other devices, deleting the account; and the form a password
-// reset link (/#reset=<token>) opens.
+// The settings page (/settings/): profile with name and picture,
+// notifications (notifysettings.js), password, signing out other devices,
+// deleting the account; and the form a password reset link (/#reset=<token>) opens.
 
 import { accounts } from "./account-api.js";
 import { h } from "./dom.js";
 import { setTitle } from "./notify.js";
+import { NotificationSettings } from "./notifysettings.js";
 import { onProfile, personAvatar } from "./profiles.js";
 
 let fieldIds = 0;
@@ -82,6 +83,8 @@ export class SettingsView {
         return "Password changed. Your other devices are signed out.";
       });
 
+    this.notifications = new NotificationSettings(this.app);
+
     const devices = section("Devices", "Sign out everywhere but here.", [], "Sign out other devices",
       async () => {
         await accounts.signOutOthers();
@@ -100,8 +103,12 @@ export class SettingsView {
     main.append(h("section", { class: "settings" },
       h("div", { class: "home-head" }, h("h1", { text: "Settings" }),
         me.admin ? h("a", { href: "/admin/", class: "button", "data-link": "", text: "Admin" }) : null),
-      profile, password, devices, leave));
+      profile, this.notifications.el, password, devices, leave));
     name.focus();
+  }
+
+  unmount() {
+    if (this.notifications) this.notifications.stop();
   }
 
   saved(updated, picture) {
