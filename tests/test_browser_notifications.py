@@ -141,6 +141,7 @@ def test_a_chat_set_to_nothing_in_its_menu_stays_quiet_and_settings_turn_it_back
     desk.page.get_by_role("menuitemradio", name="Nothing").click()
     expect(desk.page.locator(".toast", has_text="No notifications from this chat")).to_be_visible()
     expect(desk.page.locator(".chat-header .muted-mark")).to_be_visible()
+    shoot(desk, "chat-muted-desktop")
     wait_until(lambda: levels(alice_api)[dm] == "none", 10, "the level stored")
     expect(sidebar_dm).to_have_class(re.compile(r"\bmuted\b"))
     expect(phone_select).to_have_value("none")  # the other client, by the stream's frame
