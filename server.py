@@ -271,7 +271,7 @@ class ChatServer:
                                          config.max_subscriptions),
                                  direct, BlockList(self.store, self.people, events),
                                  self.files, self.previews, self.accounts,
-                                 MongoTextSearch(self.store, config.search_max_scan),
+                                 MongoTextSearch(self.store, events.current, config.search_max_scan),
                                  self.process_id)
         self.sweeper = Sweeper(self.store, self.services.events, config.changes_sweep_seconds,
                                config.changes_stale_seconds)

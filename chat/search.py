@@ -19,6 +19,7 @@ import datetime
 import html
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from chat.events import InvalidField
@@ -110,6 +111,16 @@ def excluded(query: Query, text: str) -> bool:
             or any(phrase.casefold() in folded for phrase in query.excluded_phrases))
 
 
+def matches(query: Query, text: str) -> bool:
+    """Whether text still holds every word (a word beginning with it, as a
+    stemmed match may) and phrase of the query, in any case: the check of a
+    message whose text changed after the index matched it."""
+    folded = " ".join(text.casefold().split())
+    words = WORD.findall(folded)
+    return (all(any(found.startswith(word.casefold()) for found in words) for word in query.words)
+            and all(" ".join(phrase.casefold().split()) in folded for phrase in query.phrases))
+
+
 def highlight(query: Query, text: str) -> str:
     """text as HTML: `<mark>` around what the query matched, everything else
     escaped. A word marks each word that begins with it (what a stemmed match
@@ -184,11 +195,16 @@ class MongoTextSearch:
     not deleted. It stops at `max_scan` matching documents (then `partial`):
     those are ordered and paged here, so that one query never makes the
     server read a common word's whole posting list. Messages are updated in
-    place by their edits and deletes, so the index holds their current text.
+    place by their edits and deletes, so the index holds their current text
+    once they are saved; a match with a change in flight (its event stored,
+    its state not yet saved) is folded by `current` and checked again, so that
+    text an edit or a delete replaced is never found.
     """
 
-    def __init__(self, store, max_scan: int):
+    def __init__(self, store, current: Callable[[list[dict]], Awaitable[list[dict]]],
+                 max_scan: int):
         self.store = store
+        self.current = current
         self.max_scan = max_scan
 
     async def search(self, user_id: str, query: Query, filters: Filters, limit: int,
@@ -209,8 +225,10 @@ class MongoTextSearch:
             text_search(query), scope, self.max_scan + 1,
             user_id=str(author["_id"]) if author else None, score=relevance)
         partial = len(docs) > self.max_scan
-        docs = [doc for doc in docs[:self.max_scan]
-                if not excluded(query, doc["message"])
+        matched = docs[:self.max_scan]
+        docs = [doc for doc, indexed in zip(await self.current(matched), matched, strict=True)
+                if not doc.get("deleted") and not excluded(query, doc["message"])
+                and (doc["message"] == indexed["message"] or matches(query, doc["message"]))
                 and (filters.after is None or doc["created"] > filters.after)
                 and (filters.before is None or doc["created"] < filters.before)]
         docs.sort(key=lambda doc: sort_key(doc, relevance), reverse=True)

@@ -122,7 +122,7 @@ def field_error(field: str, message: str, status: int = 400) -> ApiError:
 def validated(model: type[models.Wire], data: Any, config, *, strict: bool) -> models.Wire:
     """data as an instance of model, or a 400 naming each wrong field."""
     try:
-        models.refuse_lone_surrogates(data, model.model_fields)
+        models.refuse_unstorable_text(data, model.model_fields)
         return model.model_validate(data, strict=strict,
                                     context={"config": config, "strict": strict})
     except pydantic.ValidationError as error:

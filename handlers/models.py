@@ -102,7 +102,7 @@ def empty_is_absent(value: str | None) -> str | None:
     return value or None
 
 
-# Any string (handlers refuse lone surrogates in every field: refuse_lone_surrogates).
+# Any string (handlers refuse lone surrogates and NULs in every field: refuse_unstorable_text).
 Text = str
 
 
@@ -130,9 +130,12 @@ ClientId = Annotated[
 ]
 
 
-def lone_surrogate(value: Any) -> bool:
-    """Whether value (or any string in it) holds a lone surrogate like "\\ud800":
-    valid JSON, but no valid UTF-8, so MongoDB and bcrypt would refuse it.
+def unstorable(value: Any) -> str | None:
+    """What makes value (or any string in it) text no store keeps as given, or
+    None. A lone surrogate like "\\ud800" is valid JSON but no valid UTF-8:
+    MongoDB and bcrypt refused it with a 500. A NUL ends the string early in
+    SQLite's JSON and FTS5 (nx-27017 indexed "a\\x00b" as "a", and a search
+    for it was a 500); Zulip and PostgreSQL refuse it too.
     A loop, not recursion: the value may be nested as deep as json.loads allows."""
     pending = [value]
     while pending:
@@ -141,13 +144,15 @@ def lone_surrogate(value: Any) -> bool:
             try:
                 item.encode()
             except UnicodeEncodeError:
-                return True
+                return "Not valid text: it holds a lone surrogate."
+            if "\x00" in item:
+                return "Not valid text: it holds a NUL character."
         elif isinstance(item, dict):
             pending.extend(item.keys())
             pending.extend(item.values())
         elif isinstance(item, list):
             pending.extend(item)
-    return False
+    return None
 
 
 class Invalid(ValueError):
@@ -158,11 +163,11 @@ class Invalid(ValueError):
         self.problems = problems
 
 
-def refuse_lone_surrogates(data: Any, fields: Any) -> None:
-    """Raise Invalid naming each of `fields` whose value holds a lone surrogate."""
+def refuse_unstorable_text(data: Any, fields: Any) -> None:
+    """Raise Invalid naming each of `fields` whose value holds a lone surrogate or a NUL."""
     if isinstance(data, dict):
-        bad = {name: ["Not valid text: it holds a lone surrogate."]
-               for name in fields if lone_surrogate(data.get(name))}
+        bad = {name: [problem] for name in fields
+               if (problem := unstorable(data.get(name))) is not None}
         if bad:
             raise Invalid(bad)
 

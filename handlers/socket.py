@@ -157,7 +157,7 @@ class ClientSocket(Authenticating, tornado.websocket.WebSocketHandler):
             return None
         uri = data.get("uri") if isinstance(data.get("uri"), str) else None
         try:
-            models.refuse_lone_surrogates(data, frames.fields)
+            models.refuse_unstorable_text(data, frames.fields)
             return frames.adapter.validate_python(
                 data, strict=True, context={"config": self.services.config, "strict": True})
         except (pydantic.ValidationError, models.Invalid) as error:

@@ -65,10 +65,14 @@ def test_json_nested_a_thousand_deep_is_400_naming_the_field(alice, uri, method,
     ("POST", "/api/chats/{uri}/messages/", {"message": "hi", "client_id": "\ud800"}, "client_id"),
     ("PATCH", "/api/chats/{uri}/", {"username": "\udfff"}, "username"),
     ("POST", "/auth/jwt/refresh/", {"token": "\ud800"}, "token"),
+    ("POST", "/api/chats/{uri}/messages/", {"message": "null\x00byte"}, "message"),
+    ("PATCH", "/api/chats/{uri}/", {"name": "a\x00b"}, "name"),
+    ("POST", "/auth/users/create/", {"username": "nul\x00", "password": "p"}, "username"),
 ])
-def test_a_lone_surrogate_is_400_naming_the_field(alice, uri, method, path, body, field):
-    # Valid JSON (json.dumps writes the escape), but no valid UTF-8: MongoDB and
-    # bcrypt refused it with a 500.
+def test_a_lone_surrogate_or_a_nul_is_400_naming_the_field(alice, uri, method, path, body, field):
+    # Valid JSON (json.dumps writes the escape). A lone surrogate is no valid
+    # UTF-8: MongoDB and bcrypt refused it with a 500. A NUL ends SQLite's
+    # strings early (nx-27017 indexed "null\x00byte" as "null").
     reply = raw_json(alice, method, path.replace("{uri}", uri), json.dumps(body).encode())
     assert reply.status_code == 400, reply.text
     assert list(reply.json()) == [field]

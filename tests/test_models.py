@@ -83,8 +83,11 @@ def test_query_integers_are_ascii_digits_only(given):
     (models.NewMessage, {"message": "hi", "client_id": "\ud800"}, "client_id"),
     (models.Join, {"username": "\ud800"}, "username"),
     (models.TokenBody, {"token": "\ud800"}, "token"),
+    (models.NewMessage, {"message": "null\x00byte"}, "message"),
+    (models.Login, {"username": "u\x00", "password": "p"}, "username"),
+    (models.SearchQuery, {"q": "null\x00byte"}, "q"),
 ])
-def test_lone_surrogates_are_refused_naming_the_field(model, data, field):
+def test_lone_surrogates_and_nuls_are_refused_naming_the_field(model, data, field):
     assert list(refused(model, data)) == [field]
 
 

@@ -74,7 +74,9 @@ class MessageSearch:
                        "room": {"$in": rooms}, "type": None, "deleted": {"$ne": True}}
         if user_id is not None:
             query["user_id"] = user_id
-        fields = {"room": 1, "seq": 1, "user": 1, "created": 1, "message": 1}
+        # With what folding a change in flight needs (chat.events.current).
+        fields = {"room": 1, "seq": 1, "user": 1, "created": 1, "message": 1, "type": 1,
+                  "changing": 1, "last_event_seq": 1}
         if score:
             fields["score"] = {"$meta": "textScore"}
         return await self.messages.find(query, fields).limit(limit).to_list(None)
