@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid02, b64urlencode
 from pywebpush import WebPusher
 
+from chat.mail import Refused
 from chat.store import Unavailable, iso
 from chat.store.notifications import default_level
 
@@ -32,9 +33,8 @@ log = logging.getLogger("chat.notifications")
 
 TEXT_CHARS = 100
 PUSH_TTL = 24 * 3600
-# A failed send is tried again after this, doubling, up to RETRY_MAX.
-RETRY_FIRST = 1.0
-RETRY_MAX = 300.0
+# A failed send is tried again (notify_retry_first_seconds, doubling up to
+# notify_retry_max_seconds) until this many attempts have failed.
 GIVE_UP_AFTER = 10
 PUSH_TIMEOUT = 10.0
 VAPID_EXPIRY = 12 * 3600
@@ -234,14 +234,23 @@ class Notifier:
                 await self.send_email(doc, read)
         except asyncio.CancelledError:
             raise
+        except Refused as error:
+            self.metrics.notification_failures.labels(doc["kind"]).inc()
+            log.error("%s to %s refused for good (%s); not tried again", doc["kind"], doc["user_id"],
+                      error)
+            await self.store.finish(doc, "failed", error=str(error)[:200])
         except Exception as error:
             self.metrics.notification_failures.labels(doc["kind"]).inc()
             attempts = doc.get("attempts", 1)
             if attempts >= GIVE_UP_AFTER:
+                log.error("%s to %s failed %d times (%s); given up", doc["kind"], doc["user_id"],
+                          attempts, error)
                 await self.store.finish(doc, "failed", error=str(error)[:200])
                 return
-            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempts - 1))
-            log.warning("%s to %s failed (%s); again in %.0f s", doc["kind"], doc["user_id"],
+            config = self.config
+            delay = min(config.notify_retry_max_seconds,
+                        config.notify_retry_first_seconds * 2 ** (attempts - 1))
+            log.warning("%s to %s failed (%s); again in %.3g s", doc["kind"], doc["user_id"],
                         error, delay)
             await self.store.retry_later(doc, time.time() + delay)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.parse
 
 import httpx
@@ -15,8 +16,8 @@ import websockets
 from pymongo import MongoClient
 
 from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, next_frame, wait_until
-from tests.mailbox import smtp_inbox
+from tests.helpers import Api, ServerProcess, metric, next_frame, wait_until
+from tests.mailbox import DROP, smtp_inbox
 from tests.push_service import PushService
 
 # Read positions are written within read_flush_seconds: well inside the push delay.
@@ -318,3 +319,52 @@ def test_no_email_when_read_in_time(servers, db, inbox):
     [doc] = settled(db, uri=uri, kind="email")
     assert (doc["state"], doc.get("reason")) == ("skipped", "read"), doc
     assert inbox[0].to(address) == []
+
+
+def test_a_failed_email_is_retried_with_growing_backoff_and_a_refused_one_is_not(
+        mongo_base, amqp_url, tmp_path):
+    """The mail server fails as they fail: a 451, then a connection dropped in
+    DATA; the email goes out once on the third attempt, each failure counted and
+    each wait twice the last. A 550 for the recipient is final: one attempt."""
+    with smtp_inbox() as (inbox, port):
+        server = ServerProcess(database_url(mongo_base), amqp_url, log_dir=tmp_path,
+                               smtp_host="127.0.0.1", smtp_port=port,
+                               **{**SETTINGS, "notify_retry_first_seconds": "0.05"}).start()
+        try:
+            client = MongoClient(server.mongo_url)
+            notes = client.get_default_database().notifications
+            alice, bob, cid = (Api(server.url).signup() for _ in range(3))
+            flaky, refused = f"{bob.username}@example.test", f"{cid.username}@example.test"
+            for api, address in ((bob, flaky), (cid, refused)):
+                assert api.request("PATCH", "/auth/me/", json={"email": address}).status_code == 200
+            inbox.failures[flaky] = ["451 4.3.0 Try again later", DROP]
+            inbox.refused[refused] = "550 5.1.1 No such user here"
+
+            def failures() -> float:
+                return metric(httpx.get(f"{server.url}/metrics").text,
+                              'chat_notification_failures_total{kind="email"}')
+            to_bob = dm(alice, bob)
+            alice.post(to_bob, "are you there?")
+            [mail] = inbox.wait_for(flaky)
+            assert "are you there?" in mail.get_body(("plain",)).get_content()
+            wait_until(lambda: notes.find_one({"uri": to_bob, "kind": "email"})["state"] == "sent",
+                       10, "the email marked sent")
+            assert notes.find_one({"uri": to_bob, "kind": "email"})["attempts"] == 3
+            assert inbox.data[flaky] == 3 and len(inbox.to(flaky)) == 1
+            assert failures() == 2
+            waits = [float(w) for w in re.findall(r"email to \S+ failed .*; again in (\S+) s",
+                                                  server.log_path.read_text())]
+            assert waits == [0.05, 0.1], waits
+
+            to_cid = dm(alice, cid)
+            alice.post(to_cid, "nobody home")
+            wait_until(lambda: (notes.find_one({"uri": to_cid, "kind": "email"}) or {}).get("state")
+                       not in (None, "pending"), 10, "the refused email closed")
+            doc = notes.find_one({"uri": to_cid, "kind": "email"})
+            assert (doc["state"], doc["attempts"]) == ("failed", 1), doc
+            assert "550" in doc["error"] and inbox.rcpt[refused] == 1
+            assert failures() == 3
+            assert "refused for good" in server.log_path.read_text()
+            client.close()
+        finally:
+            server.stop()
