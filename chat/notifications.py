@@ -100,9 +100,11 @@ class Notifier:
     # Focus: which rooms people have open and visible ---------------------
 
     def set_focus(self, user_id: str, stream: str, uri: str | None) -> None:
-        """A stream of user_id shows uri (None: nothing visible): every process is told, this one too."""
-        self.hub.notify({"type": "notify.focus", "user_id": user_id,
-                         "stream": f"{self.process}:{stream}", "uri": uri})
+        """A stream of user_id shows uri (None: nothing visible): known here at
+        once, and every other process is told."""
+        key = f"{self.process}:{stream}"
+        self.apply_focus(user_id, key, uri)
+        self.hub.notify({"type": "notify.focus", "user_id": user_id, "stream": key, "uri": uri})
 
     def apply_focus(self, user_id: str, key: str, uri: str | None) -> None:
         shown = self.focus.setdefault(user_id, {})
@@ -130,8 +132,12 @@ class Notifier:
         kind, user_id, uri = notice.get("type"), notice.get("user_id"), notice.get("uri")
         if not isinstance(user_id, str):
             return
-        if kind == "notify.focus" and isinstance(notice.get("stream"), str):
-            self.apply_focus(user_id, notice["stream"], uri if isinstance(uri, str) else None)
+        stream = notice.get("stream")
+        if kind == "notify.focus" and isinstance(stream, str) \
+                and not stream.startswith(f"{self.process}:"):
+            # This process's own streams were applied by set_focus: its notice
+            # coming back through RabbitMQ after a later change must not undo it.
+            self.apply_focus(user_id, stream, uri if isinstance(uri, str) else None)
         elif kind == "notify.pushed" and isinstance(uri, str) and type(notice.get("seq")) is int:
             self.pushed[(user_id, uri)] = max(notice["seq"], self.pushed.get((user_id, uri), 0))
 

@@ -16,7 +16,7 @@ import websockets
 from pymongo import MongoClient
 
 from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, metric, next_frame, wait_until
+from tests.helpers import PROBE, Api, ServerProcess, metric, next_frame, probe_answer, wait_until
 from tests.mailbox import DROP, smtp_inbox
 from tests.push_service import PushService
 
@@ -82,6 +82,14 @@ def settled(db, **query) -> list[dict]:
         return found and all(d["state"] != "pending" for d in found)
     wait_until(done, 15, f"notifications {query} done")
     return docs(db, **query)
+
+
+async def handled(ws) -> None:
+    """Wait until the frames sent so far are handled: a socket handles its frames
+    in order, so the answer to a probe frame comes after them."""
+    await ws.send(PROBE)
+    while not probe_answer(await next_frame(ws, "error")):
+        pass
 
 
 def read(api: Api, uri: str, seq: int) -> None:
@@ -182,11 +190,11 @@ def test_nothing_is_pushed_when_read_within_the_delay_or_open_and_visible(server
         async with websockets.connect(url) as ws:
             await next_frame(ws, "chats")
             await ws.send(json.dumps({"type": "focus", "uri": uri}))
-            await asyncio.sleep(0.2)  # frames are handled in order; this only lets it arrive
+            await handled(ws)
             seen = on_b.post(uri, "while it is open")["seq"]
             await next_frame(ws, "message")
             await ws.send(json.dumps({"type": "focus", "uri": None}))
-            await asyncio.sleep(0.2)
+            await handled(ws)
             unseen = on_b.post(uri, "while hidden")["seq"]
             await next_frame(ws, "message")
             return seen, unseen
