@@ -13,6 +13,7 @@ them when due, and skips those whose reader has read past them by then.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import json
 import logging
@@ -44,6 +45,14 @@ def notifies(level: str, kind: str, mentioned: bool) -> bool:
     if level == "none":
         return False
     return level == "all" or kind == "dm" or mentioned
+
+
+def topic(uri: str) -> str:
+    """The push `Topic` of a room (RFC 8030 §5.4: at most 32 characters of
+    base64url): a push service keeps only the newest undelivered push of a
+    topic, so a push sent twice (a process died before marking it sent), or
+    one a later push or a "clear" overtook, is not delivered as well."""
+    return b64urlencode(hashlib.sha256(uri.encode()).digest()[:24])
 
 
 def vapid_from(text: str) -> Vapid02:
@@ -226,7 +235,8 @@ class Notifier:
     async def deliver(self, doc: dict) -> None:
         try:
             if doc["kind"] == "clear":
-                await self.push_all(doc["user_id"], {"type": "clear", "uri": doc["uri"]}, urgency="low")
+                await self.push_all(doc["user_id"], {"type": "clear", "uri": doc["uri"], "seq": doc["seq"]},
+                                    urgency="low")
                 await self.store.finish(doc, "sent")
                 return
             read = max((await self.store.read_positions(doc["uri"])).get(doc["user_id"], 0),
@@ -287,9 +297,9 @@ class Notifier:
         """Push to every device of the user; the number that took it. A device its
         push service says is gone is forgotten; any other failure raises."""
         sent = 0
-        data = json.dumps(payload).encode()
+        data, room_topic = json.dumps(payload).encode(), topic(payload["uri"])
         for device in await self.store.subscriptions_of(user_id):
-            status = await self.post_push(device, data, urgency)
+            status = await self.post_push(device, data, urgency, room_topic)
             if status in (404, 410):
                 await self.store.forget_endpoint(device["endpoint"])
             elif 200 <= status < 300:
@@ -298,14 +308,14 @@ class Notifier:
                 raise RuntimeError(f"push service answered {status}")
         return sent
 
-    async def post_push(self, device: dict, data: bytes, urgency: str) -> int:
+    async def post_push(self, device: dict, data: bytes, urgency: str, topic: str) -> int:
         """Encrypt (RFC 8291, aes128gcm) and sign (RFC 8292) one push; the service's status."""
         endpoint = device["endpoint"]
         body = WebPusher({"endpoint": endpoint, "keys": device["keys"]}).encode(data)["body"]
         origin = urllib.parse.urlsplit(endpoint)
         claims = {"sub": self.config.vapid_subject, "aud": f"{origin.scheme}://{origin.netloc}",
                   "exp": int(time.time()) + VAPID_EXPIRY}
-        headers = {**self.vapid.sign(claims), "TTL": str(PUSH_TTL), "Urgency": urgency,
+        headers = {**self.vapid.sign(claims), "TTL": str(PUSH_TTL), "Urgency": urgency, "Topic": topic,
                    "Content-Encoding": "aes128gcm", "Content-Type": "application/octet-stream"}
         response = await self.http.fetch(endpoint, method="POST", body=body, headers=headers,
                                          raise_error=False, request_timeout=PUSH_TIMEOUT)

@@ -165,8 +165,12 @@ def test_an_unread_dm_is_pushed_once_and_cleared_by_a_later_read(servers, db, pu
                        "url": f"http://chat.example.test/chats/{uri}/"}
     read(bob, uri, seq)
     push.wait_for(lambda got: len(push.of(name, "clear")) == 1, what="clear push")
-    assert push.of(name, "clear") == [{"type": "clear", "uri": uri}]
+    assert push.of(name, "clear") == [{"type": "clear", "uri": uri, "seq": seq}]
     assert len(push.of(name)) == 1  # never twice
+    # One Topic per room: the push service keeps only the newest undelivered one
+    # (a push sent twice, or one the clear overtook, is not delivered as well).
+    [message_topic, clear_topic] = push.topics(name)
+    assert message_topic == clear_topic and message_topic is not None
     # The fresh fetch after the read agrees with what the pushes said.
     listed = {c["uri"]: c for c in bob.request("GET", "/api/chats/").json()}
     assert listed[uri]["unread"] == 0 and listed[uri]["last_read_seq"] == seq
@@ -280,6 +284,7 @@ def test_three_processes_send_each_push_once(mongo_base, amqp_url, tmp_path, pus
                    15, "all marked sent")
         client.close()
         assert sorted(p["seq"] for p in push.of(name)) == seqs
+        assert len(set(push.topics(name))) == 1 and None not in push.topics(name)
     finally:
         for process in three:
             process.stop()
