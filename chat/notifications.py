@@ -13,6 +13,7 @@ them when due, and skips those whose reader has read past them by then.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import html
 import json
@@ -39,6 +40,9 @@ PUSH_TTL = 24 * 3600
 GIVE_UP_AFTER = 10
 PUSH_TIMEOUT = 10.0
 VAPID_EXPIRY = 12 * 3600
+# Encrypting a push (an ECDH per device) and signing VAPID claims are CPU work:
+# done by these threads, off the event loop.
+PUSH_THREADS = 2
 
 
 def notifies(level: str, kind: str, mentioned: bool) -> bool:
@@ -53,6 +57,11 @@ def topic(uri: str) -> str:
     topic, so a push sent twice (a process died before marking it sent), or
     one a later push or a "clear" overtook, is not delivered as well."""
     return b64urlencode(hashlib.sha256(uri.encode()).digest()[:24])
+
+
+def encrypt(device: dict, data: bytes) -> bytes:
+    """The aes128gcm body (RFC 8291) of a push to one device (in the pool)."""
+    return WebPusher({"endpoint": device["endpoint"], "keys": device["keys"]}).encode(data)["body"]
 
 
 def vapid_from(text: str) -> Vapid02:
@@ -83,6 +92,9 @@ class Notifier:
         self.vapid: Vapid02 | None = None
         self.public_key = ""
         self.http = tornado.httpclient.AsyncHTTPClient()
+        self.pool = concurrent.futures.ThreadPoolExecutor(PUSH_THREADS, thread_name_prefix="push")
+        # push service origin -> (expiry, its VAPID Authorization header)
+        self.signed: dict[str, tuple[float, dict[str, str]]] = {}
         self.running: asyncio.Task | None = None
         self.wake = asyncio.Event()
         self.poll = min(1.0, max(0.05, config.push_delay_seconds / 5))
@@ -105,6 +117,7 @@ class Notifier:
         if self.running is not None:
             self.running.cancel()
             await asyncio.gather(self.running, return_exceptions=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     # Focus: which rooms people have open and visible ---------------------
 
@@ -239,7 +252,7 @@ class Notifier:
                                     urgency="low")
                 await self.store.finish(doc, "sent")
                 return
-            read = max((await self.store.read_positions(doc["uri"])).get(doc["user_id"], 0),
+            read = max(await self.store.read_position(doc["uri"], doc["user_id"]),
                        self.hub.signals.reads_of(doc["user_id"]).get(doc["uri"], 0))
             if doc["seq"] <= read:
                 await self.store.finish(doc, "skipped", reason="read")
@@ -281,7 +294,7 @@ class Notifier:
         if message is None or message.get("deleted"):
             await self.store.finish(doc, "skipped", reason="deleted")
             return
-        room = await self.store.room(doc["uri"]) or {}
+        room = await self.store.notice_room(doc["uri"], doc["user_id"]) or {}
         payload = {"type": "message", "uri": doc["uri"], "seq": doc["seq"],
                    "room": room.get("name") or ("Direct message" if room.get("kind") == "dm" else "Chat"),
                    "sender": message["user"]["username"], "text": message["message"][:TEXT_CHARS],
@@ -311,17 +324,30 @@ class Notifier:
     async def post_push(self, device: dict, data: bytes, urgency: str, topic: str) -> int:
         """Encrypt (RFC 8291, aes128gcm) and sign (RFC 8292) one push; the service's status."""
         endpoint = device["endpoint"]
-        body = WebPusher({"endpoint": endpoint, "keys": device["keys"]}).encode(data)["body"]
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(self.pool, encrypt, device, data)
         origin = urllib.parse.urlsplit(endpoint)
-        claims = {"sub": self.config.vapid_subject, "aud": f"{origin.scheme}://{origin.netloc}",
-                  "exp": int(time.time()) + VAPID_EXPIRY}
-        headers = {**self.vapid.sign(claims), "TTL": str(PUSH_TTL), "Urgency": urgency, "Topic": topic,
+        headers = {**await self.vapid_headers(f"{origin.scheme}://{origin.netloc}"),
+                   "TTL": str(PUSH_TTL), "Urgency": urgency, "Topic": topic,
                    "Content-Encoding": "aes128gcm", "Content-Type": "application/octet-stream"}
         response = await self.http.fetch(endpoint, method="POST", body=body, headers=headers,
                                          raise_error=False, request_timeout=PUSH_TIMEOUT)
         if response.code == 599:
             raise RuntimeError(f"push service unreachable: {response.error}")
         return response.code
+
+    async def vapid_headers(self, audience: str) -> dict[str, str]:
+        """The VAPID Authorization for a push service: signed (in the pool) once and
+        reused until half its life is gone, as RFC 8292 §2 allows, not once per push."""
+        moment = time.time()
+        expiry, headers = self.signed.get(audience, (0.0, {}))
+        if expiry - moment < VAPID_EXPIRY / 2:
+            expiry = int(moment) + VAPID_EXPIRY
+            claims = {"sub": self.config.vapid_subject, "aud": audience, "exp": expiry}
+            headers = await asyncio.get_running_loop().run_in_executor(self.pool, self.vapid.sign,
+                                                                       claims)
+            self.signed[audience] = (expiry, headers)
+        return headers
 
     # Email: one per room for what stayed unread ------------------------------
 
@@ -354,8 +380,8 @@ class Notifier:
             await self.store.finish(doc, "skipped", reason="deleted")
             await self.store.merge_emails(uri, user_id, max(seqs, default=doc["seq"]))
             return
-        room = await self.store.room(uri) or {}
-        if user_id in (room.get("email_off") or ()):
+        room = await self.store.notice_room(uri, user_id) or {}
+        if room.get("email_off"):
             await self.store.finish(doc, "skipped", reason="unsubscribed")
             return
         name = room.get("name") or ("a direct message" if room.get("kind") == "dm" else "a chat")

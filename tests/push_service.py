@@ -121,6 +121,6 @@ class PushService:
     def of(self, name: str, kind: str = "message") -> list[dict]:
         return [p for n, p, _ in self.received if n == name and p.get("type") == kind]
 
-    def topics(self, name: str) -> list[str | None]:
-        """The Topic header of each push to the device, in order."""
-        return [h.get("Topic") for n, _, h in self.received if n == name]
+    def header(self, name: str, field: str) -> list[str | None]:
+        """A header of each push to the device, in order."""
+        return [h.get(field) for n, _, h in self.received if n == name]

@@ -169,7 +169,7 @@ def test_an_unread_dm_is_pushed_once_and_cleared_by_a_later_read(servers, db, pu
     assert len(push.of(name)) == 1  # never twice
     # One Topic per room: the push service keeps only the newest undelivered one
     # (a push sent twice, or one the clear overtook, is not delivered as well).
-    [message_topic, clear_topic] = push.topics(name)
+    [message_topic, clear_topic] = push.header(name, "Topic")
     assert message_topic == clear_topic and message_topic is not None
     # The fresh fetch after the read agrees with what the pushes said.
     listed = {c["uri"]: c for c in bob.request("GET", "/api/chats/").json()}
@@ -284,7 +284,9 @@ def test_three_processes_send_each_push_once(mongo_base, amqp_url, tmp_path, pus
                    15, "all marked sent")
         client.close()
         assert sorted(p["seq"] for p in push.of(name)) == seqs
-        assert len(set(push.topics(name))) == 1 and None not in push.topics(name)
+        assert len(set(push.header(name, "Topic"))) == 1 and None not in push.header(name, "Topic")
+        # Each process signs its VAPID JWT once for the push service, not once per push.
+        assert len(set(push.header(name, "Authorization"))) <= 3
     finally:
         for process in three:
             process.stop()
@@ -317,6 +319,9 @@ def test_one_email_with_the_unread_in_their_current_state_and_one_click_unsubscr
     reply = httpx.post(f"{b.url}{path.path}?{path.query}", data="List-Unsubscribe=One-Click")
     assert reply.status_code == 200, reply.text
     assert db.rooms.find_one({"uri": uri})["email_off"] == {bob.user["id"]: True}
+    later = alice.post(uri, "after the unsubscribe")["seq"]
+    [doc] = settled(db, uri=uri, kind="email", seq=later)
+    assert (doc["state"], doc.get("reason")) == ("skipped", "unsubscribed"), doc
     forged = httpx.get(f"{b.url}{path.path}?token=x{path.query[7:]}")
     assert forged.status_code == 400 and "token" in forged.json()
 
