@@ -247,8 +247,16 @@ class Notifier:
 
     async def deliver(self, doc: dict) -> None:
         try:
+            devices = []
+            if doc["kind"] in ("push", "clear"):
+                devices = await self.store.subscriptions_of(doc["user_id"])
+                if not devices:
+                    # Asked first: most people have no device, and for them
+                    # nothing more is read (their read position, the message, the room).
+                    await self.store.finish(doc, "skipped", reason="no device")
+                    return
             if doc["kind"] == "clear":
-                await self.push_all(doc["user_id"], {"type": "clear", "uri": doc["uri"], "seq": doc["seq"]},
+                await self.push_all(devices, {"type": "clear", "uri": doc["uri"], "seq": doc["seq"]},
                                     urgency="low")
                 await self.store.finish(doc, "sent")
                 return
@@ -258,7 +266,7 @@ class Notifier:
                 await self.store.finish(doc, "skipped", reason="read")
                 return
             if doc["kind"] == "push":
-                await self.send_push(doc)
+                await self.send_push(doc, devices)
             else:
                 await self.send_email(doc, read)
         except asyncio.CancelledError:
@@ -286,7 +294,7 @@ class Notifier:
     def room_url(self, uri: str) -> str:
         return f"{self.config.public_url.rstrip('/')}/chats/{uri}/"
 
-    async def send_push(self, doc: dict) -> None:
+    async def send_push(self, doc: dict, devices: list[dict]) -> None:
         if self.visible(doc["user_id"], doc["uri"]):
             await self.store.finish(doc, "skipped", reason="visible")
             return
@@ -299,19 +307,19 @@ class Notifier:
                    "room": room.get("name") or ("Direct message" if room.get("kind") == "dm" else "Chat"),
                    "sender": message["user"]["username"], "text": message["message"][:TEXT_CHARS],
                    "url": self.room_url(doc["uri"])}
-        sent = await self.push_all(doc["user_id"], payload, urgency="high")
+        sent = await self.push_all(devices, payload, urgency="high")
         await self.store.finish(doc, "sent", devices=sent)
         if sent:
             self.metrics.pushes_sent.inc(sent)
             self.hub.notify({"type": "notify.pushed", "user_id": doc["user_id"], "uri": doc["uri"],
                              "seq": doc["seq"]})
 
-    async def push_all(self, user_id: str, payload: dict, urgency: str) -> int:
-        """Push to every device of the user; the number that took it. A device its
-        push service says is gone is forgotten; any other failure raises."""
+    async def push_all(self, devices: list[dict], payload: dict, urgency: str) -> int:
+        """Push to a user's devices; the number that took it. A device its push
+        service says is gone is forgotten; any other failure raises."""
         sent = 0
         data, room_topic = json.dumps(payload).encode(), topic(payload["uri"])
-        for device in await self.store.subscriptions_of(user_id):
+        for device in devices:
             status = await self.post_push(device, data, urgency, room_topic)
             if status in (404, 410):
                 await self.store.forget_endpoint(device["endpoint"])

@@ -147,6 +147,9 @@ def test_levels_mentions_and_blocks_decide_who_is_notified(servers, db):
     assert notified(everyone) == sorted([ids[bob.username], ids[cid.username]])
     settled(db, uri=room, kind="push", seq=own)
     assert notified(own) == [ids[cid.username]]  # never one's own
+    # Nobody here registered a device: each push ends there, nothing more read.
+    assert {(d["state"], d.get("reason")) for d in docs(db, uri=room, kind="push")} \
+        == {("skipped", "no device")}
 
 
 def test_an_unread_dm_is_pushed_once_and_cleared_by_a_later_read(servers, db, push):
