@@ -103,6 +103,8 @@ class Config:
     email_delay_minutes: float = 5.0
     email_min_interval_minutes: float = 30.0
     notify_lease_seconds: float = 30.0
+    notify_retry_first_seconds: float = 1.0
+    notify_retry_max_seconds: float = 300.0
     embedded: bool = False
 
     def validate(self) -> Config:
@@ -153,8 +155,9 @@ class Config:
         for name in ("push_delay_seconds", "email_delay_minutes", "email_min_interval_minutes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more")
-        if self.notify_lease_seconds <= 0:
-            raise ConfigError("notify_lease_seconds must be positive")
+        for name in ("notify_lease_seconds", "notify_retry_first_seconds", "notify_retry_max_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
         if not self.vapid_subject.startswith(("mailto:", "https://")):
             raise ConfigError("vapid_subject must be a mailto: or https:// URL")
         if self.presence_grace_seconds < 0:

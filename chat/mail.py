@@ -16,6 +16,19 @@ log = logging.getLogger("chat.mail")
 SMTP_TIMEOUT = 20.0
 
 
+class Refused(Exception):
+    """The mail server refused the mail for good (a 5xx reply, RFC 5321 §4.2.1):
+    sending it again would be refused again."""
+
+
+def permanent(error: aiosmtplib.SMTPException) -> bool:
+    """Whether an SMTP failure is a 5xx refusal (every recipient's, when it names them);
+    a 4xx reply, a dropped connection or a timeout may pass."""
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        return all(permanent(refusal) for refusal in error.recipients)
+    return isinstance(error, aiosmtplib.SMTPResponseException) and 500 <= error.code < 600
+
+
 class Mailer:
     def __init__(self, config):
         self.config = config
@@ -25,7 +38,8 @@ class Mailer:
         return bool(self.config.smtp_host)
 
     async def send(self, to: str, subject: str, text: str) -> None:
-        """Send a plain-text mail; raises aiosmtplib's errors when it fails."""
+        """Send a plain-text mail; raises Refused when the server refused it for
+        good, aiosmtplib's errors when it failed otherwise."""
         await self.deliver(self.message(to, subject, text))
 
     async def send_notification(self, to: str, subject: str, text: str, html: str,
@@ -48,10 +62,15 @@ class Mailer:
     async def deliver(self, message: EmailMessage) -> None:
         config = self.config
         security = config.smtp_security
-        await aiosmtplib.send(
-            message, hostname=config.smtp_host, port=config.smtp_port,
-            username=config.smtp_user or None, password=config.smtp_password or None,
-            use_tls=security == "tls",
-            # auto: STARTTLS when the server offers it; none: never.
-            start_tls={"starttls": True, "auto": None}.get(security, False),
-            timeout=SMTP_TIMEOUT)
+        try:
+            await aiosmtplib.send(
+                message, hostname=config.smtp_host, port=config.smtp_port,
+                username=config.smtp_user or None, password=config.smtp_password or None,
+                use_tls=security == "tls",
+                # auto: STARTTLS when the server offers it; none: never.
+                start_tls={"starttls": True, "auto": None}.get(security, False),
+                timeout=SMTP_TIMEOUT)
+        except aiosmtplib.SMTPException as error:
+            if permanent(error):
+                raise Refused(str(error)) from error
+            raise

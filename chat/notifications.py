@@ -13,6 +13,8 @@ them when due, and skips those whose reader has read past them by then.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hashlib
 import html
 import json
 import logging
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid02, b64urlencode
 from pywebpush import WebPusher
 
+from chat.mail import Refused
 from chat.store import Unavailable, iso
 from chat.store.notifications import default_level
 
@@ -32,18 +35,33 @@ log = logging.getLogger("chat.notifications")
 
 TEXT_CHARS = 100
 PUSH_TTL = 24 * 3600
-# A failed send is tried again after this, doubling, up to RETRY_MAX.
-RETRY_FIRST = 1.0
-RETRY_MAX = 300.0
+# A failed send is tried again (notify_retry_first_seconds, doubling up to
+# notify_retry_max_seconds) until this many attempts have failed.
 GIVE_UP_AFTER = 10
 PUSH_TIMEOUT = 10.0
 VAPID_EXPIRY = 12 * 3600
+# Encrypting a push (an ECDH per device) and signing VAPID claims are CPU work:
+# done by these threads, off the event loop.
+PUSH_THREADS = 2
 
 
 def notifies(level: str, kind: str, mentioned: bool) -> bool:
     if level == "none":
         return False
     return level == "all" or kind == "dm" or mentioned
+
+
+def topic(uri: str) -> str:
+    """The push `Topic` of a room (RFC 8030 §5.4: at most 32 characters of
+    base64url): a push service keeps only the newest undelivered push of a
+    topic, so a push sent twice (a process died before marking it sent), or
+    one a later push or a "clear" overtook, is not delivered as well."""
+    return b64urlencode(hashlib.sha256(uri.encode()).digest()[:24])
+
+
+def encrypt(device: dict, data: bytes) -> bytes:
+    """The aes128gcm body (RFC 8291) of a push to one device (in the pool)."""
+    return WebPusher({"endpoint": device["endpoint"], "keys": device["keys"]}).encode(data)["body"]
 
 
 def vapid_from(text: str) -> Vapid02:
@@ -74,6 +92,9 @@ class Notifier:
         self.vapid: Vapid02 | None = None
         self.public_key = ""
         self.http = tornado.httpclient.AsyncHTTPClient()
+        self.pool = concurrent.futures.ThreadPoolExecutor(PUSH_THREADS, thread_name_prefix="push")
+        # push service origin -> (expiry, its VAPID Authorization header)
+        self.signed: dict[str, tuple[float, dict[str, str]]] = {}
         self.running: asyncio.Task | None = None
         self.wake = asyncio.Event()
         self.poll = min(1.0, max(0.05, config.push_delay_seconds / 5))
@@ -96,13 +117,16 @@ class Notifier:
         if self.running is not None:
             self.running.cancel()
             await asyncio.gather(self.running, return_exceptions=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     # Focus: which rooms people have open and visible ---------------------
 
     def set_focus(self, user_id: str, stream: str, uri: str | None) -> None:
-        """A stream of user_id shows uri (None: nothing visible): every process is told, this one too."""
-        self.hub.notify({"type": "notify.focus", "user_id": user_id,
-                         "stream": f"{self.process}:{stream}", "uri": uri})
+        """A stream of user_id shows uri (None: nothing visible): known here at
+        once, and every other process is told."""
+        key = f"{self.process}:{stream}"
+        self.apply_focus(user_id, key, uri)
+        self.hub.notify({"type": "notify.focus", "user_id": user_id, "stream": key, "uri": uri})
 
     def apply_focus(self, user_id: str, key: str, uri: str | None) -> None:
         shown = self.focus.setdefault(user_id, {})
@@ -130,8 +154,12 @@ class Notifier:
         kind, user_id, uri = notice.get("type"), notice.get("user_id"), notice.get("uri")
         if not isinstance(user_id, str):
             return
-        if kind == "notify.focus" and isinstance(notice.get("stream"), str):
-            self.apply_focus(user_id, notice["stream"], uri if isinstance(uri, str) else None)
+        stream = notice.get("stream")
+        if kind == "notify.focus" and isinstance(stream, str) \
+                and not stream.startswith(f"{self.process}:"):
+            # This process's own streams were applied by set_focus: its notice
+            # coming back through RabbitMQ after a later change must not undo it.
+            self.apply_focus(user_id, stream, uri if isinstance(uri, str) else None)
         elif kind == "notify.pushed" and isinstance(uri, str) and type(notice.get("seq")) is int:
             self.pushed[(user_id, uri)] = max(notice["seq"], self.pushed.get((user_id, uri), 0))
 
@@ -219,36 +247,54 @@ class Notifier:
 
     async def deliver(self, doc: dict) -> None:
         try:
+            devices = []
+            if doc["kind"] in ("push", "clear"):
+                devices = await self.store.subscriptions_of(doc["user_id"])
+                if not devices:
+                    # Asked first: most people have no device, and for them
+                    # nothing more is read (their read position, the message, the room).
+                    await self.store.finish(doc, "skipped", reason="no device")
+                    return
             if doc["kind"] == "clear":
-                await self.push_all(doc["user_id"], {"type": "clear", "uri": doc["uri"]}, urgency="low")
+                await self.push_all(devices, {"type": "clear", "uri": doc["uri"], "seq": doc["seq"]},
+                                    urgency="low")
                 await self.store.finish(doc, "sent")
                 return
-            read = max((await self.store.read_positions(doc["uri"])).get(doc["user_id"], 0),
+            read = max(await self.store.read_position(doc["uri"], doc["user_id"]),
                        self.hub.signals.reads_of(doc["user_id"]).get(doc["uri"], 0))
             if doc["seq"] <= read:
                 await self.store.finish(doc, "skipped", reason="read")
                 return
             if doc["kind"] == "push":
-                await self.send_push(doc)
+                await self.send_push(doc, devices)
             else:
                 await self.send_email(doc, read)
         except asyncio.CancelledError:
             raise
+        except Refused as error:
+            self.metrics.notification_failures.labels(doc["kind"]).inc()
+            log.error("%s to %s refused for good (%s); not tried again", doc["kind"], doc["user_id"],
+                      error)
+            await self.store.finish(doc, "failed", error=str(error)[:200])
         except Exception as error:
             self.metrics.notification_failures.labels(doc["kind"]).inc()
             attempts = doc.get("attempts", 1)
             if attempts >= GIVE_UP_AFTER:
+                log.error("%s to %s failed %d times (%s); given up", doc["kind"], doc["user_id"],
+                          attempts, error)
                 await self.store.finish(doc, "failed", error=str(error)[:200])
                 return
-            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempts - 1))
-            log.warning("%s to %s failed (%s); again in %.0f s", doc["kind"], doc["user_id"],
+            config = self.config
+            delay = min(config.notify_retry_max_seconds,
+                        config.notify_retry_first_seconds * 2 ** (attempts - 1))
+            log.warning("%s to %s failed (%s); again in %.3g s", doc["kind"], doc["user_id"],
                         error, delay)
             await self.store.retry_later(doc, time.time() + delay)
 
     def room_url(self, uri: str) -> str:
         return f"{self.config.public_url.rstrip('/')}/chats/{uri}/"
 
-    async def send_push(self, doc: dict) -> None:
+    async def send_push(self, doc: dict, devices: list[dict]) -> None:
         if self.visible(doc["user_id"], doc["uri"]):
             await self.store.finish(doc, "skipped", reason="visible")
             return
@@ -256,25 +302,25 @@ class Notifier:
         if message is None or message.get("deleted"):
             await self.store.finish(doc, "skipped", reason="deleted")
             return
-        room = await self.store.room(doc["uri"]) or {}
+        room = await self.store.notice_room(doc["uri"], doc["user_id"]) or {}
         payload = {"type": "message", "uri": doc["uri"], "seq": doc["seq"],
                    "room": room.get("name") or ("Direct message" if room.get("kind") == "dm" else "Chat"),
                    "sender": message["user"]["username"], "text": message["message"][:TEXT_CHARS],
                    "url": self.room_url(doc["uri"])}
-        sent = await self.push_all(doc["user_id"], payload, urgency="high")
+        sent = await self.push_all(devices, payload, urgency="high")
         await self.store.finish(doc, "sent", devices=sent)
         if sent:
             self.metrics.pushes_sent.inc(sent)
             self.hub.notify({"type": "notify.pushed", "user_id": doc["user_id"], "uri": doc["uri"],
                              "seq": doc["seq"]})
 
-    async def push_all(self, user_id: str, payload: dict, urgency: str) -> int:
-        """Push to every device of the user; the number that took it. A device its
-        push service says is gone is forgotten; any other failure raises."""
+    async def push_all(self, devices: list[dict], payload: dict, urgency: str) -> int:
+        """Push to a user's devices; the number that took it. A device its push
+        service says is gone is forgotten; any other failure raises."""
         sent = 0
-        data = json.dumps(payload).encode()
-        for device in await self.store.subscriptions_of(user_id):
-            status = await self.post_push(device, data, urgency)
+        data, room_topic = json.dumps(payload).encode(), topic(payload["uri"])
+        for device in devices:
+            status = await self.post_push(device, data, urgency, room_topic)
             if status in (404, 410):
                 await self.store.forget_endpoint(device["endpoint"])
             elif 200 <= status < 300:
@@ -283,20 +329,33 @@ class Notifier:
                 raise RuntimeError(f"push service answered {status}")
         return sent
 
-    async def post_push(self, device: dict, data: bytes, urgency: str) -> int:
+    async def post_push(self, device: dict, data: bytes, urgency: str, topic: str) -> int:
         """Encrypt (RFC 8291, aes128gcm) and sign (RFC 8292) one push; the service's status."""
         endpoint = device["endpoint"]
-        body = WebPusher({"endpoint": endpoint, "keys": device["keys"]}).encode(data)["body"]
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(self.pool, encrypt, device, data)
         origin = urllib.parse.urlsplit(endpoint)
-        claims = {"sub": self.config.vapid_subject, "aud": f"{origin.scheme}://{origin.netloc}",
-                  "exp": int(time.time()) + VAPID_EXPIRY}
-        headers = {**self.vapid.sign(claims), "TTL": str(PUSH_TTL), "Urgency": urgency,
+        headers = {**await self.vapid_headers(f"{origin.scheme}://{origin.netloc}"),
+                   "TTL": str(PUSH_TTL), "Urgency": urgency, "Topic": topic,
                    "Content-Encoding": "aes128gcm", "Content-Type": "application/octet-stream"}
         response = await self.http.fetch(endpoint, method="POST", body=body, headers=headers,
                                          raise_error=False, request_timeout=PUSH_TIMEOUT)
         if response.code == 599:
             raise RuntimeError(f"push service unreachable: {response.error}")
         return response.code
+
+    async def vapid_headers(self, audience: str) -> dict[str, str]:
+        """The VAPID Authorization for a push service: signed (in the pool) once and
+        reused until half its life is gone, as RFC 8292 §2 allows, not once per push."""
+        moment = time.time()
+        expiry, headers = self.signed.get(audience, (0.0, {}))
+        if expiry - moment < VAPID_EXPIRY / 2:
+            expiry = int(moment) + VAPID_EXPIRY
+            claims = {"sub": self.config.vapid_subject, "aud": audience, "exp": expiry}
+            headers = await asyncio.get_running_loop().run_in_executor(self.pool, self.vapid.sign,
+                                                                       claims)
+            self.signed[audience] = (expiry, headers)
+        return headers
 
     # Email: one per room for what stayed unread ------------------------------
 
@@ -329,8 +388,8 @@ class Notifier:
             await self.store.finish(doc, "skipped", reason="deleted")
             await self.store.merge_emails(uri, user_id, max(seqs, default=doc["seq"]))
             return
-        room = await self.store.room(uri) or {}
-        if user_id in (room.get("email_off") or ()):
+        room = await self.store.notice_room(uri, user_id) or {}
+        if room.get("email_off"):
             await self.store.finish(doc, "skipped", reason="unsubscribed")
             return
         name = room.get("name") or ("a direct message" if room.get("kind") == "dm" else "a chat")

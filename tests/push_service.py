@@ -8,6 +8,7 @@ import base64
 import http.server
 import json
 import os
+import re
 import threading
 import time
 
@@ -104,6 +105,8 @@ class PushService:
         assert claims["sub"].startswith(("mailto:", "https://")) and claims["exp"] > time.time()
         assert headers.get("Content-Encoding") == "aes128gcm" and int(headers.get("TTL", 0)) > 0
         assert headers.get("Urgency") in ("high", "normal", "low")
+        # RFC 8030 §5.4: a Topic is at most 32 characters of base64url.
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,32}", headers.get("Topic", "-")), headers.get("Topic")
         device = self.devices[name]
         plain = http_ece.decrypt(body, private_key=device.private_key, auth_secret=device.auth,
                                  version="aes128gcm")
@@ -117,3 +120,7 @@ class PushService:
 
     def of(self, name: str, kind: str = "message") -> list[dict]:
         return [p for n, p, _ in self.received if n == name and p.get("type") == kind]
+
+    def header(self, name: str, field: str) -> list[str | None]:
+        """A header of each push to the device, in order."""
+        return [h.get(field) for n, _, h in self.received if n == name]

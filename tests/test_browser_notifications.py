@@ -178,3 +178,38 @@ def test_a_chat_set_to_nothing_in_its_menu_stays_quiet_and_settings_turn_it_back
     expect(phone.page.get_by_role("menuitemradio", name="Mentions only (default)")) \
         .to_have_attribute("aria-checked", "true")
     shoot(phone, "chat-menu-phone")
+
+
+def test_the_service_worker_shows_a_seq_once_and_not_after_a_read(server, tabs):  # noqa: F811
+    """A push sent twice (a process died before marking it sent) or arriving after
+    the read's "clear" shows nothing more; a later seq replaces the room's one."""
+    api = Api(server.url).signup()
+    tab = tabs(server.url, permissions=["notifications"]).sign_in(api)
+    with tab.context.expect_event("serviceworker", timeout=10_000) as registered:
+        tab.page.goto("/")  # the page registers /sw.js
+    worker = registered.value
+
+    def push(payload: dict) -> list[dict]:
+        """Handle a push as the worker does; the notifications it shows then."""
+        handle = "showMessage" if payload["type"] == "message" else "clear"
+        return worker.evaluate(
+            f"""async (data) => {{
+                await {handle}(data);
+                const shown = await self.registration.getNotifications();
+                return shown.map((n) => ({{tag: n.tag, title: n.title, seq: n.data.seq}}));
+            }}""", payload)
+
+    def message(uri: str, seq: int) -> dict:
+        return {"type": "message", "uri": uri, "seq": seq, "room": "Room", "sender": "bob",
+                "text": f"m{seq}", "url": f"{server.url}/chats/{uri}/"}
+    assert push(message("r1", 5)) == [{"tag": "r1", "title": "bob · Room", "seq": 5}]
+    worker.evaluate("async () => (await self.registration.getNotifications()).forEach(n => n.close())")
+    assert push(message("r1", 5)) == []  # the same seq again: dismissed stays dismissed
+    assert push(message("r1", 4)) == []  # an older one
+    assert push(message("r1", 6)) == [{"tag": "r1", "title": "bob · Room", "seq": 6}]
+    assert push(message("r2", 1)) == [{"tag": "r1", "title": "bob · Room", "seq": 6},
+                                      {"tag": "r2", "title": "bob · Room", "seq": 1}]
+    assert push({"type": "clear", "uri": "r1", "seq": 9}) == [{"tag": "r2", "title": "bob · Room",
+                                                              "seq": 1}]
+    assert push(message("r1", 8)) == [{"tag": "r2", "title": "bob · Room", "seq": 1}]  # read
+    assert push(message("r1", 10)) != []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.parse
 
 import httpx
@@ -15,8 +16,8 @@ import websockets
 from pymongo import MongoClient
 
 from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, next_frame, wait_until
-from tests.mailbox import smtp_inbox
+from tests.helpers import PROBE, Api, ServerProcess, metric, next_frame, probe_answer, wait_until
+from tests.mailbox import DROP, smtp_inbox
 from tests.push_service import PushService
 
 # Read positions are written within read_flush_seconds: well inside the push delay.
@@ -83,6 +84,14 @@ def settled(db, **query) -> list[dict]:
     return docs(db, **query)
 
 
+async def handled(ws) -> None:
+    """Wait until the frames sent so far are handled: a socket handles its frames
+    in order, so the answer to a probe frame comes after them."""
+    await ws.send(PROBE)
+    while not probe_answer(await next_frame(ws, "error")):
+        pass
+
+
 def read(api: Api, uri: str, seq: int) -> None:
     assert api.request("PUT", f"/api/chats/{uri}/read/", json={"seq": seq}).status_code == 204
 
@@ -138,6 +147,9 @@ def test_levels_mentions_and_blocks_decide_who_is_notified(servers, db):
     assert notified(everyone) == sorted([ids[bob.username], ids[cid.username]])
     settled(db, uri=room, kind="push", seq=own)
     assert notified(own) == [ids[cid.username]]  # never one's own
+    # Nobody here registered a device: each push ends there, nothing more read.
+    assert {(d["state"], d.get("reason")) for d in docs(db, uri=room, kind="push")} \
+        == {("skipped", "no device")}
 
 
 def test_an_unread_dm_is_pushed_once_and_cleared_by_a_later_read(servers, db, push):
@@ -156,8 +168,12 @@ def test_an_unread_dm_is_pushed_once_and_cleared_by_a_later_read(servers, db, pu
                        "url": f"http://chat.example.test/chats/{uri}/"}
     read(bob, uri, seq)
     push.wait_for(lambda got: len(push.of(name, "clear")) == 1, what="clear push")
-    assert push.of(name, "clear") == [{"type": "clear", "uri": uri}]
+    assert push.of(name, "clear") == [{"type": "clear", "uri": uri, "seq": seq}]
     assert len(push.of(name)) == 1  # never twice
+    # One Topic per room: the push service keeps only the newest undelivered one
+    # (a push sent twice, or one the clear overtook, is not delivered as well).
+    [message_topic, clear_topic] = push.header(name, "Topic")
+    assert message_topic == clear_topic and message_topic is not None
     # The fresh fetch after the read agrees with what the pushes said.
     listed = {c["uri"]: c for c in bob.request("GET", "/api/chats/").json()}
     assert listed[uri]["unread"] == 0 and listed[uri]["last_read_seq"] == seq
@@ -181,11 +197,11 @@ def test_nothing_is_pushed_when_read_within_the_delay_or_open_and_visible(server
         async with websockets.connect(url) as ws:
             await next_frame(ws, "chats")
             await ws.send(json.dumps({"type": "focus", "uri": uri}))
-            await asyncio.sleep(0.2)  # frames are handled in order; this only lets it arrive
+            await handled(ws)
             seen = on_b.post(uri, "while it is open")["seq"]
             await next_frame(ws, "message")
             await ws.send(json.dumps({"type": "focus", "uri": None}))
-            await asyncio.sleep(0.2)
+            await handled(ws)
             unseen = on_b.post(uri, "while hidden")["seq"]
             await next_frame(ws, "message")
             return seen, unseen
@@ -271,6 +287,9 @@ def test_three_processes_send_each_push_once(mongo_base, amqp_url, tmp_path, pus
                    15, "all marked sent")
         client.close()
         assert sorted(p["seq"] for p in push.of(name)) == seqs
+        assert len(set(push.header(name, "Topic"))) == 1 and None not in push.header(name, "Topic")
+        # Each process signs its VAPID JWT once for the push service, not once per push.
+        assert len(set(push.header(name, "Authorization"))) <= 3
     finally:
         for process in three:
             process.stop()
@@ -303,6 +322,9 @@ def test_one_email_with_the_unread_in_their_current_state_and_one_click_unsubscr
     reply = httpx.post(f"{b.url}{path.path}?{path.query}", data="List-Unsubscribe=One-Click")
     assert reply.status_code == 200, reply.text
     assert db.rooms.find_one({"uri": uri})["email_off"] == {bob.user["id"]: True}
+    later = alice.post(uri, "after the unsubscribe")["seq"]
+    [doc] = settled(db, uri=uri, kind="email", seq=later)
+    assert (doc["state"], doc.get("reason")) == ("skipped", "unsubscribed"), doc
     forged = httpx.get(f"{b.url}{path.path}?token=x{path.query[7:]}")
     assert forged.status_code == 400 and "token" in forged.json()
 
@@ -318,3 +340,52 @@ def test_no_email_when_read_in_time(servers, db, inbox):
     [doc] = settled(db, uri=uri, kind="email")
     assert (doc["state"], doc.get("reason")) == ("skipped", "read"), doc
     assert inbox[0].to(address) == []
+
+
+def test_a_failed_email_is_retried_with_growing_backoff_and_a_refused_one_is_not(
+        mongo_base, amqp_url, tmp_path):
+    """The mail server fails as they fail: a 451, then a connection dropped in
+    DATA; the email goes out once on the third attempt, each failure counted and
+    each wait twice the last. A 550 for the recipient is final: one attempt."""
+    with smtp_inbox() as (inbox, port):
+        server = ServerProcess(database_url(mongo_base), amqp_url, log_dir=tmp_path,
+                               smtp_host="127.0.0.1", smtp_port=port,
+                               **{**SETTINGS, "notify_retry_first_seconds": "0.05"}).start()
+        try:
+            client = MongoClient(server.mongo_url)
+            notes = client.get_default_database().notifications
+            alice, bob, cid = (Api(server.url).signup() for _ in range(3))
+            flaky, refused = f"{bob.username}@example.test", f"{cid.username}@example.test"
+            for api, address in ((bob, flaky), (cid, refused)):
+                assert api.request("PATCH", "/auth/me/", json={"email": address}).status_code == 200
+            inbox.failures[flaky] = ["451 4.3.0 Try again later", DROP]
+            inbox.refused[refused] = "550 5.1.1 No such user here"
+
+            def failures() -> float:
+                return metric(httpx.get(f"{server.url}/metrics").text,
+                              'chat_notification_failures_total{kind="email"}')
+            to_bob = dm(alice, bob)
+            alice.post(to_bob, "are you there?")
+            [mail] = inbox.wait_for(flaky)
+            assert "are you there?" in mail.get_body(("plain",)).get_content()
+            wait_until(lambda: notes.find_one({"uri": to_bob, "kind": "email"})["state"] == "sent",
+                       10, "the email marked sent")
+            assert notes.find_one({"uri": to_bob, "kind": "email"})["attempts"] == 3
+            assert inbox.data[flaky] == 3 and len(inbox.to(flaky)) == 1
+            assert failures() == 2
+            waits = [float(w) for w in re.findall(r"email to \S+ failed .*; again in (\S+) s",
+                                                  server.log_path.read_text())]
+            assert waits == [0.05, 0.1], waits
+
+            to_cid = dm(alice, cid)
+            alice.post(to_cid, "nobody home")
+            wait_until(lambda: (notes.find_one({"uri": to_cid, "kind": "email"}) or {}).get("state")
+                       not in (None, "pending"), 10, "the refused email closed")
+            doc = notes.find_one({"uri": to_cid, "kind": "email"})
+            assert (doc["state"], doc["attempts"]) == ("failed", 1), doc
+            assert "550" in doc["error"] and inbox.rcpt[refused] == 1
+            assert failures() == 3
+            assert "refused for good" in server.log_path.read_text()
+            client.close()
+        finally:
+            server.stop()

@@ -34,6 +34,13 @@ class Blocks:
         return await cursor.to_list(None)
 
     @guarded
+    async def blocked_by(self, sender_id: str, user_ids: list[str]) -> set[str]:
+        """Which of user_ids blocked sender_id: one command."""
+        cursor = self.blocks.find({"user_id": {"$in": user_ids}, "blocked_id": sender_id},
+                                  {"user_id": 1})
+        return {doc["user_id"] async for doc in cursor}
+
+    @guarded
     async def blocks_among(self, user_ids: list[str]) -> set[tuple[str, str]]:
         """The blocks between these users: {(blocker id, blocked id)}."""
         cursor = self.blocks.find({"user_id": {"$in": user_ids}, "blocked_id": {"$in": user_ids}},

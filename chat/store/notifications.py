@@ -48,11 +48,19 @@ class Notifications:
             projection={"uri": 1, "kind": 1}, return_document=ReturnDocument.AFTER)
 
     @guarded
-    async def blocked_by(self, sender_id: str, user_ids: list[str]) -> set[str]:
-        """Which of user_ids blocked sender_id: one command."""
-        cursor = self.blocks.find({"user_id": {"$in": user_ids}, "blocked_id": sender_id},
-                                  {"user_id": 1})
-        return {doc["user_id"] async for doc in cursor}
+    async def notice_room(self, uri: str, user_id: str) -> dict | None:
+        """What a push or email to user_id says of the room: its name and kind, and
+        `email_off` true when they unsubscribed; not its members, levels or reads."""
+        # An expression, not a dotted projection: nx-27017 answers those with the
+        # dotted name as a key where MongoDB nests it.
+        return await self.rooms.find_one({"uri": uri}, {"name": 1, "kind": 1,
+                                                        "email_off": f"$email_off.{user_id}"})
+
+    @guarded
+    async def read_position(self, uri: str, user_id: str) -> int:
+        """user_id's stored last_read_seq in the room (0: none): not everyone's."""
+        room = await self.rooms.find_one({"uri": uri}, {"seq": f"$last_read.{user_id}"})
+        return (room or {}).get("seq", 0)
 
     # Pending pushes and emails -----------------------------------------
 
