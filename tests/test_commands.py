@@ -50,13 +50,13 @@ class Commands(pymongo.monitoring.CommandListener):
 def in_process(fresh_db):
     """Run scenario(server, base_url, commands) against a server in this process."""
 
-    def run(scenario, **settings):
+    def run(scenario, listeners=(), **settings):
         config = chat_config.load(None, env={}, mongo_url=fresh_db, broker_url="memory://",
                                   secret=SECRET, port=free_port(), bcrypt_rounds=4, **settings)
         commands = Commands(config.mongo_db)
 
         async def main():
-            server = ChatServer(config.validate(), mongo_listeners=[commands])
+            server = ChatServer(config.validate(), mongo_listeners=[commands, *listeners])
             await server.start()
             # The notifier's dispatcher polls `notifications` once per interval
             # per process, whatever the traffic: counted apart (bench.notifications).

@@ -10,7 +10,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from chat.store.base import UsernameTaken, guarded, log, now
+from chat.store.base import UsernameTaken, eq, guarded, log, now
 from chat.store.public import public_user
 
 # Failed logins older than this are never counted (the window is at most a day).
@@ -257,14 +257,16 @@ class Accounts:
         """The failed and pending logins ({_id, at, address, pending}) for
         username after since, oldest first."""
         return await self.login_failures.find(
-            {"username": username_key(username), "at": {"$gt": since}},
+            {"username": eq(username_key(username)), "at": {"$gt": since}},
             {"at": 1, "address": 1, "pending": 1}).sort("at", ASCENDING).to_list(None)
 
     @guarded
     async def clear_login_failures(self, username: str, attempt_id: Any) -> None:
         """After attempt_id logged in: its failures and itself, not the attempts
         still in flight (those that fail still count)."""
-        await self.login_failures.delete_many(
-            {"username": username_key(username),
-             "$or": [{"pending": {"$exists": False}}, {"_id": attempt_id}]})
+        # Two deletes, not one with an $or: nx-27017 evaluates an $or over
+        # every document (a password-guessing run makes this collection big).
+        await self.login_failures.delete_one({"_id": attempt_id})
+        await self.login_failures.delete_many({"username": eq(username_key(username)),
+                                               "pending": {"$exists": False}})
 

@@ -31,7 +31,7 @@ from bson.errors import InvalidId
 from pymongo import ASCENDING
 from pymongo.errors import OperationFailure
 
-from chat.store.base import Unavailable, guarded, now
+from chat.store.base import Unavailable, eq, guarded, now
 
 # GridFS's default chunk size: what every driver reads.
 CHUNK_BYTES = 255 * 1024
@@ -262,7 +262,7 @@ class Files:
 
     async def delete_message_files(self, uri: str, seq: int) -> int:
         """A deleted message's files: its attachments and its preview image."""
-        return await self.delete_files({"room": uri, "attached": seq})
+        return await self.delete_files({"room": eq(uri), "attached": eq(seq)})
 
     async def sweep_unattached(self, before: datetime.datetime) -> int:
         """Uploads never attached to a message, and the remains of uploads that

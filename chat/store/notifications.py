@@ -18,7 +18,7 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from chat.store.base import guarded, now
+from chat.store.base import eq, guarded, now
 
 LEVELS = ("all", "mentions", "none")
 
@@ -83,12 +83,15 @@ class Notifications:
 
     @guarded
     async def claim(self, lease_seconds: float) -> dict | None:
-        """The next due notification nobody holds, leased to the caller; None when none is due."""
+        """The next due notification nobody holds, leased to the caller; None when none is due.
+
+        A lease moves `due` to its end too: a held notification is not due
+        until its holder finished or died, so the filter needs no $or on the
+        lease (nx-27017 evaluates an $or over every document)."""
         moment = time.time()
         return await self.notifications.find_one_and_update(
-            {"state": "pending", "due": {"$lte": moment},
-             "$or": [{"lease": None}, {"lease": {"$lte": moment}}]},
-            {"$set": {"lease": moment + lease_seconds},
+            {"state": eq("pending"), "due": {"$lte": moment}},
+            {"$set": {"lease": moment + lease_seconds, "due": moment + lease_seconds},
              "$inc": {"attempts": 1}},
             sort=[("due", ASCENDING)], return_document=ReturnDocument.AFTER)
 
@@ -144,7 +147,7 @@ class Notifications:
     @guarded
     async def messages_at(self, uri: str, seqs: list[int]) -> list[dict]:
         """The messages at these seqs, in their current state, oldest first."""
-        cursor = self.messages.find({"room": uri, "seq": {"$in": seqs}, "type": None})
+        cursor = self.messages.find({"room": eq(uri), "seq": {"$in": seqs}, "type": None})
         return await cursor.sort("seq", ASCENDING).to_list(None)
 
     @guarded
