@@ -350,13 +350,17 @@ def write_section(result: dict) -> None:
         lines.append(f"| {'yes' if row['text_index'] else 'no'} | {row['posts_per_s']} | "
                      f"{row['server_cpu_ms_per_post']} | {row['mongo_cpu_ms_per_post']} |")
     lines += [
-        "", "Notes: a search's cost on nx-27017 follows the number of messages of the term it "
-        "reads (every room's, until `search.max_scan` of the caller's rooms matched), about "
-        "0.02-0.03 ms each, one query at a time: 10 searchers queue behind each other. "
-        "Without the index means its SQLite triggers dropped too (nx-27017's dropIndex leaves "
-        "them, and the index maintained). Posts/s swing with the machine's other load; CPU per "
-        "post is the steadier figure. Full mode (`make bench MODE=full`: 1,000,000 messages) "
-        "is the issue's size; see docs/scaling.md for what these mean at scale.",
+        "", "Notes: on nx-27017 a search reads every posting of its words in C (SQLite FTS5: "
+        "about 20 ms for a word in 700,000 messages), then fetches the matching documents one "
+        "by one, checking room and filters, until `search.max_scan` of the caller's rooms "
+        "matched: about 0.1 ms a document, so a common word costs about max_scan x 0.1 ms, "
+        "and a `from:` filter that keeps few of a common word's matches fetches them all. "
+        "nx-27017 answers one query at a time: 10 searchers queue, so their p50 is about 10 "
+        "times one searcher's. Without the index means its SQLite triggers dropped too "
+        "(nx-27017's dropIndex leaves them, and the index maintained). Posts/s swing with "
+        "the machine's other load; CPU per post is the steadier figure. Full mode (`make "
+        "bench MODE=full`: 1,000,000 messages) is the issue's size; see docs/scaling.md for "
+        "what these mean at scale.",
     ]
     section = "\n".join(lines) + "\n"
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
