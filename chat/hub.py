@@ -182,9 +182,6 @@ class Hub:
         # chat.compose.Composer.prepare, set by server.py: a post's html and
         # mentions, made once before it is stored (the DM and @room rules too).
         self.compose = None
-        # chat.mentions.People.forget, set by People: a room's people changed
-        # (a "room_people" control notice, from any process).
-        self.on_room_people = None
         # The process's cache of live tokens, told of logouts and refreshes.
         self.tokens = tokens
         # Control notices of other modules' own types: type -> what acts on one.
@@ -202,11 +199,10 @@ class Hub:
         # User streams (chat/streams.py) set this to hear that a user joined a
         # room: (uri, user id, seq of the join event).
         self.on_joined: Callable[[str, str, int], None] | None = None
-        # chat.notifications.Notifier sets these: a new post (uri, user, event),
-        # a read here (user, uri, seq), and its "notify.*" control notices.
+        # chat.notifications.Notifier sets these: a new post (uri, user, event)
+        # and a read here (user, uri, seq).
         self.on_posted: Callable[[str, dict, dict], None] | None = None
         self.on_read: Callable[[dict, str, int], None] | None = None
-        self.on_notify_notice: Callable[[dict], None] | None = None
         self.tasks: set[asyncio.Task] = set()
         self.no_sockets = asyncio.Event()
         self.no_sockets.set()
@@ -866,12 +862,6 @@ class Hub:
             if (isinstance(uri, str) and isinstance(user_id, str) and type(seq) is int
                     and self.on_joined is not None):
                 self.on_joined(uri, user_id, seq)
-        elif str(notice.get("type")).startswith("notify."):
-            if self.on_notify_notice is not None:
-                self.on_notify_notice(notice)
-        elif notice.get("type") == "room_people":
-            if self.on_room_people is not None and isinstance(notice.get("uri"), str):
-                self.on_room_people(notice["uri"])
         elif notice.get("type") in ("logout_user", "user_changed"):
             user_id, keep = notice.get("user_id"), notice.get("keep_token")
             if not isinstance(user_id, str):

@@ -26,6 +26,8 @@ PEOPLE_TTL = 60.0
 # so a stream of posts naming nobody costs one read per room per interval.
 DOUBT_RECHECK = 2.0
 KNOWN_ROOMS = 10_000
+# The control notice that a room's people changed (to every process).
+PEOPLE_NOTICE = "room_people"
 
 
 @dataclasses.dataclass
@@ -53,7 +55,7 @@ class People:
     def __init__(self, store, hub, mention_room_max_without_role: int = 20):
         self.store = store
         self.hub = hub
-        hub.on_room_people = self.forget
+        hub.handle_notices(PEOPLE_NOTICE, self.on_people_notice)
         self.mention_room_max = mention_room_max_without_role
         self.rooms: collections.OrderedDict[str, RoomPeople] = collections.OrderedDict()
         self.ttl = PEOPLE_TTL
@@ -87,11 +89,15 @@ class People:
     def forget(self, uri: str) -> None:
         self.rooms.pop(uri, None)
 
+    def on_people_notice(self, notice: dict) -> None:
+        if isinstance(notice.get("uri"), str):
+            self.forget(notice["uri"])
+
     def changed(self, uri: str) -> None:
         """The room's members, roles or a DM's blocks changed: every process
         forgets its entry (here at once, elsewhere by a control notice)."""
         self.forget(uri)
-        self.hub.notify({"type": "room_people", "uri": uri})
+        self.hub.notify({"type": PEOPLE_NOTICE, "uri": uri})
 
     def check_room_mention(self, entry: RoomPeople, user_id: str) -> None:
         """@room in a big room is for its owner and moderators."""

@@ -34,6 +34,9 @@ from chat.store.notifications import default_level
 log = logging.getLogger("chat.notifications")
 
 TEXT_CHARS = 100
+# Control notices: which chat a client shows (per stream), and a push sent.
+FOCUS_NOTICE = "notify.focus"
+PUSHED_NOTICE = "notify.pushed"
 PUSH_TTL = 24 * 3600
 # A failed send is tried again (notify_retry_first_seconds, doubling up to
 # notify_retry_max_seconds) until this many attempts have failed.
@@ -100,7 +103,8 @@ class Notifier:
         self.poll = min(1.0, max(0.05, config.push_delay_seconds / 5))
         hub.on_posted = self.posted
         hub.on_read = self.read
-        hub.on_notify_notice = self.on_notice
+        for kind in (FOCUS_NOTICE, PUSHED_NOTICE):
+            hub.handle_notices(kind, self.on_notice)
 
     def start(self) -> None:
         self.running = asyncio.ensure_future(self.dispatch())
@@ -126,7 +130,7 @@ class Notifier:
         once, and every other process is told."""
         key = f"{self.process}:{stream}"
         self.apply_focus(user_id, key, uri)
-        self.hub.notify({"type": "notify.focus", "user_id": user_id, "stream": key, "uri": uri})
+        self.hub.notify({"type": FOCUS_NOTICE, "user_id": user_id, "stream": key, "uri": uri})
 
     def apply_focus(self, user_id: str, key: str, uri: str | None) -> None:
         shown = self.focus.setdefault(user_id, {})
@@ -155,12 +159,12 @@ class Notifier:
         if not isinstance(user_id, str):
             return
         stream = notice.get("stream")
-        if kind == "notify.focus" and isinstance(stream, str) \
+        if kind == FOCUS_NOTICE and isinstance(stream, str) \
                 and not stream.startswith(f"{self.process}:"):
             # This process's own streams were applied by set_focus: its notice
             # coming back through RabbitMQ after a later change must not undo it.
             self.apply_focus(user_id, stream, uri if isinstance(uri, str) else None)
-        elif kind == "notify.pushed" and isinstance(uri, str) and type(notice.get("seq")) is int:
+        elif kind == PUSHED_NOTICE and isinstance(uri, str) and type(notice.get("seq")) is int:
             self.pushed[(user_id, uri)] = max(notice["seq"], self.pushed.get((user_id, uri), 0))
 
     # The post path: once per message ---------------------------------------
@@ -311,7 +315,7 @@ class Notifier:
         await self.store.finish(doc, "sent", devices=sent)
         if sent:
             self.metrics.pushes_sent.inc(sent)
-            self.hub.notify({"type": "notify.pushed", "user_id": doc["user_id"], "uri": doc["uri"],
+            self.hub.notify({"type": PUSHED_NOTICE, "user_id": doc["user_id"], "uri": doc["uri"],
                              "seq": doc["seq"]})
 
     async def push_all(self, devices: list[dict], payload: dict, urgency: str) -> int:
