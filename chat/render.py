@@ -28,7 +28,7 @@ import dataclasses
 import html
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import nh3
 from markdown_it import MarkdownIt
@@ -92,6 +92,20 @@ class Mentions:
         self.names: list[str] = []
         self.room = False
 
+    def found(self, text: str) -> Iterator[tuple[int, int, str]]:
+        """(start, end, span) of each mention of someone known (or @room) in
+        text, noted in names and room as it is found."""
+        for match in MENTION.finditer(text):
+            name = resolve(match.group(1), self.people)
+            if name is None:
+                continue
+            written = match.group(1) if name == ROOM else match.group(1)[:len(name)]
+            if name == ROOM:
+                self.room = True
+            elif name not in self.names:
+                self.names.append(name)
+            yield match.start(), match.start() + 1 + len(written), mention_html(written, name)
+
     def split(self, tokens: list[Token]) -> list[Token]:
         result: list[Token] = []
         in_link = 0
@@ -104,24 +118,13 @@ class Mentions:
                 result.append(token)
                 continue
             text, start = token.content, 0
-            for match in MENTION.finditer(text):
-                name = resolve(match.group(1), self.people)
-                if name is None:
-                    continue
-                written = match.group(1)
-                if name != ROOM:
-                    written = written[:len(name)]
-                end = match.start() + 1 + len(written)
-                if match.start() > start:
-                    result.append(self.text(text[start:match.start()]))
+            for begin, end, span_html in self.found(text):
+                if begin > start:
+                    result.append(self.text(text[start:begin]))
                 span = Token("html_inline", "", 0)
-                span.content = mention_html(written, name)
+                span.content = span_html
                 result.append(span)
                 start = end
-                if name == ROOM:
-                    self.room = True
-                elif name not in self.names:
-                    self.names.append(name)
             if start < len(text):
                 result.append(self.text(text[start:]))
         return result
@@ -185,23 +188,14 @@ def render_now(text: str, people: Mapping[str, str]) -> Rendered:
 def escaped(text: str, people: Mapping[str, str]) -> Rendered:
     """The text as it was written, escaped, its mentions still spans: what a
     message that took too long shows."""
-    names: list[str] = []
-    room = False
+    mentions = Mentions(people)
     parts, start = [], 0
-    for match in MENTION.finditer(text):
-        name = resolve(match.group(1), people)
-        if name is None:
-            continue
-        written = match.group(1) if name == ROOM else match.group(1)[:len(name)]
-        parts += [html.escape(text[start:match.start()]), mention_html(written, name)]
-        start = match.start() + 1 + len(written)
-        if name == ROOM:
-            room = True
-        elif name not in names:
-            names.append(name)
+    for begin, end, span_html in mentions.found(text):
+        parts += [html.escape(text[start:begin]), span_html]
+        start = end
     parts.append(html.escape(text[start:]))
     body = "".join(parts).replace("\n", "<br>\n")
-    return Rendered(f"<p>{body}</p>", names, room, fallback=True)
+    return Rendered(f"<p>{body}</p>", mentions.names, mentions.room, fallback=True)
 
 
 class Renderer:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import chat.render
-from chat.render import Renderer, render_now
+from chat.render import Renderer, escaped, render_now
 from tests.xss_payloads import markdown_payloads, unsafe
 
 PEOPLE = {"bob": "Bob", "ann.b": "ann.b"}
@@ -192,3 +192,15 @@ def test_a_slow_render_does_not_hold_the_event_loop():
 
     turns, _ = asyncio.run(scenario())
     assert turns > 10
+
+
+def test_the_escaped_fallback_finds_mentions_as_the_render_does():
+    text = "@room <b>hi</b> @bob, @bob again\n@nobody @ann.b."
+    fallback, rendered = escaped(text, PEOPLE), render_now(text, PEOPLE)
+    assert (fallback.mentions, fallback.mentions_room) == (rendered.mentions, rendered.mentions_room) == \
+        (["Bob", "ann.b"], True)
+    assert fallback.html == (
+        '<p><span class="mention" data-user="@room">@room</span> &lt;b&gt;hi&lt;/b&gt; '
+        '<span class="mention" data-user="Bob">@bob</span>, '
+        '<span class="mention" data-user="Bob">@bob</span> again<br>\n@nobody '
+        '<span class="mention" data-user="ann.b">@ann.b</span>.</p>')
