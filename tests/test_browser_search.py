@@ -102,3 +102,23 @@ def test_search_a_word_and_open_the_result_in_its_chat(server, tabs):
     phone.page.locator(".search-result").filter(has_text="release notes").click()
     expect(phone.page.locator(".messages > li.search-hit")).to_be_in_viewport()
     phone.page.screenshot(path=str(shots / "screenshot-search-hit-phone.png"))
+
+
+def test_a_partial_answer_says_so_on_its_first_page(start_server, tabs):
+    """More matches than search.max_scan: the first page (of 20, more to scroll to)
+    already says these are some of them."""
+    server = start_server(search_max_scan=25)
+    alice, _, uri = two_members(server.url)
+    key = "w" + uuid.uuid4().hex[:10]
+    for i in range(30):
+        alice.post(uri, f"{key} n{i}")
+    page = tabs(server.url, viewport={"width": 1280, "height": 800}).sign_in(alice).page
+    page.goto("/")
+    page.get_by_role("searchbox", name="Search messages").fill(key)
+    expect(page.locator(".search-result")).to_have_count(20)
+    expect(page.locator(".search-status")).to_contain_text("Many messages match")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "search-partial.png"))
+    page.get_by_role("searchbox", name="Search messages").fill(f"{key} n3")
+    expect(page.locator(".search-result")).to_have_count(1)
+    expect(page.locator(".search-status")).to_have_text("")
