@@ -143,6 +143,7 @@ def test_every_query_of_the_traffic_uses_an_index(in_process, fresh_db, nx_only)
                                    params={"q": "hello", "from": "ann"})).status_code == 200
             await server.sweeper.sweep()
             await server.store.claim(60)  # the notifier's dispatcher, once
+            await server.store.recent_messages({uri: 5}, 50)  # a partial search's window
             # A history page with a change in flight reads its unsaved events.
             docs = await server.store.messages_before(uri, None, 10)
             await server.store.unsaved_events([{**doc, "changing": 1} for doc in docs

@@ -3,6 +3,7 @@ bounded query behind chat.search.MongoTextSearch."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from pymongo.errors import OperationFailure
@@ -12,6 +13,10 @@ from chat.store.base import Unavailable, eq, guarded
 log = logging.getLogger("chat.store")
 
 TEXT_INDEX = "message_text"
+# What a search shows of a message, with what folding a change in flight needs
+# (chat.events.current).
+CANDIDATE_FIELDS = {"room": 1, "seq": 1, "user": 1, "user_id": 1, "created": 1, "message": 1,
+                    "type": 1, "changing": 1, "last_event_seq": 1}
 # MongoDB's codes for an index that exists with other options (another language).
 INDEX_CONFLICTS = (85, 86)
 # A server that has no text indexes at all (SecantusDB, some MongoDB-compatible ones).
@@ -50,9 +55,23 @@ class MessageSearch:
 
     @guarded
     async def member_rooms(self, user_id: str) -> list[dict]:
-        """Every room the user is a member of now, {uri, name} only: the scope of a search."""
-        cursor = self.rooms.find({"members": user_id}, {"_id": 0, "uri": 1, "name": 1})
+        """Every room the user is a member of now, {uri, name, seq, updated}: the
+        scope of a search."""
+        cursor = self.rooms.find({"members": user_id},
+                                 {"_id": 0, "uri": 1, "name": 1, "seq": 1, "updated": 1})
         return await cursor.to_list(None)
+
+    @guarded
+    async def recent_messages(self, last_seqs: dict[str, int], events: int) -> list[dict]:
+        """The messages (not deleted) among the last `events` events of each room
+        ({uri: its last seq}): a bounded index range per room, read at once."""
+        async def recent(uri: str, last: int) -> list[dict]:
+            cursor = self.messages.find(
+                {"room": eq(uri), "seq": {"$gt": last - events}, "type": None,
+                 "deleted": {"$ne": True}}, CANDIDATE_FIELDS)
+            return await cursor.to_list(None)
+        found = await asyncio.gather(*(recent(uri, last) for uri, last in last_seqs.items()))
+        return [doc for docs in found for doc in docs]
 
     @guarded
     async def text_candidates(self, search: str, rooms: list[str], limit: int,
@@ -74,9 +93,7 @@ class MessageSearch:
                        "room": {"$in": rooms}, "type": None, "deleted": {"$ne": True}}
         if user_id is not None:
             query["user_id"] = eq(user_id)  # nx-27017: 318 -> 218 ms for a common word at 1M
-        # With what folding a change in flight needs (chat.events.current).
-        fields = {"room": 1, "seq": 1, "user": 1, "created": 1, "message": 1, "type": 1,
-                  "changing": 1, "last_event_seq": 1}
+        fields = dict(CANDIDATE_FIELDS)
         if score:
             fields["score"] = {"$meta": "textScore"}
         return await self.messages.find(query, fields).limit(limit).to_list(None)
