@@ -654,7 +654,10 @@ class SearchPage(Wire):
     next: Annotated[str | None, Field(description="The cursor of the next page; null at "
                                                   "the end")]
     partial: Annotated[bool, Field(description="The search stopped at search.max_scan "
-                                               "matches: more may exist; narrow it down")]
+                                               "matches of the index (the matches among "
+                                               "the recent events of the chats active "
+                                               "last are added): more may exist; narrow "
+                                               "it down")]
 
 
 class Health(Wire):

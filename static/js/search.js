@@ -173,8 +173,8 @@ export class SearchBox {
       this.cursor = page.next;
       const count = this.list.querySelectorAll(".search-result").length;
       this.status.textContent = count === 0 ? "No messages found."
-        : page.partial ? "Many messages match: these are some of them, not all of the newest. "
-          + "Add a word, or pick a chat or a person, to narrow the search." : "";
+        : page.partial ? "Many messages match and not all are shown: the newest, and some "
+          + "older ones. Add a word, or pick a chat or a person, to narrow the search." : "";
     } catch (error) {
       if (asked !== this.asked) return;
       if (error.status === 401) this.app.signedOut();
