@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import tempfile
 import time
 import uuid
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.report import replace_section
 from bench.run import SERVER_SETTINGS
 from tests.conftest import MongoServer, database_url
 from tests.helpers import ServerProcess
@@ -139,7 +139,6 @@ async def scenario(base: str, pid: int, clients: int, size: int, range_size: int
 
 
 def write_docs(result: dict, command: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     section = (
         f"{SECTION}\n\n"
         f"`{command}` (part of `make bench`): one server process on nx-27017; "
@@ -160,9 +159,7 @@ def write_docs(result: dict, command: str) -> None:
         "chunk is inserted as it fills, and Tornado reads no more of the body until the insert is "
         "done (pymongo's AsyncGridIn would hold up to 48 MB per upload). A download reads four "
         "chunks (1 MiB) per command and writes each out before the next.\n")
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    DOCS.write_text(text)
+    replace_section(DOCS, SECTION, section)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -387,6 +388,20 @@ PROFILE = """\
 
 
 GENERATED_HEADINGS = ("# Benchmarks", "## What the profile showed")
+
+
+def replace_section(page: Path, heading: str, section: str) -> None:
+    """Put section (which starts with `heading`) in place of the page's section
+    of that heading, or at its end: for the benchmarks that write one section
+    of docs/benchmarks.md each (files, search, signals)."""
+    section = section.rstrip("\n") + "\n"
+    text = page.read_text() if page.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    page.write_text(text)
 
 
 def kept_sections(page: Path) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 from pymongo import MongoClient
 
 from bench.loadgen import Http, cpu_seconds, ms, percentile
+from bench.report import replace_section
 from chat.store.search import TEXT_INDEX
 from tests.conftest import MongoServer, database_url
 from tests.helpers import ServerProcess
@@ -364,11 +365,7 @@ def write_section(result: dict) -> None:
         "bench MODE=full`: 1,000,000 messages) is the issue's size; see docs/scaling.md for "
         "what these mean at scale.",
     ]
-    section = "\n".join(lines) + "\n"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    DOCS.write_text(text)
+    replace_section(DOCS, SECTION, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import tempfile
 import time
 import uuid
@@ -32,6 +31,7 @@ from bench.loadgen import (
     percentile,
     raise_fd_limit,
 )
+from bench.report import replace_section
 from bench.run import AMQP_URL, SERVER_SETTINGS
 from bench.wsclient import WsClient, connect
 from chat.broker import AmqpBroker
@@ -333,11 +333,7 @@ def write_section(result: dict) -> None:
         "TYPING_EVERY): with every start and stop sent at once, the same 100 typers cost about "
         "14,000 typing frames/s, as many as the messages themselves.",
     ]
-    section = "\n".join(lines) + "\n"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    DOCS.write_text(text)
+    replace_section(DOCS, SECTION, "\n".join(lines))
 
 
 if __name__ == "__main__":
