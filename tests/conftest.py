@@ -147,13 +147,19 @@ def fresh_db(mongo_base) -> str:
     return database_url(mongo_base)
 
 
+def serve(mongo_base: str, amqp_url: str, tmp_path_factory, **settings):
+    """A server process on RabbitMQ and a database of its own, with settings,
+    stopped after: what a module's server fixture yields from."""
+    process = ServerProcess(database_url(mongo_base), amqp_url,
+                            log_dir=tmp_path_factory.mktemp("logs"), **settings).start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture(scope="module")
 def server(mongo_base, amqp_url, tmp_path_factory):
     """One server process on RabbitMQ and its own database, for a test module."""
-    process = ServerProcess(database_url(mongo_base), amqp_url,
-                            log_dir=tmp_path_factory.mktemp("logs")).start()
-    yield process
-    process.stop()
+    yield from serve(mongo_base, amqp_url, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import websockets
 from bson import ObjectId
 from PIL import Image
 
-from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, next_frame, two_members, wait_until
+from tests.conftest import serve
+from tests.helpers import Api, next_frame, two_members, wait_until
 from tests.mailbox import smtp_inbox
 
 
@@ -29,13 +29,9 @@ def inbox():
 @pytest.fixture(scope="module")
 def server(mongo_base, amqp_url, tmp_path_factory, inbox):
     """One process, open sign-up, mail to the local SMTP server."""
-    process = ServerProcess(database_url(mongo_base), amqp_url,
-                            log_dir=tmp_path_factory.mktemp("logs"),
-                            smtp_host="127.0.0.1", smtp_port=inbox[1], smtp_security="none",
-                            smtp_from="chat@example.test", public_url="http://chat.example.test",
-                            password_reset_per_account_per_hour=2).start()
-    yield process
-    process.stop()
+    yield from serve(mongo_base, amqp_url, tmp_path_factory, smtp_host="127.0.0.1",
+                     smtp_port=inbox[1], smtp_security="none", smtp_from="chat@example.test",
+                     public_url="http://chat.example.test", password_reset_per_account_per_hour=2)
 
 
 def set_in_the_past(collection, condition: dict, field: str, **ago) -> None:

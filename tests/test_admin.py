@@ -13,8 +13,8 @@ import websockets
 from bson import ObjectId
 from pymongo import MongoClient
 
-from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, next_frame, two_members, wait_until
+from tests.conftest import serve
+from tests.helpers import Api, next_frame, two_members, wait_until
 from tests.test_accounts import set_in_the_past
 
 ADMIN_PATHS = [("GET", "/api/admin/invites/"), ("POST", "/api/admin/invites/"),
@@ -27,10 +27,7 @@ LOGIN_FAILED = {"non_field_errors": ["Unable to log in with provided credentials
 @pytest.fixture(scope="module")
 def open_server(mongo_base, amqp_url, tmp_path_factory):
     """Open sign-up, no admins configured: the first account is the admin."""
-    process = ServerProcess(database_url(mongo_base), amqp_url,
-                            log_dir=tmp_path_factory.mktemp("logs")).start()
-    yield process
-    process.stop()
+    yield from serve(mongo_base, amqp_url, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +37,8 @@ def first_admin(open_server) -> Api:
 
 @pytest.fixture(scope="module")
 def invite_server(mongo_base, amqp_url, tmp_path_factory):
-    process = ServerProcess(database_url(mongo_base), amqp_url,
-                            log_dir=tmp_path_factory.mktemp("logs"), signup="invite",
-                            admins="boss,chief", account_deletion="erase").start()
-    yield process
-    process.stop()
+    yield from serve(mongo_base, amqp_url, tmp_path_factory, signup="invite", admins="boss,chief",
+                     account_deletion="erase")
 
 
 @pytest.fixture(scope="module")

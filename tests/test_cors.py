@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import database_url
+from tests.conftest import serve
 from tests.helpers import Api, ServerProcess, next_frame
 
 ALLOWED = "http://localhost:8080"  # chatire's dev server
@@ -20,11 +20,8 @@ FOREIGN = "https://evil.example"
 
 @pytest.fixture(scope="module")
 def cors_server(mongo_base, amqp_url, tmp_path_factory):
-    process = ServerProcess(database_url(mongo_base), amqp_url,
-                            log_dir=tmp_path_factory.mktemp("logs"),
-                            allowed_origins=f"{ALLOWED},https://other.example").start()
-    yield process
-    process.stop()
+    yield from serve(mongo_base, amqp_url, tmp_path_factory,
+                     allowed_origins=f"{ALLOWED},https://other.example")
 
 
 @pytest.fixture(scope="module")

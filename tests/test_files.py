@@ -22,8 +22,8 @@ import websockets
 from bson import ObjectId
 
 from chat.fetch import Fetcher, Refused
-from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, next_frame, two_members
+from tests.conftest import serve
+from tests.helpers import Api, next_frame, two_members
 
 MiB = 1024 * 1024
 QUOTA = 30 * MiB
@@ -121,12 +121,8 @@ def site():
 @pytest.fixture(scope="module")
 def server(mongo_base, amqp_url, site, tmp_path_factory):
     """One server for the module: a small quota, the local site allowed."""
-    process = ServerProcess(database_url(mongo_base), amqp_url,
-                            log_dir=tmp_path_factory.mktemp("logs"),
-                            upload_quota_bytes=QUOTA,
-                            link_preview_allow=f"127.0.0.1:{Site.port}").start()
-    yield process
-    process.stop()
+    yield from serve(mongo_base, amqp_url, tmp_path_factory, upload_quota_bytes=QUOTA,
+                     link_preview_allow=f"127.0.0.1:{Site.port}")
 
 
 def upload(api: Api, uri: str, data: bytes, name: str = "f.bin", **kwargs) -> httpx.Response:

@@ -12,7 +12,7 @@ import time
 import pytest
 import websockets
 
-from tests.conftest import database_url
+from tests.conftest import database_url, serve
 from tests.helpers import Api, ServerProcess, next_frame
 from tests.xss_payloads import markdown_payloads, unsafe
 
@@ -22,11 +22,8 @@ ROOM_MENTION_MAX = 3
 
 @pytest.fixture(scope="module")
 def server(mongo_base, amqp_url, tmp_path_factory):
-    process = ServerProcess(database_url(mongo_base), amqp_url,
-                            log_dir=tmp_path_factory.mktemp("logs"),
-                            mention_room_max_without_role=ROOM_MENTION_MAX).start()
-    yield process
-    process.stop()
+    yield from serve(mongo_base, amqp_url, tmp_path_factory,
+                     mention_room_max_without_role=ROOM_MENTION_MAX)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from chat import search as search_engine
-from tests.conftest import database_url
-from tests.helpers import Api, ServerProcess, server_in_thread, two_members
+from tests.conftest import serve
+from tests.helpers import Api, server_in_thread, two_members
 from tests.test_commands import in_process, sign_up
 from tests.test_sweeper import failing_saves
 
@@ -29,11 +29,7 @@ MAX_SCAN = 30
 @pytest.fixture(scope="module")
 def server(mongo_base, amqp_url, tmp_path_factory):
     """One server for the module, with a small search.max_scan so that the bound shows."""
-    process = ServerProcess(database_url(mongo_base), amqp_url,
-                            log_dir=tmp_path_factory.mktemp("logs"),
-                            search_max_scan=MAX_SCAN).start()
-    yield process
-    process.stop()
+    yield from serve(mongo_base, amqp_url, tmp_path_factory, search_max_scan=MAX_SCAN)
 
 
 def word() -> str:
