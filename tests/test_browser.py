@@ -27,6 +27,23 @@ expect = sync_api.expect
 CHROMIUM = "/usr/bin/chromium"
 DOCS = ROOT / "docs"
 ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def screenshots(name: str) -> Path:
+    """Where a module's screenshots go: $CHAT_SCREENSHOTS, or tests/artifacts/<name>."""
+    folder = Path(os.environ.get("CHAT_SCREENSHOTS", ARTIFACTS / name))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def fast_forward_until(page, done) -> None:
+    """Move the page's (installed) clock on 40 s at most, in steps shorter than
+    the page's "machine slept" check, until done()."""
+    for _ in range(10):
+        if done():
+            return
+        page.clock.fast_forward(4_000)
+        page.wait_for_timeout(50)
 SECOND = 1000  # ms, the issue's "within a second"
 RECONNECT = 30_000  # ms: backoff is capped at 30 s, the restart takes a few
 USER_STREAM = re.compile(r"/ws/$")  # the page's one socket
@@ -424,11 +441,7 @@ def test_a_socket_that_never_gets_ready_is_given_up_and_retried(server, tabs):
     page.page.goto(f"/chats/{uri}/")
     view = page.page.locator(".chat-view")
     expect(view).to_have_attribute("data-connection", "connecting")
-    for _ in range(10):  # 40 s in steps, each shorter than the page's "machine slept" check
-        if len(connections) > 1:
-            break
-        page.page.clock.fast_forward(4_000)
-        page.page.wait_for_timeout(50)
+    fast_forward_until(page.page, lambda: len(connections) > 1)
     assert len(connections) == 2
     expect(view).to_have_attribute("data-connection", "live")
     expect(page.confirmed("sent before")).to_have_count(1)

@@ -4,14 +4,13 @@ and phone. Screenshots go to tests/artifacts/notifications/."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import Api, wait_until
-from tests.test_browser import ARTIFACTS, browser, expect, tabs  # noqa: F401 - fixtures
+from tests.test_browser import browser, expect, screenshots, tabs  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
 
@@ -32,9 +31,7 @@ window.Notification.requestPermission = (...args) => Real.requestPermission(...a
 
 
 def shots() -> Path:
-    folder = Path(os.environ.get("CHAT_SCREENSHOTS", ARTIFACTS / "notifications"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshots("notifications")
 
 
 def test_a_dm_while_another_room_is_shown_raises_a_notification_that_opens_it(server, tabs):  # noqa: F811

@@ -5,14 +5,13 @@ names and topics edited inline. Screenshots go to tests/artifacts/people/
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import Api
-from tests.test_browser import ARTIFACTS, Tab, browser, expect, tabs  # noqa: F401 - fixtures
+from tests.test_browser import Tab, browser, expect, screenshots, tabs  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
 
@@ -20,9 +19,7 @@ PHONE = {"viewport": {"width": 390, "height": 760}, "is_mobile": True, "has_touc
 
 
 def shots() -> Path:
-    folder = Path(os.environ.get("CHAT_SCREENSHOTS", ARTIFACTS / "people"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshots("people")
 
 
 def test_a_dm_a_mention_and_a_code_block_in_the_page(server, tabs):  # noqa: F811
