@@ -830,9 +830,11 @@ class Hub:
 
     def notify(self, notice: dict[str, Any]) -> None:
         """Act on a control notice here at once (even while RabbitMQ is down),
-        and send it to every other process (the broker keeps it until it can)."""
-        body = encode(notice)
-        self.on_control(body)
+        and send it to every other process (the broker keeps it until it can).
+        Its echo from the exchange is dropped here (`from`): acted on already,
+        and a late echo must not undo a later notice."""
+        body = encode({**notice, "from": self.signals.process})
+        self.act(json.loads(body))
         self.broker.publish_control(body)
         if notice["type"] in REVOCATIONS:
             moment = asyncio.get_running_loop().time()
@@ -841,12 +843,15 @@ class Hub:
             self.revocations.append((moment, body))
 
     def on_control(self, body: bytes) -> None:
+        """A control notice from the exchange."""
         try:
             notice = json.loads(body)
         except ValueError:
             return
-        if not isinstance(notice, dict):
-            return
+        if isinstance(notice, dict) and notice.get("from") != self.signals.process:
+            self.act(notice)
+
+    def act(self, notice: dict[str, Any]) -> None:
         if str(notice.get("type")).startswith(NOTICE_PREFIX):
             self.signals.on_notice(notice)
         elif notice.get("type") in ("logout", "token_revoked"):

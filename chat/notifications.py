@@ -127,10 +127,9 @@ class Notifier:
 
     def set_focus(self, user_id: str, stream: str, uri: str | None) -> None:
         """A stream of user_id shows uri (None: nothing visible): known here at
-        once, and every other process is told."""
-        key = f"{self.process}:{stream}"
-        self.apply_focus(user_id, key, uri)
-        self.hub.notify({"type": FOCUS_NOTICE, "user_id": user_id, "stream": key, "uri": uri})
+        once, and every other process is told (Hub.notify)."""
+        self.hub.notify({"type": FOCUS_NOTICE, "user_id": user_id,
+                         "stream": f"{self.process}:{stream}", "uri": uri})
 
     def apply_focus(self, user_id: str, key: str, uri: str | None) -> None:
         shown = self.focus.setdefault(user_id, {})
@@ -159,10 +158,7 @@ class Notifier:
         if not isinstance(user_id, str):
             return
         stream = notice.get("stream")
-        if kind == FOCUS_NOTICE and isinstance(stream, str) \
-                and not stream.startswith(f"{self.process}:"):
-            # This process's own streams were applied by set_focus: its notice
-            # coming back through RabbitMQ after a later change must not undo it.
+        if kind == FOCUS_NOTICE and isinstance(stream, str):
             self.apply_focus(user_id, stream, uri if isinstance(uri, str) else None)
         elif kind == PUSHED_NOTICE and isinstance(uri, str) and type(notice.get("seq")) is int:
             self.pushed[(user_id, uri)] = max(notice["seq"], self.pushed.get((user_id, uri), 0))

@@ -302,16 +302,12 @@ class Streams:
     # The user's notification levels ------------------------------------------
 
     def level_changed(self, user_id: str, uri: str, level: str) -> None:
-        """user_id set their level in uri (stored): their streams here at once,
-        on the other processes by a notice (whose echo here is ignored)."""
-        self.tell_level(user_id, uri, level)
-        self.hub.notify({"type": LEVEL_NOTICE, "process": self.hub.signals.process,
-                         "user_id": user_id, "uri": uri, "level": level})
+        """user_id set their level in uri (stored): their streams on every
+        process (here at once: Hub.notify)."""
+        self.hub.notify({"type": LEVEL_NOTICE, "user_id": user_id, "uri": uri, "level": level})
 
     def on_level_notice(self, notice: dict[str, Any]) -> None:
         user_id, uri, level = notice.get("user_id"), notice.get("uri"), notice.get("level")
-        if notice.get("process") == self.hub.signals.process:
-            return  # told here already, before it was sent
         if isinstance(user_id, str) and isinstance(uri, str) and level in LEVELS:
             self.tell_level(user_id, uri, level)
 

@@ -395,6 +395,26 @@ def test_logout_refresh_and_a_broker_outage_reach_the_token_cache():
     assert sock.closed == (1008, "logged out")
 
 
+def test_a_control_notice_is_acted_on_once_by_its_sender_and_its_echo_dropped():
+    """Hub.notify acts here at once; the exchange hands the notice back to its
+    sender too (MemoryBroker as RabbitMQ does), which must not act on it again:
+    a late echo of an earlier notice would undo a later one (a level, a focus)."""
+    hub = Hub(FakeStore(), MemoryBroker(), Metrics())
+    seen: list[str] = []
+    hub.handle_notices("probe", lambda notice: seen.append(notice["value"]))
+
+    async def scenario():
+        hub.notify({"type": "probe", "value": "first"})
+        hub.notify({"type": "probe", "value": "second"})
+        assert seen == ["first", "second"]  # at once, before any echo
+        await settle()
+        # Another process's notice is acted on.
+        hub.on_control(b'{"type": "probe", "value": "theirs", "from": "elsewhere"}')
+
+    asyncio.run(scenario())
+    assert seen == ["first", "second", "theirs"]
+
+
 def test_post_validates_the_text(hub_and_store):
     hub, _, _ = hub_and_store
     user = {"id": "u1", "username": "alice"}
