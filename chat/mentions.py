@@ -47,6 +47,11 @@ class RoomPeople:
         """{casefolded username: username} of the members."""
         return {name.casefold(): name for name in self.members.values()}
 
+    @functools.cached_property
+    def id_by_name(self) -> dict[str, str]:
+        """{casefolded username: member id}: who a message's mentions name."""
+        return {name.casefold(): member_id for member_id, name in self.members.items()}
+
     def moderates(self, user_id: str) -> bool:
         return self.owner == user_id or self.roles.get(user_id) == "moderator"
 

@@ -171,13 +171,13 @@ class Notifier:
     def recipients(self, entry, sender_id: str, event: dict) -> list[str]:
         """Members the message notifies by their levels (not the sender; blocks aside)."""
         levels, kind = entry.levels, entry.kind
-        # Who the message names: one pass over the members, once per message.
-        named = {name.casefold() for name in event.get("mentions") or ()}
+        # Who the message names: a lookup per mention in the cached entry's map.
         if event.get("mentions_room"):
             mentioned = set(entry.members)
         else:
-            mentioned = {i for i, name in entry.members.items() if name.casefold() in named} \
-                if named else set()
+            ids = entry.id_by_name
+            mentioned = {ids[name.casefold()] for name in event.get("mentions") or ()
+                         if name.casefold() in ids}
         if kind == "dm" or event.get("mentions_room"):
             candidates = entry.members.keys()
         else:  # a room: only the mentioned and those who asked for everything
